@@ -1,0 +1,67 @@
+"""mmsearch: multimodal (image + text) retrieval with CLIP-family encoders, Parquet and FAISS.
+
+    import mmsearch
+    mmsearch.index("./photos")                 # -> ./photos.mms
+    col = mmsearch.open("./photos.mms")
+    col.search("red car", k=5)                 # text -> image
+    col.search(image="q.jpg", modality="text")  # image -> text
+
+Importing mmsearch is cheap: torch, open_clip and faiss load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    CollectionNotFoundError,
+    ConfigError,
+    CorruptShardError,
+    EncoderError,
+    EncoderMismatchError,
+    IndexBuildError,
+    IndexNotFoundError,
+    MissingExtraError,
+    MMSearchError,
+    ModelUnavailableError,
+    QueryError,
+    SchemaVersionError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Collection",
+    "CollectionNotFoundError",
+    "ConfigError",
+    "CorruptShardError",
+    "EncoderError",
+    "EncoderMismatchError",
+    "Hit",
+    "IndexBuildError",
+    "IndexNotFoundError",
+    "IndexResult",
+    "MMSearchError",
+    "MissingExtraError",
+    "ModelUnavailableError",
+    "QueryError",
+    "SchemaVersionError",
+    "StoreError",
+    "__version__",
+    "index",
+    "open",
+]
+
+_LAZY = {"Collection": "search", "Hit": "search", "IndexResult": "api", "index": "api", "open": "api"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the heavy parts (numpy, torch, faiss) only when first used."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mmsearch' has no attribute {name!r}")

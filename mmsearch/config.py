@@ -1,0 +1,68 @@
+"""Defaults and the one place that reads environment variables.
+
+Precedence everywhere: explicit argument (CLI flag) > environment variable > default.
+
+- ``MMSEARCH_MODEL``: default model spec for new collections
+- ``MMSEARCH_COLLECTION``: default collection for queries
+- ``MMSEARCH_HOME``: where mmsearch keeps its small state (the last collection indexed)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+from .ingest.discover import COLLECTION_SUFFIX
+
+FALLBACK_MODEL = "openclip:mms-tiny/random"
+LAST_COLLECTION_FILE = "last_collection"
+
+
+def default_model() -> str:
+    """The model spec used for a new collection when none is given."""
+    return os.environ.get("MMSEARCH_MODEL") or FALLBACK_MODEL
+
+
+def state_dir() -> Path:
+    """``$MMSEARCH_HOME``, else ``$XDG_STATE_HOME/mmsearch``, else ``~/.local/state/mmsearch``."""
+    if os.environ.get("MMSEARCH_HOME"):
+        return Path(os.environ["MMSEARCH_HOME"]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "mmsearch"
+
+
+def default_collection_for(path: str | Path) -> Path:
+    """Where ``mmsearch index PATH`` writes by default: ``PATH.mms`` beside the input."""
+    p = Path(path).expanduser().absolute()
+    p = Path(os.path.normpath(p))
+    stem = p.stem if p.is_file() else p.name
+    return p.parent / f"{stem or 'collection'}{COLLECTION_SUFFIX}"
+
+
+def remember_collection(path: str | Path) -> None:
+    """Record the collection last indexed, so a later query can omit ``--collection``."""
+    try:
+        directory = state_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / LAST_COLLECTION_FILE).write_text(str(Path(path).absolute()), encoding="utf-8")
+    except OSError:
+        pass  # a read-only home must not make indexing fail; queries then need --collection
+
+
+def resolve_collection(explicit: str | Path | None = None) -> Path:
+    """The collection to query: explicit > $MMSEARCH_COLLECTION > the one *.mms in the cwd > the last indexed."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("MMSEARCH_COLLECTION"):
+        return Path(os.environ["MMSEARCH_COLLECTION"]).expanduser()
+    here = [p for p in Path.cwd().glob(f"*{COLLECTION_SUFFIX}") if (p / "manifest.json").is_file()]
+    if len(here) == 1:
+        return here[0]
+    last = state_dir() / LAST_COLLECTION_FILE
+    if last.is_file():
+        return Path(last.read_text(encoding="utf-8").strip())
+    raise ConfigError(
+        "no collection given and none found; pass --collection DIR (or set MMSEARCH_COLLECTION), "
+        "or create one with `mmsearch index PATH`"
+    )

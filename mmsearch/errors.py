@@ -1,0 +1,106 @@
+"""The one exception tree of mmsearch.
+
+Every error the library raises on purpose is an :class:`MMSearchError`. Each carries the fields a
+caller needs and a message that says what to do. Backend errors (open_clip, FAISS, Arrow) are
+converted at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class MMSearchError(Exception):
+    """Base class of every error mmsearch raises on purpose."""
+
+
+class ConfigError(MMSearchError, ValueError):
+    """A bad argument, option or environment setting."""
+
+
+class EncoderError(MMSearchError):
+    """A model could not be resolved, loaded or run."""
+
+
+class ModelUnavailableError(EncoderError):
+    """Model weights are not on this machine and cannot be fetched (no network / no cache)."""
+
+    def __init__(self, spec: str, hint: str) -> None:
+        self.spec = spec
+        self.hint = hint
+        super().__init__(f"model {spec!r} is not available offline: {hint}")
+
+
+class EncoderMismatchError(MMSearchError):
+    """A collection is used with a model other than the one it was built with."""
+
+    def __init__(self, collection_spec: str, requested_spec: str) -> None:
+        self.collection_spec = collection_spec
+        self.requested_spec = requested_spec
+        super().__init__(
+            f"this collection was built with model {collection_spec!r}, not {requested_spec!r}; "
+            f"query it with --model {collection_spec} (or omit --model), or re-index with the new model"
+        )
+
+
+class StoreError(MMSearchError):
+    """The on-disk collection is missing, unreadable or inconsistent."""
+
+
+class CollectionNotFoundError(StoreError, FileNotFoundError):
+    """No collection (no manifest.json) at the given path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"no mmsearch collection at {path!r} (manifest.json missing); "
+            "create one with `mmsearch index PATH`"
+        )
+
+
+class CorruptShardError(StoreError):
+    """A shard file does not match the checksum or schema recorded in the manifest."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"shard {path!r} is corrupt: {reason}; re-run `mmsearch index` to rebuild it")
+
+
+class SchemaVersionError(StoreError):
+    """The collection was written by an incompatible mmsearch format version."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"collection format version {found} is not supported (this mmsearch reads version "
+            f"{supported}); upgrade mmsearch or re-index"
+        )
+
+
+class IndexBuildError(MMSearchError):
+    """A FAISS index could not be built."""
+
+
+class IndexNotFoundError(MMSearchError):
+    """The collection has no index for the requested modality."""
+
+    def __init__(self, modality: str, path: str) -> None:
+        self.modality = modality
+        self.path = path
+        super().__init__(
+            f"collection {path!r} has no {modality} index (it holds no {modality}s); "
+            f"index some {modality}s first or query another modality"
+        )
+
+
+class QueryError(MMSearchError, ValueError):
+    """A query is malformed (no query given, two given, an unknown id, bad k...)."""
+
+
+class MissingExtraError(MMSearchError, ImportError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(f"{module} is not installed; run: pip install 'mmsearch[{extra}]'")

@@ -1,0 +1,71 @@
+"""Atomic file writes: write to a temporary name in the same directory, flush, fsync, rename.
+
+A reader (or a re-run after ``kill -9``) sees either the old file or the complete new one, never a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+TMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync it and rename it over ``final``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """Atomically replace ``final`` with ``data``."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_with_atomic(final: Path, writer: Callable[[Path], None]) -> None:
+    """Atomically replace ``final`` with whatever ``writer(tmp_path)`` writes."""
+    with atomic_path(final) as tmp:
+        writer(tmp)
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete temporaries left by a killed run; returns how many were removed."""
+    if not directory.is_dir():
+        return 0
+    removed = 0
+    for p in directory.glob(TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform/filesystem allows it
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

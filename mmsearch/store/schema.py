@@ -1,0 +1,60 @@
+"""Arrow schemas of the Parquet shards.
+
+Embeddings are a fixed-size list column, so pandas, DuckDB, Polars, Spark, Ray and autofaiss read
+them directly. Each shard's schema metadata repeats the model contract (key ``mmsearch``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigError
+from .manifest import FORMAT_VERSION, ModelInfo
+
+EMBEDDING_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+IMAGE_COLUMNS = [
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("sha256", pa.string()),
+    pa.field("bytes", pa.int64()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("mtime", pa.float64()),
+    pa.field("caption", pa.string()),
+]
+TEXT_COLUMNS = [
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("source", pa.string()),  # the corpus file, or the image uri for a caption
+    pa.field("key", pa.string()),  # identity within the source (for incremental runs)
+    pa.field("image_id", pa.int64()),  # the image a caption belongs to, else null
+]
+COLUMNS = {"images": IMAGE_COLUMNS, "texts": TEXT_COLUMNS}
+
+
+def shard_schema(modality: str, model: ModelInfo, embedding_dtype: str) -> pa.Schema:
+    """The schema of a shard of ``modality`` under ``model``."""
+    if embedding_dtype not in EMBEDDING_DTYPES:
+        raise ConfigError(f"embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}")
+    emb = pa.field("embedding", pa.list_(EMBEDDING_DTYPES[embedding_dtype], model.dim), nullable=False)
+    meta = {"format_version": FORMAT_VERSION, "model": model.spec, "dim": model.dim,
+            "metric": model.metric, "normalized": model.normalized}
+    return pa.schema(COLUMNS[modality] + [emb], metadata={"mmsearch": json.dumps(meta)})
+
+
+def embedding_array(vectors: np.ndarray, embedding_dtype: str) -> pa.FixedSizeListArray:
+    """(N, dim) float array -> Arrow fixed-size list array, zero-copy where the dtype matches."""
+    flat = np.ascontiguousarray(vectors, dtype=np.dtype(embedding_dtype)).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1])
+
+
+def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """A fixed-size list column -> (N, dim) float32 numpy array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(-1, dim)

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mmsearch.errors import CollectionNotFoundError, CorruptShardError, EncoderMismatchError, SchemaVersionError
+from mmsearch.store import ModelInfo, Store
+from mmsearch.store.atomic import write_bytes_atomic
+
+MODEL = ModelInfo(spec="colour:v1", preprocess_id="p", dim=4)
+
+
+def _texts(store: Store, texts: list[str], seed: int = 0, commit: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(len(texts), 4)).astype(np.float32)
+    cols = {"id": store.reserve_ids(len(texts)), "text": texts, "source": ["s"] * len(texts),
+            "key": texts, "image_id": [None] * len(texts)}
+    if commit:
+        store.append("texts", cols, vectors)
+    else:
+        store.write_shard("texts", cols, vectors)
+    return vectors
+
+
+def test_append_scan_round_trip(tmp_path) -> None:
+    store = Store.open_or_create(tmp_path / "c.mms", MODEL, embedding_dtype="float32")
+    vectors = _texts(store, ["a", "b", "c"])
+    reopened = Store.open(tmp_path / "c.mms")
+    table = reopened.scan("texts")
+    assert table.column("text").to_pylist() == ["a", "b", "c"]
+    ids, emb = next(reopened.iter_embeddings("texts"))
+    assert ids.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(emb, vectors)
+
+
+def test_shard_is_plain_parquet_with_fixed_size_embeddings_and_contract(tmp_path) -> None:
+    store = Store.open_or_create(tmp_path / "c.mms", MODEL)
+    _texts(store, ["a", "b"])
+    pf = pq.read_table(tmp_path / "c.mms" / "texts" / "part-00000.parquet")
+    emb_type = pf.schema.field("embedding").type
+    assert emb_type.list_size == 4 and str(emb_type.value_type) == "halffloat"
+    meta = json.loads(pf.schema.metadata[b"mmsearch"])
+    assert meta["model"] == "colour:v1" and meta["dim"] == 4
+
+
+def test_deletions_hide_rows(tmp_path) -> None:
+    store = Store.open_or_create(tmp_path / "c.mms", MODEL)
+    _texts(store, ["a", "b", "c"])
+    store.mark_deleted("texts", [1])
+    store.commit()
+    reopened = Store.open(tmp_path / "c.mms")
+    assert reopened.scan("texts").column("text").to_pylist() == ["a", "c"]
+    assert reopened.manifest.live_rows("texts") == 2
+    assert next(reopened.iter_embeddings("texts"))[0].tolist() == [0, 2]
+
+
+def test_uncommitted_shard_does_not_count_and_is_removed(tmp_path) -> None:
+    store = Store.open_or_create(tmp_path / "c.mms", MODEL)
+    _texts(store, ["a"])
+    _texts(store, ["b"], commit=False)  # a run killed after writing the shard, before the manifest
+    (tmp_path / "c.mms" / "texts" / ".tmp-part-00009.parquet.xyz").write_bytes(b"half")
+    assert Store.open(tmp_path / "c.mms").scan("texts").num_rows == 1
+    again = Store.open_or_create(tmp_path / "c.mms", MODEL)
+    assert sorted(p.name for p in (tmp_path / "c.mms" / "texts").iterdir()) == ["part-00000.parquet"]
+    _texts(again, ["c"])
+    assert again.scan("texts").column("text").to_pylist() == ["a", "c"]
+
+
+def test_missing_collection(tmp_path) -> None:
+    with pytest.raises(CollectionNotFoundError, match="mmsearch index"):
+        Store.open(tmp_path / "nope")
+
+
+def test_model_mismatch_on_append(tmp_path) -> None:
+    Store.open_or_create(tmp_path / "c.mms", MODEL)
+    with pytest.raises(EncoderMismatchError):
+        Store.open_or_create(tmp_path / "c.mms", ModelInfo(spec="other:v1", preprocess_id="p", dim=4))
+
+
+def test_future_format_version_is_refused(tmp_path) -> None:
+    Store.open_or_create(tmp_path / "c.mms", MODEL)
+    path = tmp_path / "c.mms" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaVersionError):
+        Store.open(tmp_path / "c.mms")
+
+
+def test_truncated_shard_is_reported(tmp_path) -> None:
+    store = Store.open_or_create(tmp_path / "c.mms", MODEL)
+    _texts(store, ["a", "b"])
+    shard = tmp_path / "c.mms" / "texts" / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.raises(CorruptShardError):
+        Store.open(tmp_path / "c.mms").scan("texts")
+    with pytest.raises(CorruptShardError, match="checksum"):
+        Store.open(tmp_path / "c.mms").verify()
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path) -> None:
+    target = tmp_path / "f.json"
+    write_bytes_atomic(target, b"old")
+    from mmsearch.store.atomic import atomic_path
+
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"new-but-incomplete")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
