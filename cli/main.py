@@ -111,5 +111,20 @@ def quarantine_cmd(collection: str | None, as_json: bool) -> None:
     click.echo("\n".join(json.dumps(e) for e in entries) if as_json else render.quarantine_text(entries))
 
 
+@main.command("eval")
+@click.argument("pairs", type=click.Path(exists=True))
+@click.option("--model", "-m", help="Model spec [default: builtin].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--device", help="torch device [default: cuda if available].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_library_errors
+def eval_cmd(pairs: str, model: str | None, batch_size: int, device: str | None, as_json: bool) -> None:
+    """Measure retrieval quality on PAIRS: a captioned image folder or a JSONL of {image, text[, group]}."""
+    import mmsearch
+
+    report = mmsearch.evaluate(pairs, model=model, batch_size=batch_size, device=device)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.eval_text(report))
+
+
 if __name__ == "__main__":
     main()

@@ -122,3 +122,15 @@ def quarantine_text(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return "no rejected inputs"
     return "\n".join(f"{e.get('uri')}\t{e.get('reason')}\t{e.get('error')}" for e in entries)
+
+
+def eval_text(report: Any) -> str:
+    """Recall table with the chance level of each metric."""
+    lines = [f"model {report.model}: {report.images} images, {report.texts} texts, {report.groups} groups"
+             + (f", {report.rejected} unreadable images" if report.rejected else ""),
+             f"{'metric':<16}{'recall %':>10}{'chance %':>10}"]
+    for name, values, prefix in (("text->image", report.text_to_image, "t2i"), ("image->text", report.image_to_text, "i2t")):
+        for key, value in values.items():
+            k = key.split("@")[1]
+            lines.append(f"{name + ' ' + key:<16}{value:>10.1f}{report.chance[f'{prefix}@{k}']:>10.1f}")
+    return "\n".join(lines)

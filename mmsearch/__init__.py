@@ -36,6 +36,7 @@ __all__ = [
     "CollectionNotFoundError",
     "ConfigError",
     "CorruptShardError",
+    "EvalReport",
     "EncoderError",
     "EncoderMismatchError",
     "Hit",
@@ -49,11 +50,15 @@ __all__ = [
     "SchemaVersionError",
     "StoreError",
     "__version__",
+    "evaluate",
     "index",
     "open",
 ]
 
-_LAZY = {"Collection": "search", "Hit": "search", "IndexResult": "api", "index": "api", "open": "api"}
+_LAZY = {
+    "Collection": "search", "Hit": "search", "IndexResult": "api", "index": "api", "open": "api",
+    "evaluate": "evaluation", "EvalReport": "evaluation",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,13 @@ def test_import_is_cheap() -> None:
     assert out.strip() == "[]"
 
 
-def test_index_facade_is_a_function_even_after_loading_the_index_package() -> None:
-    import mmsearch.indexes  # noqa: F401
+def test_facade_functions_are_not_shadowed_by_submodules() -> None:
+    import importlib
+    import inspect
+    import pkgutil
 
-    assert callable(mmsearch.index) and callable(mmsearch.open)
+    for mod in pkgutil.walk_packages(mmsearch.__path__, "mmsearch."):
+        if "build_builtin_assets" not in mod.name:
+            importlib.import_module(mod.name)
+    for name in ("index", "open", "evaluate"):
+        assert inspect.isfunction(getattr(mmsearch, name)), name

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from fakes import COLOURS, make_colour_folder
+from PIL import Image
+
+import mmsearch
+from cli.main import main
+from mmsearch.errors import ConfigError
+from mmsearch.evaluation import _p_any
+
+
+def test_perfect_model_scores_100(tmp_path, colour_model) -> None:
+    make_colour_folder(tmp_path / "p", list(COLOURS))
+    report = mmsearch.evaluate(tmp_path / "p", model=colour_model)
+    assert report.images == 8 and report.texts == 8 and report.groups == 8
+    assert report.text_to_image == {"R@1": 100.0, "R@5": 100.0, "R@10": 100.0}
+    assert report.image_to_text == {"R@1": 100.0, "R@5": 100.0}
+    assert report.chance["t2i@1"] == pytest.approx(12.5) and report.chance["t2i@10"] == 100.0
+
+
+def test_groups_from_jsonl_and_a_wrong_label(tmp_path, colour_model) -> None:
+    lines = []
+    for i, name in enumerate(["red", "red", "blue", "green"]):
+        Image.new("RGB", (8, 8), COLOURS[name]).save(tmp_path / f"{i}.png")
+        label = "green" if i == 3 else name
+        lines.append({"image": f"{i}.png", "text": f"something {label}", "group": label})
+    lines[2]["text"] = "something yellow"  # the model puts this text on no blue image: a miss
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    report = mmsearch.evaluate(tmp_path / "pairs.jsonl", model=colour_model)
+    assert report.images == 4 and report.texts == 3 and report.groups == 3
+    # texts: red (hit), yellow-for-blue (miss at 1), green (hit)
+    assert report.text_to_image["R@1"] == pytest.approx(200 / 3, abs=0.01)
+
+
+def test_chance_formula() -> None:
+    assert _p_any(10, 1, 1) == pytest.approx(0.1)
+    assert _p_any(10, 2, 1) == pytest.approx(0.2)
+    assert _p_any(10, 1, 5) == pytest.approx(0.5)
+    assert _p_any(4, 2, 2) == pytest.approx(1 - 1 / 6)
+    assert _p_any(3, 3, 1) == 1.0
+
+
+def test_bad_inputs(tmp_path) -> None:
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(ConfigError):
+        mmsearch.evaluate(tmp_path / "x.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no \\(image, text\\) pairs"):
+        mmsearch.evaluate(tmp_path / "empty")
+    (tmp_path / "bad.jsonl").write_text('{"image": "a.png"}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1"):
+        mmsearch.evaluate(tmp_path / "bad.jsonl")
+
+
+def test_cli_eval_table_and_json(tmp_path, colour_model) -> None:
+    make_colour_folder(tmp_path / "p", ["red", "green", "blue"])
+    runner = CliRunner()
+    table = runner.invoke(main, ["eval", str(tmp_path / "p"), "--model", colour_model])
+    assert table.exit_code == 0 and "text->image R@1" in table.output and "100.0" in table.output
+    data = json.loads(runner.invoke(main, ["eval", str(tmp_path / "p"), "-m", colour_model, "--json"]).output)
+    assert data["image_to_text"]["R@1"] == 100.0 and data["chance"]["i2t@1"] == pytest.approx(33.33, abs=0.01)
