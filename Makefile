@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-MODEL  ?= openclip:mms-tiny/random
+MODEL  ?= builtin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -15,14 +15,14 @@ install: $(VENV)/.installed
 # torch and torchvision come pinned from requirements.txt in the same pip command as everything else
 $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -e '.[onnx,dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -e '.[dev]'
 	touch $@
 
 demo: install
 	$(BIN)/mmsearch index data/sample --out .demo.mms --model $(MODEL)
 	$(BIN)/mmsearch query "a cat" --collection .demo.mms -k 3
 	$(BIN)/mmsearch query "a red car" --collection .demo.mms -k 3
-	$(BIN)/mmsearch query --image data/sample/flag_japan.jpg --modality text --collection .demo.mms -k 3
+	$(BIN)/mmsearch query --image data/sample/lighthouse.jpg --modality text --collection .demo.mms -k 3
 
 test: install
 	$(BIN)/python -m pytest -q tests

