@@ -6,15 +6,21 @@ Precedence everywhere: explicit argument (CLI flag) > environment variable > def
 - ``MMSEARCH_COLLECTION``: default collection for queries
 - ``MMSEARCH_HOME``: where mmsearch keeps its small state (the last collection indexed)
 - ``MMSEARCH_CACHE_DIR``: where derived model files are cached (the built-in model's ONNX export)
+- ``MMSEARCH_CHAT_URL``, ``MMSEARCH_CHAT_MODEL``, ``MMSEARCH_CHAT_API_KEY``: an OpenAI-compatible chat
+  endpoint for ``mmsearch ask`` (the API base URL, e.g. ``http://127.0.0.1:8080/v1``)
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 from .ingest.discover import COLLECTION_SUFFIX
+
+if TYPE_CHECKING:
+    from .query.chat import ChatConfig
 
 FALLBACK_MODEL = "builtin"
 LAST_COLLECTION_FILE = "last_collection"
@@ -23,6 +29,19 @@ LAST_COLLECTION_FILE = "last_collection"
 def default_model() -> str:
     """The model spec used for a new collection when none is given."""
     return os.environ.get("MMSEARCH_MODEL") or FALLBACK_MODEL
+
+
+def chat_config(url: str | None = None, model: str | None = None) -> ChatConfig | None:
+    """The chat endpoint for ``ask``: arguments > ``$MMSEARCH_CHAT_*``; None when no URL is configured."""
+    from .query.chat import ChatConfig
+
+    url = url or os.environ.get("MMSEARCH_CHAT_URL")
+    if not url:
+        return None
+    model = model or os.environ.get("MMSEARCH_CHAT_MODEL")
+    if not model:
+        raise ConfigError("a chat URL is set but no model: set MMSEARCH_CHAT_MODEL or pass --chat-model")
+    return ChatConfig(url=url, model=model, api_key=os.environ.get("MMSEARCH_CHAT_API_KEY") or None)
 
 
 def cache_dir() -> Path:

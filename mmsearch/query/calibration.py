@@ -1,0 +1,36 @@
+"""A calibrated "no good match" signal.
+
+The threshold for a collection is a high percentile of the best scores that *unrelated* text queries
+(NULL_QUERIES: abstract, non-visual phrases) reach against it. A text query whose score is above it is
+more similar than anything an unrelated query gets, so it is a good match; below it, an assistant should
+say it found nothing rather than pass noise along.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NULL_QUERIES = (
+    "the quarterly tax filing deadline", "how to reset a forgotten router password", "an abstract theorem about prime numbers",
+    "the interest rate set by the central bank", "a recursive function in a programming language",
+    "the grammar rules of the subjunctive mood", "a lease agreement for an apartment", "the minutes of a board meeting",
+    "a philosophical argument about free will", "the terms and conditions of a software licence",
+    "an insurance claim form", "the syllabus of a statistics course", "a probability distribution with heavy tails",
+    "the history of medieval trade law", "a checksum mismatch error message", "the regulations on data retention",
+    "an estimate of next year's inflation", "the password policy of a company", "a proof by contradiction",
+    "the schedule of a university semester", "a compiler optimisation pass", "the exchange rate between two currencies",
+    "a dispute about a parking fine", "the abstract of a sociology paper", "an invoice with an overdue payment",
+    "a debate about tax reform", "the definition of a vector space", "a request for a refund by email",
+    "the results of an opinion poll", "an argument about the meaning of a word", "a cache invalidation strategy",
+    "the timeline of a legal appeal",
+)
+PERCENTILE = 95.0
+
+
+def threshold_from_null_scores(best_scores: np.ndarray) -> float:
+    """The no-match threshold: the PERCENTILE-th percentile of unrelated queries' best scores."""
+    scores = np.asarray(best_scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        return float("-inf")
+    return float(np.percentile(scores, PERCENTILE))

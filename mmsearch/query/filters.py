@@ -1,0 +1,100 @@
+"""Metadata filters, compiled to pyarrow expressions over a modality's metadata columns.
+
+They are applied before ranking (FAISS id selectors), so a filtered query still returns k results when
+k items match.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from ..errors import QueryError
+
+_RANGES = {  # field prefix -> column
+    "mtime": "mtime", "bytes": "bytes", "width": "width", "height": "height",
+}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Conditions an item must meet; all given conditions must hold (AND).
+
+    ``path_glob`` / ``path_prefix`` match the image path (images) or the source (texts);
+    ``caption_contains`` matches the caption (images) or the text (texts), case-insensitively;
+    ``where`` maps any column to a value (equality) or to a list of values (membership).
+    """
+
+    path_glob: str | None = None
+    path_prefix: str | None = None
+    caption_contains: str | None = None
+    mtime_min: float | None = None
+    mtime_max: float | None = None
+    bytes_min: int | None = None
+    bytes_max: int | None = None
+    width_min: int | None = None
+    width_max: int | None = None
+    height_min: int | None = None
+    height_max: int | None = None
+    where: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Filter:
+        """Build from a JSON-style dict; unknown keys are an error naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise QueryError(f"unknown filter field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def is_empty(self) -> bool:
+        """True when no condition is set."""
+        return not any(getattr(self, f.name) for f in fields(self) if f.name != "where") and not self.where
+
+    def expression(self, modality: str, columns: list[str]) -> Any:
+        """The pyarrow expression for ``modality`` ("images" or "texts") with these columns."""
+        import pyarrow.compute as pc
+
+        path_col = "uri" if modality == "images" else "source"
+        text_col = "caption" if modality == "images" else "text"
+        parts = []
+        if self.path_glob:
+            regex = "^" + fnmatch.translate(self.path_glob).removesuffix(r"\Z") + "$"  # RE2 has no \Z
+            parts.append(pc.match_substring_regex(pc.field(path_col), regex))
+        if self.path_prefix:
+            parts.append(pc.starts_with(pc.field(path_col), self.path_prefix))
+        if self.caption_contains:
+            parts.append(pc.match_substring(pc.field(text_col), self.caption_contains, ignore_case=True))
+        parts += self._range_parts(modality, columns)
+        for name, value in self.where.items():
+            _need(name, columns)
+            parts.append(pc.field(name).isin(list(value)) if isinstance(value, (list, tuple, set)) else pc.field(name) == value)
+        if not parts:
+            return None
+        expr = parts[0]
+        for p in parts[1:]:
+            expr = expr & p
+        return expr
+
+    def _range_parts(self, modality: str, columns: list[str]) -> list[Any]:
+        import pyarrow.compute as pc
+
+        parts = []
+        for prefix, column in _RANGES.items():
+            low, high = getattr(self, f"{prefix}_min"), getattr(self, f"{prefix}_max")
+            if low is None and high is None:
+                continue
+            if modality != "images":
+                raise QueryError(f"{prefix}_min/{prefix}_max filter images only (texts have no {column})")
+            _need(column, columns)
+            if low is not None:
+                parts.append(pc.field(column) >= low)
+            if high is not None:
+                parts.append(pc.field(column) <= high)
+        return parts
+
+
+def _need(column: str, columns: list[str]) -> None:
+    if column not in columns:
+        raise QueryError(f"no column {column!r} to filter on; columns: {', '.join(columns)}")
