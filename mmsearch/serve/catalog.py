@@ -1,0 +1,126 @@
+"""The collections a server holds, by name, and item lookups by id from their stored rows.
+
+The server never accepts a path from a client: items, thumbnails and images are looked up by id in
+the collection's Parquet metadata (read once, cached), and a file is served only if it belongs to
+the collection and lies inside its media roots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigError
+from ..search import Collection
+from ..store import Store
+from ..store.schema import COLUMNS
+from .errors import ApiError
+
+CollectionLike = Union[Collection, str, Path]
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODALITY_OF = {"images": "image", "texts": "text"}
+
+
+@dataclass
+class Item:
+    """One stored row, in the Hit JSON form less the score."""
+
+    id: int
+    modality: str
+    uri: str | None
+    text: str | None
+    caption: str | None
+    metadata: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The item's JSON form (the keys of ``Hit.to_dict()`` but ``score``)."""
+        return {"id": self.id, "modality": self.modality, "uri": self.uri, "text": self.text,
+                "caption": self.caption, "metadata": self.metadata}
+
+
+@dataclass
+class Served:
+    """A collection served under ``name``, with its metadata rows loaded on first lookup."""
+
+    name: str
+    collection: Collection
+    media_roots: tuple[Path, ...] | None = None
+    _rows: dict[str, tuple[pa.Table, np.ndarray]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def item(self, item_id: int) -> Item:
+        """The item with ``item_id`` (404 when the collection has none)."""
+        for modality in ("images", "texts"):
+            table, ids = self._table(modality)
+            pos = int(np.searchsorted(ids, item_id))
+            if pos < len(ids) and ids[pos] == item_id:
+                return _item(modality, table.slice(pos, 1).to_pylist()[0])
+        raise ApiError(404, f"collection {self.name!r} has no item with id {item_id}", code="unknown_id")
+
+    def roots(self) -> tuple[Path, ...]:
+        """Folders whose files may be served: the configured ones, else the folder holding every image."""
+        if self.media_roots is not None:
+            return self.media_roots
+        uris = self._table("images")[0].column("uri").to_pylist()
+        if not uris:
+            return ()
+        common = os.path.commonpath([os.path.dirname(u) for u in uris])
+        return (Path(os.path.realpath(common)),)
+
+    def _table(self, modality: str) -> tuple[pa.Table, np.ndarray]:
+        with self._lock:
+            if modality not in self._rows:
+                store = Store.open(self.collection.path)
+                columns = [f.name for f in COLUMNS[modality] if f.name != "embedding"]
+                table = store.scan(modality, columns).sort_by("id")
+                self._rows[modality] = (table, table.column("id").to_numpy())
+            return self._rows[modality]
+
+    def warm_rows(self) -> None:
+        """Read the metadata rows now (and the media roots)."""
+        self._table("images")
+        self._table("texts")
+
+
+def _item(modality: str, row: dict[str, Any]) -> Item:
+    if modality == "images":
+        meta = {k: row.get(k) for k in ("width", "height", "bytes", "mtime", "sha256")}
+        return Item(int(row["id"]), "image", row.get("uri"), None, row.get("caption"), meta)
+    meta = {k: row.get(k) for k in ("key", "image_id")}
+    return Item(int(row["id"]), "text", row.get("source"), row.get("text"), None, meta)
+
+
+def build_catalog(collections: Mapping[str, CollectionLike] | Sequence[CollectionLike], *,
+                  media_roots: tuple[Path, ...] | None = None) -> dict[str, Served]:
+    """Name and open the collections; names default to the directory name without ``.mms``."""
+    pairs = list(collections.items()) if isinstance(collections, Mapping) else [(None, c) for c in collections]
+    if not pairs:
+        raise ConfigError("give at least one collection to serve")
+    catalog: dict[str, Served] = {}
+    for name, value in pairs:
+        col = value if isinstance(value, Collection) else _open(value)
+        name = name or _default_name(col.path)
+        if not NAME_PATTERN.match(name):
+            raise ConfigError(f"collection name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        if name in catalog:
+            raise ConfigError(f"two collections are both named {name!r}; pass a dict of names to collections")
+        catalog[name] = Served(name, col, media_roots)
+    return catalog
+
+
+def _open(path: str | Path) -> Collection:
+    from ..api import open as open_collection
+
+    return open_collection(path)
+
+
+def _default_name(path: Path) -> str:
+    name = path.name[:-4] if path.name.endswith(".mms") else path.name
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("-_.")[:64] or "collection"
