@@ -44,22 +44,41 @@ def main(verbose: int) -> None:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", type=click.IntRange(0, 64), help="Decode worker processes [default: CPUs, max 4].")
 @click.option("--device", help="torch device (cpu, cuda, cuda:1) [default: cuda if available].")
+@click.option("--shard-rows", default=8192, show_default=True, type=click.IntRange(1),
+              help="Rows per committed shard (the most work a killed run loses).")
+@click.option("--decode-timeout", "decode_timeout_s", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds one image may take to decode before it is quarantined (0: no limit).")
+@click.option("--captions", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Caption manifest (.jsonl/.csv/.parquet mapping image paths to captions); repeatable.")
+@click.option("--text-column", help="Text column of .jsonl/.csv/.parquet corpora and caption manifests.")
+@click.option("--id-column", help="Id column of text corpora [default: id, when present].")
+@click.option("--path-column", help="Image path column of caption manifests [default: path, image, file...].")
+@click.option("--no-dedup", "dedup", flag_value=False, default=True, help="Embed identical images separately.")
+@click.option("--index", "index_factory", help="auto, or a FAISS factory string (HNSW32, IVF4096,Flat...) "
+              "[default: the collection's, else auto].")
+@click.option("--max-index-memory", help="Memory budget of an index, e.g. 4GB [default: the collection's, else 4GB].")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True),
+              help="recall@10 the search parameters are tuned to [default: the collection's, else 0.95].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_library_errors
 def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_size: int,
-              workers: int | None, device: str | None, as_json: bool) -> None:
-    """Embed and index image folders, images, or .txt/.jsonl text corpora (incremental)."""
+              workers: int | None, device: str | None, as_json: bool, **ingest: Any) -> None:
+    """Embed and index image folders, images, or .txt/.jsonl/.csv/.parquet text corpora (incremental, resumable)."""
     import mmsearch
     from mmsearch.api import model_for_collection
     from mmsearch.config import default_collection_for
+    from mmsearch.indexes import parse_bytes
 
     root = out or str(default_collection_for(paths[0]))
     spec = model_for_collection(root, model)
     if not as_json:
         click.echo(render.model_banner(spec, root), err=True)
-    with render.Progress(enabled=not as_json) as progress:
+    ingest["decode_timeout_s"] = ingest["decode_timeout_s"] or None
+    memory = ingest.pop("max_index_memory")
+    ingest["max_index_memory_bytes"] = parse_bytes(memory) if memory else None
+    with render.Progress(enabled=not as_json and sys.stderr.isatty()) as progress:
         result = mmsearch.index(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers,
-                                device=device, progress=progress.update)
+                                device=device, progress=progress.update, **ingest)
     click.echo(json.dumps(render.index_summary(result)) if as_json else render.index_text(result))
 
 
@@ -124,6 +143,36 @@ def eval_cmd(pairs: str, model: str | None, batch_size: int, device: str | None,
 
     report = mmsearch.evaluate(pairs, model=model, batch_size=batch_size, device=device)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.eval_text(report))
+
+
+
+@main.command("serve")
+@click.argument("collections", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it to the network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="MMSEARCH_API_KEY", help="Require this key in the X-API-Key header [env: MMSEARCH_API_KEY].")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.001), help="Largest query image.")
+@click.option("--threads", "worker_threads", default=4, show_default=True, type=click.IntRange(1, 256),
+              help="Worker threads for encoding, search and thumbnails.")
+@click.option("--faiss-threads", default=1, show_default=True, type=click.IntRange(1, 256), help="Threads per FAISS search.")
+@click.option("--torch-threads", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="torch intra-op threads (requests already run in parallel on --threads).")
+@click.option("--media-root", "media_roots", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder whose images may be served (repeatable) [default: the folder holding each collection's images].")
+@_library_errors
+def serve_cmd(collections: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
+              media_roots: tuple[str, ...], **options: Any) -> None:
+    """Serve COLLECTIONS over HTTP: a search page at /, a JSON API under /api, OpenAPI docs at /docs."""
+    from mmsearch.config import resolve_collection
+    from mmsearch.serve import run
+
+    paths = list(collections) or [str(resolve_collection(None))]
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"Warning: serving on {host} with no --api-key: anyone who can reach it can search and see the images.",
+                   err=True)
+    click.echo(f"Serving {', '.join(paths)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops.", err=True)
+    run(paths, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        media_roots=tuple(media_roots) or None, **options)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import sys
 from typing import Any
-
-import click
 
 RANDOM_WEIGHTS_NOTE = "note: this model has random weights (tests/demos only): rankings are not meaningful"
 
@@ -20,47 +19,51 @@ def model_banner(spec: str, root: str) -> str:
 
 
 class Progress:
-    """A click progress bar on stderr, one per ingest stage."""
+    """Live progress bars on stderr (tqdm: items/s and ETA), one per ingest stage.
+
+    Disabled (silent) when stderr is not a terminal or JSON output was asked for. A stage whose total
+    is 0 (not known yet: discovery, streamed corpora) shows a count and a rate without a bar.
+    tqdm comes with open_clip_torch, a dependency already.
+    """
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar: Any = None
-        self._stage = ""
-        self._done = 0
+        self._bars: dict[str, Any] = {}
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._close()
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
 
     def update(self, stage: str, done: int, total: int) -> None:
         """Progress callback for :func:`mmsearch.index`."""
         if not self.enabled:
             return
-        if stage != self._stage:
-            self._close()
-            bar: Any = click.progressbar(length=total, label=f"embedding {stage}", file=click.get_text_stream("stderr"),  # type: ignore[operator]
-                                         show_pos=True, show_eta=True)
-            self._bar = bar.__enter__()
-            self._stage, self._done = stage, 0
-        self._bar.update(done - self._done)
-        self._done = done
+        bar = self._bars.get(stage)
+        if bar is None:
+            from tqdm import tqdm
 
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
+            bar = self._bars[stage] = tqdm(desc=STAGE_LABELS.get(stage, stage), total=total or None, unit=" " + stage,
+                                           file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+
+STAGE_LABELS = {"discover": "finding files", "images": "embedding images", "texts": "embedding texts"}
 
 
 def index_summary(result: Any) -> dict[str, Any]:
     """The JSON summary of an index run."""
     r = result.report
+    ingest_s = getattr(r, "seconds", 0.0) or result.seconds
     return {
         "collection": str(result.path), "model": result.model, "seconds": round(result.seconds, 3),
-        "images_embedded": r.images_embedded, "texts_embedded": r.texts_embedded,
-        "skipped_unchanged": r.skipped_unchanged, "rejected": r.rejected,
-        "skipped_quarantined": r.skipped_quarantined, "replaced": r.replaced, "deleted": r.deleted,
+        **r.to_dict(),
+        "images_per_s": round(r.images_embedded / ingest_s, 1) if ingest_s else 0.0,
         "indexes_built": sorted(result.indexes),
     }
 
@@ -71,14 +74,32 @@ def index_text(result: Any) -> str:
     lines = [
         f"collection  {s['collection']}",
         f"model       {s['model']}",
-        f"embedded    {s['images_embedded']} images, {s['texts_embedded']} texts in {s['seconds']:.1f}s",
+        f"embedded    {s['images_embedded']} images, {s['texts_embedded']} texts in {s['seconds']:.1f}s"
+        + (f" ({s['images_per_s']:.0f} images/s)" if s["images_embedded"] else ""),
         f"unchanged   {s['skipped_unchanged']} (already embedded)",
-        f"rejected    {s['rejected']} new, {s['skipped_quarantined']} known"
+        f"duplicates  {s['images_deduplicated']} (identical content: embedding reused)",
+        f"rejected    {s['rejected']} new{_reasons(s['rejected_reasons'])}, {s['skipped_quarantined']} known"
         + ("  (see: mmsearch quarantine)" if s["rejected"] or s["skipped_quarantined"] else ""),
         f"changed     {s['replaced']} (embedded again)",
         f"deleted     {s['deleted']} (gone from disk)",
     ]
+    lines += [f"index       {m}: {index_line(vars(i))}; {i.update}" for m, i in sorted(result.indexes.items())]
     return "\n".join(lines)
+
+
+def index_line(idx: dict[str, Any]) -> str:
+    """One index: kind, size, tuned search parameters and the recall they measured."""
+    params = " ".join(f"{k}={v:g}" for k, v in idx.get("params", {}).items()) or "exact"
+    recall = f"recall@{idx.get('recall_at_k', 10)} {idx.get('recall', 1.0):.3f}"
+    if not idx.get("target_met", True):
+        recall += f" (below the target {idx.get('target_recall')})"
+    tuned = f" on {idx['tuned_on']}" if idx.get("tuned_on") else ""
+    return (f"{idx['factory']}, {idx['rows']} vectors, {params}, {recall}{tuned}, "
+            f"{idx.get('latency_ms', 0):.3f} ms/query, built in {idx['build_seconds']}s")
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return f" ({', '.join(f'{n} {reason}' for reason, n in counts.items())})" if counts else ""
 
 
 def hits_table(hits: list[Any]) -> str:
@@ -111,7 +132,7 @@ def info_text(info: dict[str, Any]) -> str:
         f"shards      {info['shards']['images']} image, {info['shards']['texts']} text ({info['embedding_dtype']})",
     ]
     for modality, idx in sorted(info["indexes"].items()):
-        lines.append(f"index       {modality}: {idx['factory']}, {idx['rows']} vectors, built in {idx['build_seconds']}s")
+        lines.append(f"index       {modality}: {index_line(idx)}")
     updated = dt.datetime.fromtimestamp(info["updated_at"]).isoformat(timespec="seconds")
     lines.append(f"updated     {updated}")
     return "\n".join(lines)

@@ -6,12 +6,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .config import default_collection_for, default_model, remember_collection
 from .encoders.registry import canonical_spec, load_encoder
 from .errors import ConfigError, EncoderMismatchError
-from .indexes import DEFAULT_FACTORY, IndexInfo, build_index, is_current
+from .indexes import IndexInfo, needs_update, resolve_options, update_index
 from .ingest import IngestOptions, IngestReport, Progress, ingest
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
@@ -32,14 +32,28 @@ class IndexResult:
 def index(
     paths: str | Path | Sequence[str | Path], *, out: str | Path | None = None, model: str | None = None,
     batch_size: int = 32, workers: int | None = None, shard_rows: int = 8192,
-    embedding_dtype: str = "float16", device: str | None = None, index_factory: str = DEFAULT_FACTORY,
-    progress: Progress | None = None,
+    embedding_dtype: str = "float16", device: str | None = None, index_factory: str | None = None,
+    max_index_memory_bytes: int | None = None, target_recall: float | None = None,
+    progress: Progress | None = None, decode_timeout_s: float | None = 30.0, max_image_pixels: int | None = None,
+    dedup: bool = True, captions: str | Path | Sequence[str | Path] = (), text_column: str | None = None,
+    id_column: str | None = None, path_column: str | None = None,
 ) -> IndexResult:
     """Embed image folders / images / text corpora into a collection and (re)build its indexes.
 
     Re-running on the same inputs embeds only what is new or changed and records removed inputs
     as deletions. ``out`` defaults to ``PATH.mms`` beside the first input. The model defaults to
     the collection's own model, else ``$MMSEARCH_MODEL``, else the built-in offline model.
+
+    ``index_factory`` (``"auto"`` or a FAISS factory string such as ``"HNSW32"``),
+    ``max_index_memory_bytes`` and ``target_recall`` (recall@10 the search parameters are tuned to)
+    default to what the collection's indexes were built with, else ``"auto"``, 4 GiB and 0.95.
+    Indexes are updated in place (new shards added, deletions applied) or rebuilt when they would drift.
+
+    Ingest: ``decode_timeout_s`` bounds each image decode (None: no limit); ``max_image_pixels`` rejects
+    larger images as decompression bombs (after reduced-size JPEG decoding); ``dedup`` embeds identical
+    image content once; ``captions`` are caption manifests (.jsonl/.csv/.parquet: image path -> caption);
+    ``text_column`` / ``id_column`` choose the columns of text corpora (``text_column`` / ``path_column``
+    those of caption manifests).
     """
     started = time.perf_counter()
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -52,12 +66,18 @@ def index(
     encoder = load_encoder(spec, device=device)
     info = ModelInfo(spec=encoder.spec, preprocess_id=encoder.preprocess_id, dim=encoder.dim)
     store = Store.open_or_create(root, info, embedding_dtype=embedding_dtype)
-    options = IngestOptions(batch_size=batch_size, workers=_workers(workers), shard_rows=shard_rows)
+    options = _ingest_options(
+        batch_size=batch_size, workers=_workers(workers), shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
+        max_image_pixels=max_image_pixels, dedup=dedup, captions=captions, text_column=text_column,
+        id_column=id_column, path_column=path_column,
+    )
     report = ingest(store, encoder, path_list, options=options, progress=progress)
     built = {}
     for modality in MODALITIES:
-        if modality in report.changed or not is_current(store, modality):
-            result = build_index(store, modality, factory=index_factory)
+        opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
+                               target_recall=target_recall)
+        if modality in report.changed or needs_update(store, modality, opts):
+            result = update_index(store, modality, opts)
             if result:
                 built[modality] = result
     remember_collection(root)
@@ -78,6 +98,18 @@ def model_for_collection(root: str | Path, model: str | None = None) -> str:
             raise EncoderMismatchError(existing, canonical_spec(model))
         return existing
     return canonical_spec(model or default_model())
+
+
+def _ingest_options(*, captions: str | Path | Sequence[str | Path], max_image_pixels: int | None,
+                    decode_timeout_s: float | None, **rest: Any) -> IngestOptions:
+    if decode_timeout_s is not None and decode_timeout_s <= 0:
+        raise ConfigError("decode_timeout_s must be positive (or None for no limit)")
+    if max_image_pixels is not None and max_image_pixels < 1:
+        raise ConfigError("max_image_pixels must be at least 1")
+    manifests = [captions] if isinstance(captions, (str, Path)) else list(captions)
+    extra = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
+    return IngestOptions(captions=tuple(str(Path(c).expanduser()) for c in manifests),
+                         decode_timeout_s=decode_timeout_s, **extra, **rest)
 
 
 def _workers(workers: int | None) -> int:

@@ -77,6 +77,10 @@ class SchemaVersionError(StoreError):
         )
 
 
+class IngestError(MMSearchError):
+    """Ingestion cannot go on (not a bad input: those are quarantined and the run goes on)."""
+
+
 class IndexBuildError(MMSearchError):
     """A FAISS index could not be built."""
 

@@ -21,6 +21,7 @@ from .store import Store
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.compute as pc
     from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,15 @@ class Collection:
     def search(
         self, query: str | None = None, *, text: str | None = None, image: ImageQuery | None = None,
         vector: np.ndarray | None = None, id: int | None = None, k: int = 10, modality: str = "image",
+        where: pc.Expression | None = None, search_params: dict[str, float] | None = None,
     ) -> list[Hit]:
         """Rank items of ``modality`` ("image" or "text") by similarity to exactly one query.
 
         ``query`` is a shorthand for ``text``. A query by ``id`` uses that item's stored embedding
-        and leaves the item itself out of the results.
+        and leaves the item itself out of the results. ``where`` is a pyarrow expression over the
+        metadata columns (e.g. ``pc.field("width") > 100``): a pre-filter, so k matching results come
+        back when k match. ``search_params`` overrides the index's tuned ``nprobe`` / ``efSearch`` /
+        ``k_factor`` for this query.
         """
         if query is not None:
             if text is not None:
@@ -105,7 +110,7 @@ class Collection:
         target = _modality(modality)
         q = self._query_vector(text=text, image=image, vector=vector, id=id)
         exclude = {int(id)} if id is not None else set()
-        return self._search_vectors(q[None, :], k, target, exclude)[0]
+        return self._search_vectors(q[None, :], k, target, exclude, where=where, search_params=search_params)[0]
 
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: model, counts, shards, indexes."""
@@ -148,10 +153,14 @@ class Collection:
                 return self._index(modality).reconstruct(item_id)
         raise QueryError(f"no item with id {item_id} in this collection")
 
-    def _search_vectors(self, q: np.ndarray, k: int, modality: str, exclude: set[int]) -> list[list[Hit]]:
+    def _search_vectors(self, q: np.ndarray, k: int, modality: str, exclude: set[int], *,
+                        where: pc.Expression | None = None,
+                        search_params: dict[str, float] | None = None) -> list[list[Hit]]:
         index = self._index(modality)
-        scores, ids = index.search(q, min(k + len(exclude), max(index.ntotal, 1)))
         table, sorted_ids = self._table(modality)
+        allowed = None if where is None else _filter_ids(table, where)
+        scores, ids = index.search(q, min(k + len(exclude), max(index.ntotal, 1)), allowed_ids=allowed,
+                                   params=search_params)
         results = []
         for row_scores, row_ids in zip(scores, ids):
             hits = [self._hit(modality, table, sorted_ids, int(i), float(s))
@@ -190,6 +199,16 @@ def _columns(store: Store, modality: str) -> list[str]:
     from .store.schema import COLUMNS
 
     return [f.name for f in COLUMNS[modality]]
+
+
+def _filter_ids(table: pa.Table, where: pc.Expression) -> np.ndarray:
+    """Ids of the metadata rows matching ``where``."""
+    import pyarrow as pa
+
+    try:
+        return table.filter(where).column("id").to_numpy()
+    except (pa.ArrowException, TypeError) as exc:
+        raise QueryError(f"cannot apply the filter {where}: {exc}") from exc
 
 
 def _find(sorted_ids: np.ndarray, item_id: int) -> int | None:

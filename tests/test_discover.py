@@ -26,11 +26,11 @@ def test_walks_recursively_with_all_extensions_and_captions(tmp_path) -> None:
 
 def test_classify(tmp_path) -> None:
     (tmp_path / "c.txt").write_text("x")
-    (tmp_path / "d.csv").write_text("x")
+    (tmp_path / "d.md").write_text("x")
     assert classify(tmp_path) == "images"
     assert classify(tmp_path / "c.txt") == "texts"
     with pytest.raises(ConfigError, match="don't know how to index"):
-        classify(tmp_path / "d.csv")
+        classify(tmp_path / "d.md")
     with pytest.raises(ConfigError, match="does not exist"):
         classify(tmp_path / "missing.csv")
 

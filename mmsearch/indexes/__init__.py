@@ -1,5 +1,36 @@
-"""FAISS index building, saving and loading over a collection's shards."""
+"""FAISS indexes over a collection's shards: automatic choice, training, streaming add, recall tuning,
+incremental updates, deletions, id-filtered search, memory-mapped loading."""
 
-from .faiss_index import DEFAULT_FACTORY, IndexInfo, SearchIndex, build_index, fingerprint, is_current, load_index
+from .choice import AUTO, DEFAULT_MAX_INDEX_MEMORY_BYTES, choose_factory, estimate_memory_bytes, parse_bytes
+from .faiss_index import (
+    DEFAULT_FACTORY,
+    IndexInfo,
+    build_index,
+    fingerprint,
+    is_current,
+    load_index,
+    needs_update,
+    resolve_options,
+    update_index,
+)
+from .options import IndexOptions
+from .searching import SearchIndex
 
-__all__ = ["DEFAULT_FACTORY", "IndexInfo", "SearchIndex", "build_index", "fingerprint", "is_current", "load_index"]
+__all__ = [
+    "AUTO",
+    "DEFAULT_FACTORY",
+    "DEFAULT_MAX_INDEX_MEMORY_BYTES",
+    "IndexInfo",
+    "IndexOptions",
+    "SearchIndex",
+    "build_index",
+    "choose_factory",
+    "estimate_memory_bytes",
+    "fingerprint",
+    "is_current",
+    "load_index",
+    "needs_update",
+    "parse_bytes",
+    "resolve_options",
+    "update_index",
+]

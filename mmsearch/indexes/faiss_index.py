@@ -1,14 +1,19 @@
-"""FAISS indexes built from a collection's shards, saved beside them, loaded for queries.
+"""FAISS indexes built from a collection's shards, kept up to date, saved beside them, loaded for queries.
 
-The index kind is a FAISS factory string (``Flat`` today: exact inner product over unit vectors,
-i.e. cosine similarity). Approximate kinds (HNSW, IVF-PQ) slot in through the same
-``factory`` argument; ids are the collection's int64 row ids (``IDMap2``).
+A build chooses the factory (:mod:`.choice`), trains on a seeded sample, adds the shards in bounded
+batches, tunes the search parameters to the target recall (:mod:`.tuning`), and records all of it in
+the manifest and ``index/<modality>.json``. An update adds new shards and applies new deletions to the
+saved index, or rebuilds it (and says why) when the index would drift: too many vectors added after
+training, too many deleted vectors only filtered at query time, or a collection that outgrew its kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,14 +23,25 @@ import numpy as np
 from ..errors import IndexBuildError, IndexNotFoundError, StoreError
 from ..store import Store
 from ..store.atomic import write_bytes_atomic, write_with_atomic
+from .build import add_batches, new_index, train_on_sample
+from .choice import AUTO, choose_factory
+from .options import IndexOptions
+from .searching import SearchIndex
+from .source import iter_batches, read_vectors, sample, shard_key
+from .structure import knob_limits, removes_ids, unwrap_ids
+from .tuning import Tuning, drop_self, exact_neighbours, tune
+
+log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"
-DEFAULT_FACTORY = "Flat"
+DEFAULT_FACTORY = AUTO
+MIN_CROSS_MODAL_QUERIES = 20
+MMAP_MIN_BYTES = 16 * 1024**2
 
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """What an index file holds and how it was built (also stored in the manifest)."""
+    """What an index file holds, how it was built and tuned (also stored in the manifest)."""
 
     modality: str
     factory: str
@@ -37,7 +53,23 @@ class IndexInfo:
     fingerprint: str  # of the shards + deletions it was built from
     built_at: float = field(default_factory=time.time)
     build_seconds: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # tuned search parameters, used by default
+    requested: str = AUTO  # the factory asked for ("auto" or a factory string)
+    max_index_memory_bytes: int = 0
+    target_recall: float = 0.95
+    recall_at_k: int = 10
+    recall: float = 1.0  # measured at ``params`` on the tuning queries
+    target_met: bool = True
+    latency_ms: float = 0.0  # per query, tuning queries searched as one batch
+    tuned_on: str = ""  # the queries: "texts" (cross-modal) or "<modality> (held out)"
+    removes_ids: bool = True  # False: deletions are filtered at query time
+    trained_rows: int = 0
+    rows_since_training: int = 0
+    masked_rows: int = 0  # deleted vectors still in the index, filtered at query time
+    deletions_applied: int = 0  # how many of the manifest's deleted ids this index accounts for
+    shards: list[str] = field(default_factory=list)  # shard_key of every shard added
+    file_bytes: int = 0
+    update: str = "built"  # "built", "updated: ...", or "rebuilt: <why>"
 
 
 def fingerprint(store: Store, modality: str) -> str:
@@ -58,34 +90,233 @@ def is_current(store: Store, modality: str) -> bool:
     return info.get("fingerprint") == fingerprint(store, modality) and (store.root / info["file"]).is_file()
 
 
-def build_index(store: Store, modality: str, *, factory: str = DEFAULT_FACTORY) -> IndexInfo | None:
-    """Build, save and register the index of ``modality``; None (and no index) when it has no rows."""
-    import faiss
+def resolve_options(store: Store, modality: str, *, factory: str | None = None,
+                    max_index_memory_bytes: int | None = None, target_recall: float | None = None) -> IndexOptions:
+    """Options for ``modality``: what is given, else what its saved index was built with, else defaults."""
+    saved = store.manifest.indexes.get(modality) or {}
+    defaults = IndexOptions()
+    return IndexOptions(
+        factory=factory or saved.get("requested") or defaults.factory,
+        max_index_memory_bytes=max_index_memory_bytes or saved.get("max_index_memory_bytes")
+        or defaults.max_index_memory_bytes,
+        target_recall=target_recall or saved.get("target_recall") or defaults.target_recall,
+    )
 
-    model = store.manifest.model
-    started = time.perf_counter()
+
+def needs_update(store: Store, modality: str, options: IndexOptions) -> bool:
+    """True when the saved index is stale or was built with other options."""
+    saved = store.manifest.indexes.get(modality)
+    if not saved or not is_current(store, modality):
+        return store.manifest.live_rows(modality) > 0 or bool(saved)
+    return (saved.get("requested"), saved.get("max_index_memory_bytes"), saved.get("target_recall")) != (
+        options.factory, options.max_index_memory_bytes, options.target_recall)
+
+
+def build_index(store: Store, modality: str, options: IndexOptions | None = None, *,
+                factory: str | None = None) -> IndexInfo | None:
+    """Build, tune, save and register the index of ``modality`` from scratch; None when it has no rows.
+
+    ``factory`` overrides ``options.factory`` (``"auto"`` or a FAISS factory string).
+    """
+    opts = options or IndexOptions()
+    if factory is not None:
+        opts = dataclasses.replace(opts, factory=factory)
     if store.manifest.live_rows(modality) == 0:
         _forget(store, modality)
         return None
+    return _build(store, modality, opts, "built")
+
+
+def update_index(store: Store, modality: str, options: IndexOptions | None = None) -> IndexInfo | None:
+    """Bring the index of ``modality`` up to date: add new shards, apply deletions, or rebuild.
+
+    Rebuilds (logging why, and recording it in ``IndexInfo.update``) when the options or model
+    changed, a shard was rewritten, or the index would drift past the options' limits.
+    """
+    opts = options or IndexOptions()
+    if store.manifest.live_rows(modality) == 0:
+        _forget(store, modality)
+        return None
+    raw = store.manifest.indexes.get(modality)
+    if not raw or not (store.root / raw["file"]).is_file():
+        return _build(store, modality, opts, "built")
+    info = _parse_info(raw)
+    reason = _rebuild_reason(store, modality, info, opts)
+    if reason:
+        log.warning("rebuilding the %s index: %s", modality, reason)
+        return _build(store, modality, opts, f"rebuilt: {reason}")
+    return _apply_changes(store, modality, info, opts)
+
+
+def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> SearchIndex:
+    """Load the saved index of ``modality``; checks it was built under the collection's model.
+
+    ``mmap`` memory-maps the inverted lists of IVF indexes (read-only, fast start, little RAM); by
+    default it is on for index files of at least ``MMAP_MIN_BYTES``.
+    """
+    import faiss
+
+    raw = store.manifest.indexes.get(modality)
+    if not raw or not (store.root / raw["file"]).is_file():
+        raise IndexNotFoundError(modality.rstrip("s"), str(store.root))
+    info = _parse_info(raw)
+    if info.model_spec != store.manifest.model.spec or info.dim != store.manifest.model.dim:
+        raise StoreError(f"index {info.file} was built for model {info.model_spec!r}; rebuild it with `mmsearch index`")
+    path = store.root / info.file
+    use_mmap = mmap if mmap is not None else path.stat().st_size >= MMAP_MIN_BYTES
     try:
-        index = faiss.index_factory(model.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if use_mmap else 0)
     except RuntimeError as exc:
-        raise IndexBuildError(f"FAISS cannot build index {factory!r}: {exc}") from exc
-    if not index.is_trained:
-        raise IndexBuildError(f"index {factory!r} needs training, which this version does not do yet; use 'Flat'")
-    for ids, vectors in store.iter_embeddings(modality):
-        if len(ids):
-            index.add_with_ids(np.ascontiguousarray(vectors), ids)
+        raise StoreError(f"cannot read index {info.file}: {exc}; rebuild it with `mmsearch index`") from exc
+    masked = None if info.removes_ids else np.asarray(store.manifest.deleted[modality], dtype=np.int64)
+    return SearchIndex(index, info, masked_ids=masked, vector_reader=lambda ids: read_vectors(store, modality, ids))
+
+
+# -- building --------------------------------------------------------------------------------------
+def _build(store: Store, modality: str, opts: IndexOptions, update: str) -> IndexInfo:
+    started = time.perf_counter()
+    rows, dim = store.manifest.live_rows(modality), store.manifest.model.dim
+    factory = choose_factory(rows, dim, opts.max_index_memory_bytes) if opts.factory == AUTO else opts.factory
+    index = new_index(factory, dim)
+    trained = train_on_sample(index, lambda n: sample(store, modality, n, seed=opts.seed)[1], rows,
+                              max_sample_bytes=opts.max_index_memory_bytes // 4)
+    index = _with_ids(index)
+    add_batches(index, iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows))
+    log.info("built the %s index %s over %d vectors", modality, factory, index.ntotal)
+    state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
+    return _finish(store, modality, index, opts, factory, started, state, update)
+
+
+def _with_ids(index: Any) -> Any:
+    """IVF indexes keep collection ids themselves (hash direct map: removal + reconstruction); others get an IDMap2."""
+    import faiss
+
+    if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+        faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
+        return index  # not the downcast proxy: that one does not own the index
+    return faiss.IndexIDMap2(index)
+
+
+def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOptions) -> IndexInfo:
+    import faiss
+
+    started = time.perf_counter()
+    index = faiss.read_index(str(store.root / info.file))
+    indexed = set(info.shards)
+    new_shards = [s for s in store.manifest.shards[modality] if shard_key(s) not in indexed]
+    added = add_batches(index, iter_batches(store, new_shards, opts.add_batch_rows))
+    deleted = np.asarray(store.manifest.deleted[modality][info.deletions_applied:], dtype=np.int64)
+    masked = info.masked_rows
+    if len(deleted) and info.removes_ids:
+        index.remove_ids(deleted)
+    elif len(deleted):
+        _, labels = unwrap_ids(index)
+        masked += int(np.isin(deleted, labels).sum()) if labels is not None else len(deleted)
+    state = {"trained_rows": info.trained_rows, "masked_rows": masked,
+             "rows_since_training": info.rows_since_training + (added if info.trained_rows else 0)}
+    update = f"updated: +{added} vectors, {len(deleted)} deletions"
+    log.info("%s index %s", modality, update)
+    return _finish(store, modality, index, opts, info.factory, started, state, update)
+
+
+def _rebuild_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOptions) -> str:
+    """Why the saved index cannot simply be updated ("" when it can)."""
+    m = store.manifest
+    if (info.requested, info.max_index_memory_bytes, info.target_recall) != (
+            opts.factory, opts.max_index_memory_bytes, opts.target_recall):
+        return "the index options changed"
+    if info.model_spec != m.model.spec or info.dim != m.model.dim:
+        return "the model changed"
+    current = {shard_key(s): s.rows for s in m.shards[modality]}
+    if not set(info.shards) <= set(current) or len(m.deleted[modality]) < info.deletions_applied:
+        return "shards were rewritten or removed"
+    return _drift_reason(store, modality, info, opts, sum(r for k, r in current.items() if k not in set(info.shards)))
+
+
+def _drift_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOptions, new_rows: int) -> str:
+    live = store.manifest.live_rows(modality)
+    if opts.factory == AUTO:
+        choice = choose_factory(live, info.dim, opts.max_index_memory_bytes)
+        if _family(choice) != _family(info.factory):
+            return f"the collection now has {live} vectors, for which the automatic choice is {choice} (was {info.factory})"
+    untrained = info.rows_since_training + new_rows
+    if info.trained_rows and untrained > opts.max_untrained_share * live:
+        return (f"{untrained} of {live} vectors were added after training (limit {opts.max_untrained_share:.0%}): "
+                "retraining keeps recall up")
+    masked = info.masked_rows + len(store.manifest.deleted[modality]) - info.deletions_applied
+    if not info.removes_ids and masked > opts.max_deleted_share * (info.rows + new_rows):
+        return f"{masked} deleted vectors are only filtered out (limit {opts.max_deleted_share:.0%} of the index)"
+    return ""
+
+
+def _family(factory: str) -> str:
+    """A factory without its sizes: ``IVF1024,Flat`` and ``IVF4096,Flat`` are one family."""
+    return re.sub(r"\d+", "", factory)
+
+
+# -- tuning, saving, registering --------------------------------------------------------------------
+def _finish(store: Store, modality: str, index: Any, opts: IndexOptions, factory: str, started: float,
+            state: dict[str, int], update: str) -> IndexInfo:
+    model = store.manifest.model
     rel = f"{INDEX_DIR}/{modality}.faiss"
-    write_with_atomic(store.root / rel, lambda tmp: faiss.write_index(index, str(tmp)))
-    info = IndexInfo(modality=modality, factory=factory, rows=int(index.ntotal), dim=model.dim,
-                     metric=model.metric, model_spec=model.spec, file=rel,
-                     fingerprint=fingerprint(store, modality),
-                     build_seconds=round(time.perf_counter() - started, 4))
+    info = IndexInfo(
+        modality=modality, factory=factory, rows=int(index.ntotal) - state["masked_rows"], dim=model.dim,
+        metric=model.metric, model_spec=model.spec, file=rel, fingerprint=fingerprint(store, modality),
+        requested=opts.factory, max_index_memory_bytes=opts.max_index_memory_bytes, target_recall=opts.target_recall,
+        recall_at_k=opts.recall_at_k, removes_ids=removes_ids(index), deletions_applied=len(store.manifest.deleted[modality]),
+        shards=[shard_key(s) for s in store.manifest.shards[modality]], update=update, **state,
+    )
+    tuning, tuned_on = _tune(store, modality, index, info, opts)
+    _save(store, index, rel)
+    info = dataclasses.replace(
+        info, params=tuning.params, recall=tuning.recall, target_met=tuning.target_met, latency_ms=tuning.latency_ms,
+        tuned_on=tuned_on, file_bytes=(store.root / rel).stat().st_size,
+        build_seconds=round(time.perf_counter() - started, 4))
+    if not tuning.target_met:
+        log.warning("the %s index %s reaches recall@%d %.3f at most, below the target %.3f", modality, factory,
+                    opts.recall_at_k, tuning.recall, opts.target_recall)
     write_bytes_atomic(store.root / INDEX_DIR / f"{modality}.json", json.dumps(asdict(info), indent=2).encode())
     store.manifest.indexes[modality] = asdict(info)
     store.commit()
     return info
+
+
+def _tune(store: Store, modality: str, index: Any, info: IndexInfo, opts: IndexOptions) -> tuple[Tuning, str]:
+    """Tune on held-out queries of the other modality when there are enough, else of this one."""
+    queries, exclude, tuned_on = _tuning_queries(store, modality, opts)
+    k = opts.recall_at_k
+    batches = iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows)
+    truth = drop_self(exact_neighbours(batches, queries, k + (exclude is not None)), exclude, k)
+    masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
+    searcher = SearchIndex(index, info, masked_ids=masked)
+
+    def search(q: np.ndarray, n: int, params: dict) -> np.ndarray:
+        return searcher.search(q, n, params=params)[1]
+
+    limits = knob_limits(index)
+    return tune(search, queries, truth, k=k, target_recall=opts.target_recall, limits=limits, exclude=exclude), tuned_on
+
+
+def _tuning_queries(store: Store, modality: str, opts: IndexOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
+    other = "texts" if modality == "images" else "images"
+    if store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
+        return sample(store, other, opts.tuning_queries, seed=opts.seed + 1)[1], None, other
+    ids, vectors = sample(store, modality, opts.tuning_queries, seed=opts.seed + 1)
+    return vectors, ids, f"{modality} (held out)"
+
+
+def _save(store: Store, index: Any, rel: str) -> None:
+    import faiss
+
+    try:
+        write_with_atomic(store.root / rel, lambda tmp: faiss.write_index(index, str(tmp)))
+    except RuntimeError as exc:
+        raise IndexBuildError(f"FAISS cannot save the index to {rel}: {exc}") from exc
+
+
+def _parse_info(raw: dict[str, Any]) -> IndexInfo:
+    known = {f.name for f in dataclasses.fields(IndexInfo)}
+    return IndexInfo(**{k: v for k, v in raw.items() if k in known})
 
 
 def _forget(store: Store, modality: str) -> None:
@@ -93,48 +324,3 @@ def _forget(store: Store, modality: str) -> None:
         (store.root / INDEX_DIR / f"{modality}{suffix}").unlink(missing_ok=True)
     if store.manifest.indexes.pop(modality, None) is not None:
         store.commit()
-
-
-class SearchIndex:
-    """A loaded FAISS index answering top-k inner-product queries with collection ids."""
-
-    def __init__(self, index: Any, info: IndexInfo) -> None:
-        self._index = index
-        self.info = info
-
-    @property
-    def ntotal(self) -> int:
-        """Vectors in the index."""
-        return int(self._index.ntotal)
-
-    def reconstruct(self, item_id: int) -> np.ndarray:
-        """The stored vector of collection id ``item_id``."""
-        try:
-            return np.asarray(self._index.reconstruct(int(item_id)), dtype=np.float32)
-        except RuntimeError as exc:
-            raise StoreError(f"id {item_id} is not in the {self.info.modality} index") from exc
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, dim) queries -> (scores (n, k) float32, ids (n, k) int64); missing slots have id -1."""
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if q.shape[1] != self.info.dim:
-            raise StoreError(f"query dim {q.shape[1]} != index dim {self.info.dim}")
-        scores, ids = self._index.search(q, k)
-        return scores, ids
-
-
-def load_index(store: Store, modality: str) -> SearchIndex:
-    """Load the saved index of ``modality``; checks it was built under the collection's model."""
-    import faiss
-
-    raw = store.manifest.indexes.get(modality)
-    if not raw or not (store.root / raw["file"]).is_file():
-        raise IndexNotFoundError(modality.rstrip("s"), str(store.root))
-    info = IndexInfo(**raw)
-    if info.model_spec != store.manifest.model.spec or info.dim != store.manifest.model.dim:
-        raise StoreError(f"index {info.file} was built for model {info.model_spec!r}; rebuild it with `mmsearch index`")
-    try:
-        index = faiss.read_index(str(store.root / info.file))
-    except RuntimeError as exc:
-        raise StoreError(f"cannot read index {info.file}: {exc}; rebuild it with `mmsearch index`") from exc
-    return SearchIndex(index, info)

@@ -133,6 +133,21 @@ class Store:
             table = self._drop_deleted(modality, self._read_shard(shard, ["id", "embedding"]))
             yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), dim)
 
+    def embeddings_by_id(self, modality: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored embeddings (float32) of ``ids``, deleted rows included; reads only the shards holding them."""
+        wanted = {int(i) for i in ids}
+        found: dict[int, np.ndarray] = {}
+        for shard in self.manifest.shards[modality]:
+            if len(found) == len(wanted):
+                break
+            shard_ids = self._read_shard(shard, ["id"]).column("id").to_numpy()
+            if not wanted.intersection(shard_ids.tolist()):
+                continue
+            table = self._read_shard(shard, ["id", "embedding"])
+            vectors = embeddings_to_numpy(table.column("embedding"), self.manifest.model.dim)
+            found.update((int(i), v) for i, v in zip(shard_ids, vectors) if int(i) in wanted)
+        return found
+
     def _drop_deleted(self, modality: str, table: pa.Table) -> pa.Table:
         deleted = self.manifest.deleted[modality]
         if not deleted or "id" not in table.column_names:

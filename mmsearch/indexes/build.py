@@ -1,0 +1,108 @@
+"""Creating, training and filling FAISS indexes: a sample for training, batches for adding.
+
+Training uses a GPU for the k-means of IVF indexes when the installed faiss has one, the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..errors import IndexBuildError
+from .structure import find_layer
+
+log = logging.getLogger(__name__)
+
+TRAIN_POINTS_PER_LIST = 30
+TRAIN_MIN_ROWS = 10_000  # enough for 256-centroid PQ sub-quantizers
+KMEANS_ITERATIONS = 10
+OPQ_ITERATIONS = 10
+
+
+def new_index(factory: str, dim: int) -> Any:
+    """An empty inner-product index from a FAISS factory string (IndexBuildError when FAISS refuses it)."""
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"FAISS cannot build index {factory!r} (dim {dim}): {_first_line(exc)}") from exc
+
+
+def train_rows(index: Any, rows: int) -> int:
+    """How many rows to train ``index`` on: a few dozen per inverted list, enough for PQ, at most all."""
+    if index.is_trained:
+        return 0
+    ivf = find_layer(index, "IndexIVF")
+    wanted = max(TRAIN_MIN_ROWS, TRAIN_POINTS_PER_LIST * (ivf.nlist if ivf is not None else 0))
+    return min(rows, wanted)
+
+
+def train_on_sample(index: Any, read_sample: Callable[[int], np.ndarray], rows: int, *, max_sample_bytes: int) -> int:
+    """Train ``index`` on ``read_sample(n)`` rows (n bounded by the memory share); returns n (0: no training)."""
+    n = train_rows(index, rows)
+    if n == 0:
+        return 0
+    n = max(1, min(n, max_sample_bytes // (4 * index.d)))
+    vectors = np.ascontiguousarray(read_sample(n), dtype=np.float32)
+    _quiet_clustering(index)
+    _shorter_opq_training(index)
+    _use_gpu_for_kmeans(index)
+    try:
+        index.train(vectors)
+    except RuntimeError as exc:
+        raise IndexBuildError(f"training the index on {len(vectors)} vectors failed: {_first_line(exc)}") from exc
+    return len(vectors)
+
+
+def add_batches(index: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> int:
+    """Add every (ids, vectors) batch to ``index``; returns how many vectors were added."""
+    added = 0
+    for ids, vectors in batches:
+        if len(ids):
+            try:
+                index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids))
+            except RuntimeError as exc:
+                raise IndexBuildError(f"adding vectors to the index failed: {_first_line(exc)}") from exc
+            added += len(ids)
+    return added
+
+
+def _quiet_clustering(index: Any) -> None:
+    """Fewer k-means iterations, and no FAISS stderr warnings about small samples (we size them)."""
+    ivf = find_layer(index, "IndexIVF")
+    if ivf is not None:
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.cp.min_points_per_centroid = 1
+        ivf.cp.max_points_per_centroid = 1 << 20
+        pq = getattr(ivf, "pq", None)
+        if pq is not None:
+            pq.cp.min_points_per_centroid = 1
+
+
+def _shorter_opq_training(index: Any) -> None:
+    """OPQ's default 50 outer x 40 inner iterations dominate a build on a CPU; 10 x 10 lose little."""
+    import faiss
+
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexPreTransform):
+        for i in range(top.chain.size()):
+            transform = faiss.downcast_VectorTransform(top.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter, transform.niter_pq_0 = OPQ_ITERATIONS, OPQ_ITERATIONS
+
+
+def _use_gpu_for_kmeans(index: Any) -> None:
+    import faiss
+
+    ivf = find_layer(index, "IndexIVF")
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if ivf is not None and gpus > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
+        log.info("training the IVF coarse quantizer on %d GPU(s)", gpus)
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)

@@ -1,0 +1,43 @@
+"""How an index is built, tuned and kept up to date (one frozen dataclass, validated once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .choice import AUTO, DEFAULT_MAX_INDEX_MEMORY_BYTES
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Index build options.
+
+    ``factory`` is ``"auto"`` (chosen from the row count and ``max_index_memory_bytes``) or any FAISS
+    factory string without ``IDMap`` (mmsearch maps ids itself), e.g. ``"HNSW32"``, ``"IVF1024,Flat"``,
+    ``"OPQ64_256,IVF4096,PQ64x8,Refine(SQ8)"``. Search parameters (nprobe, efSearch, k_factor) are tuned
+    to reach ``target_recall`` at ``recall_at_k`` on ``tuning_queries`` held-out queries.
+    """
+
+    factory: str = AUTO
+    max_index_memory_bytes: int = DEFAULT_MAX_INDEX_MEMORY_BYTES
+    target_recall: float = 0.95
+    recall_at_k: int = 10
+    tuning_queries: int = 500
+    add_batch_rows: int = 65_536
+    max_deleted_share: float = 0.2  # deleted ids still in the index / its rows, before a rebuild
+    max_untrained_share: float = 0.5  # rows added after training / index rows, before a rebuild
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factory, str) or not self.factory.strip():
+            raise ConfigError("the index factory must be 'auto' or a FAISS factory string such as 'HNSW32'")
+        if "IDMap" in self.factory:
+            raise ConfigError(f"leave IDMap out of the factory {self.factory!r}: mmsearch maps ids itself")
+        if self.max_index_memory_bytes <= 0:
+            raise ConfigError("max_index_memory_bytes must be positive")
+        if not 0.0 < self.target_recall <= 1.0:
+            raise ConfigError(f"target_recall must be in (0, 1], not {self.target_recall}")
+        if self.recall_at_k < 1 or self.tuning_queries < 1 or self.add_batch_rows < 1:
+            raise ConfigError("recall_at_k, tuning_queries and add_batch_rows must be at least 1")
+        if not (0.0 <= self.max_deleted_share <= 1.0 and 0.0 <= self.max_untrained_share <= 1.0):
+            raise ConfigError("max_deleted_share and max_untrained_share must be in [0, 1]")

@@ -1,0 +1,160 @@
+"""A loaded index answering top-k queries with collection ids: search parameters, id filters, deletions.
+
+Filters are pre-filters: a FAISS ``IDSelectorBitmap`` restricts the search itself, so a filtered query
+still returns ``k`` results. When an approximate search finds fewer (a selective filter leaves few
+candidates in the probed lists or graph neighbourhood), it is widened (nprobe / efSearch x4) and, for
+small allowed sets, answered exactly over their vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import QueryError, StoreError
+from .structure import knob_limits, knob_values, search_parameters, unwrap_ids
+
+EXACT_FILTER_MAX_ROWS = 4096
+WIDEN_FACTOR = 4
+VectorReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class SearchIndex:
+    """A loaded FAISS index of one modality. ``info`` is its :class:`IndexInfo`.
+
+    ``masked_ids`` are deleted ids still inside an index that cannot remove them (HNSW, refine): they are
+    filtered out of every result. ``vector_reader`` reads stored vectors by id when the index cannot
+    reconstruct them (memory-mapped lists, compressed codes).
+    """
+
+    def __init__(self, index: Any, info: Any, *, masked_ids: np.ndarray | None = None,
+                 vector_reader: VectorReader | None = None) -> None:
+        self._index = index
+        self._inner, self._labels = unwrap_ids(index)
+        self.info = info
+        self._masked = np.unique(np.asarray(masked_ids if masked_ids is not None else [], dtype=np.int64))
+        self._reader = vector_reader
+        self._defaults = {k: v for k, v in dict(info.params).items() if k in knob_values(index)}
+        self._exact = _is_exact(self._inner)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the index (deleted-but-masked ones included)."""
+        return int(self._index.ntotal)
+
+    @property
+    def search_params(self) -> dict[str, float]:
+        """The search parameters used by default (tuned at build time)."""
+        return dict(self._defaults)
+
+    def reconstruct(self, item_id: int) -> np.ndarray:
+        """The stored vector of collection id ``item_id``."""
+        ids, vectors = self._vectors(np.array([int(item_id)], dtype=np.int64))
+        if not len(ids):
+            raise StoreError(f"id {item_id} is not in the {self.info.modality} index")
+        return vectors[0]
+
+    def search(self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None,
+               params: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, dim) queries -> (scores (n, k) float32, ids (n, k) int64); missing slots have id -1.
+
+        ``allowed_ids`` restricts results to those ids (a pre-filter); ``params`` overrides the tuned
+        search parameters (``nprobe``, ``efSearch``, ``k_factor``) for this call.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if q.shape[1] != self.info.dim:
+            raise StoreError(f"query dim {q.shape[1]} != index dim {self.info.dim}")
+        values = {**self._defaults, **self._check_params(params or {})}
+        allowed = None if allowed_ids is None else np.setdiff1d(np.asarray(allowed_ids, np.int64), self._masked)
+        if allowed is not None and (len(allowed) == 0 or (not self._exact and len(allowed) <= EXACT_FILTER_MAX_ROWS)):
+            return self._exact_search(q, k, allowed)
+        if allowed is None and not len(self._masked):
+            return self._run(q, k, values, None)
+        return self._filtered(q, k, values, allowed)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _check_params(self, params: dict[str, float]) -> dict[str, float]:
+        limits = knob_limits(self._index)
+        unknown = sorted(set(params) - set(limits))
+        if unknown:
+            raise QueryError(f"search parameters {unknown} do not apply to a {self.info.factory!r} index; "
+                             f"it takes {sorted(limits) or 'none'}")
+        for name, value in params.items():
+            if not 1 <= value <= limits[name]:
+                raise QueryError(f"{name} must be from 1 to {limits[name]}, not {value}")
+        return dict(params)
+
+    def _run(self, q: np.ndarray, k: int, values: dict[str, float], selector: Any | None) -> tuple[np.ndarray, np.ndarray]:
+        keep: list[Any] = []
+        params = search_parameters(self._inner, values, selector, keep)
+        try:
+            scores, ids = self._inner.search(q, k, params=params)
+        except RuntimeError as exc:
+            raise QueryError(f"the {self.info.factory!r} index cannot run this search (filters or "
+                             f"parameters it does not support): {str(exc).strip().splitlines()[-1]}") from exc
+        if self._labels is not None:
+            ids = np.where(ids >= 0, self._labels[np.clip(ids, 0, None)], -1)
+        return scores, ids
+
+    def _filtered(self, q: np.ndarray, k: int, values: dict[str, float],
+                  allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        selector, bits, available = self._selector(allowed)
+        want = min(k, available)
+        limits = knob_limits(self._index)
+        while True:
+            scores, ids = self._run(q, k, values, selector)
+            if (ids >= 0).sum(axis=1).min() >= want:
+                break
+            wider = {n: min(v * WIDEN_FACTOR, limits[n]) for n, v in values.items() if n != "k_factor"}
+            if wider == {n: v for n, v in values.items() if n != "k_factor"}:
+                if allowed is not None and len(allowed) <= EXACT_FILTER_MAX_ROWS * 8:
+                    return self._exact_search(q, k, allowed)
+                break
+            values = {**values, **wider}
+        del bits  # the selector read it until here
+        return scores, ids
+
+    def _selector(self, allowed: np.ndarray | None) -> tuple[Any, np.ndarray, int]:
+        """An IDSelectorBitmap over the label space the searched index sees, and how many it admits."""
+        import faiss
+
+        if self._labels is not None:
+            mask = ~np.isin(self._labels, self._masked) if len(self._masked) else np.ones(len(self._labels), bool)
+            if allowed is not None:
+                mask &= np.isin(self._labels, allowed)
+        else:  # the index holds collection ids; masked ids never occur (it removes them)
+            if allowed is None:
+                allowed = np.zeros(0, np.int64)
+            mask = np.zeros(int(allowed.max(initial=-1)) + 1, dtype=bool)
+            mask[allowed] = True
+        bits = np.packbits(mask, bitorder="little")
+        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits, int(mask.sum())
+
+    def _exact_search(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = self._vectors(allowed)
+        scores = q @ vectors.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(q), k), -1, dtype=np.int64)
+        out_scores[:, :top.shape[1]] = np.take_along_axis(scores, top, axis=1)
+        out_ids[:, :top.shape[1]] = ids[top]
+        return out_scores, out_ids
+
+    def _vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids, vectors) for ``wanted``: reconstructed by the index, else read from the shards."""
+        wanted = np.setdiff1d(wanted, self._masked)
+        try:
+            if self._labels is not None:
+                wanted = wanted[np.isin(wanted, self._labels)]
+            return wanted, np.asarray(self._index.reconstruct_batch(wanted), dtype=np.float32).reshape(-1, self.info.dim)
+        except RuntimeError:
+            if self._reader is None:
+                raise StoreError(f"the {self.info.modality} index cannot return stored vectors") from None
+            return self._reader(wanted)
+
+
+def _is_exact(index: Any) -> bool:
+    import faiss
+
+    return isinstance(index, faiss.IndexFlat)

@@ -1,0 +1,86 @@
+"""Reading a collection's vectors for indexing: shard by shard, in bounded batches, or a seeded sample.
+
+Reads the Parquet shards the manifest lists (through the public schema helpers), never all at once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import CorruptShardError
+from ..store import ShardInfo, Store
+from ..store.schema import embeddings_to_numpy
+
+Batch = tuple[np.ndarray, np.ndarray]  # (ids int64 (n,), vectors float32 (n, dim))
+
+
+def shard_key(shard: ShardInfo) -> str:
+    """Identity of a shard's content: its file and checksum."""
+    return f"{shard.file}:{shard.sha256}"
+
+
+def read_shard(store: Store, shard: ShardInfo, *, ids: np.ndarray | None = None) -> Batch:
+    """Live rows of one shard (optionally only ``ids``) as (ids, float32 vectors)."""
+    path = store.root / shard.file
+    try:
+        table = pq.read_table(path, columns=["id", "embedding"])
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptShardError(str(path), str(exc)) from exc
+    if table.num_rows != shard.rows:
+        raise CorruptShardError(str(path), f"{table.num_rows} rows, manifest says {shard.rows}")
+    return _filter(table, store.manifest.deleted[_modality_of(shard)], ids, store.manifest.model.dim)
+
+
+def _modality_of(shard: ShardInfo) -> str:
+    return shard.file.split("/", 1)[0]
+
+
+def _filter(table: pa.Table, deleted: Sequence[int], ids: np.ndarray | None, dim: int) -> Batch:
+    if deleted:
+        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(deleted, pa.int64()))))
+    if ids is not None:
+        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
+    return table.column("id").to_numpy().astype(np.int64), embeddings_to_numpy(table.column("embedding"), dim)
+
+
+def iter_batches(store: Store, shards: Sequence[ShardInfo], batch_rows: int) -> Iterator[Batch]:
+    """Live rows of ``shards`` in batches of at most ``batch_rows``; memory is one shard."""
+    for shard in shards:
+        ids, vectors = read_shard(store, shard)
+        for start in range(0, len(ids), batch_rows):
+            yield ids[start:start + batch_rows], vectors[start:start + batch_rows]
+
+
+def read_vectors(store: Store, modality: str, wanted: np.ndarray) -> Batch:
+    """The stored vectors of the live ``wanted`` ids of ``modality`` (ids not found are left out)."""
+    wanted = np.asarray(wanted, dtype=np.int64)
+    parts = [read_shard(store, s, ids=wanted) for s in store.manifest.shards[modality]]
+    return _concat(parts, store.manifest.model.dim)
+
+
+def sample(store: Store, modality: str, rows: int, *, seed: int) -> Batch:
+    """A seeded uniform sample of about ``rows`` live rows (all of them when fewer), read shard by shard."""
+    shards = store.manifest.shards[modality]
+    total = sum(s.rows for s in shards)
+    if total == 0:
+        return _concat([], store.manifest.model.dim)
+    share = min(1.0, rows / max(store.manifest.live_rows(modality), 1))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for shard in shards:
+        ids, vectors = read_shard(store, shard)
+        keep = rng.random(len(ids)) < share
+        parts.append((ids[keep], vectors[keep]))
+    ids, vectors = _concat(parts, store.manifest.model.dim)
+    return ids[:rows], vectors[:rows]
+
+
+def _concat(parts: Sequence[Batch], dim: int) -> Batch:
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

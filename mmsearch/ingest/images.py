@@ -1,0 +1,267 @@
+"""Ingest of one image root: plan (skip unchanged) -> decode stream -> encode -> exact-size shards.
+
+Every shard commit carries its image rows, their caption texts and the tombstones of the rows they
+replace in one manifest write, so a run killed at any point can simply be run again. Shards hold
+exactly ``shard_rows`` images (the last one fewer) and inputs are taken in a fixed order, so a resumed
+run assigns the same ids as an uninterrupted one.
+
+Deduplication: an image whose content (sha256) is already in the collection, or earlier in this run,
+is not encoded again: it gets its own row (its own path, caption, mtime) carrying a copy of the
+existing embedding. Search therefore returns every path of a duplicated picture, with equal scores
+and equal ``sha256`` metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from . import quarantine
+from .decode import Decoded, DecodeSettings
+from .discover import ImageFile, iter_image_files
+from .encode import share_cpus_with_workers
+from .job import Job
+from .pool import decode_stream
+
+log = logging.getLogger(__name__)
+
+_DISCOVERY_TICK = 512
+
+
+@dataclass
+class _Row:
+    """An image row waiting in the shard buffer."""
+
+    file: ImageFile
+    sha256: str
+    width: int
+    height: int
+    vector: np.ndarray | None  # None: copy the stored embedding of ``source_id``
+    source_id: int | None = None
+
+
+@dataclass(frozen=True)
+class _Old:
+    id: int
+    bytes: int
+    mtime: float
+    caption: str | None
+
+
+class ImageIngest:
+    """Ingest of one image root (a folder or a single file)."""
+
+    def __init__(self, job: Job, root: Path) -> None:
+        self.job, self.root = job, root
+        self.by_uri: dict[str, list[_Old]] = defaultdict(list)
+        self.by_hash: dict[str, tuple[int, int, int]] = {}  # sha256 -> (id, width, height) of a stored row
+        self.pending: dict[str, np.ndarray] = {}  # dedup key -> vector, for rows not yet committed
+        self.replaced: dict[str, list[int]] = {}
+        self.seen: set[str] = set()
+        self.rejected_now: set[str] = set()
+        self.buffer: list[_Row] = []
+        self.known = quarantine.known(job.store.root)
+
+    def run(self) -> None:
+        """Plan, embed, commit, then record removed files and tidy the quarantine."""
+        self._load_existing()
+        todo = self._plan()
+        self._embed(todo)
+        self._finish(todo)
+
+    # -- planning --------------------------------------------------------------------------------
+    def _load_existing(self) -> None:
+        table = self.job.store.scan("images", ["id", "uri", "bytes", "mtime", "caption", "sha256", "width", "height"])
+        for row in table.to_pylist():
+            self.by_uri[row["uri"]].append(_Old(row["id"], row["bytes"], row["mtime"], row["caption"]))
+            if row["sha256"] and self.job.options.dedup:
+                self.by_hash.setdefault(row["sha256"], (row["id"], row["width"], row["height"]))
+
+    def _plan(self) -> list[ImageFile]:
+        """The files to embed; counts the unchanged and the known-bad ones."""
+        report, known = self.job.report, self.known
+        todo: list[ImageFile] = []
+        for n, f in enumerate(iter_image_files(self.root, captions=self.job.captions, on_reject=self._rejected_early)):
+            self.seen.add(f.uri)
+            if n % _DISCOVERY_TICK == 0:
+                self.job.tick("discover", n, 0)
+            olds = self.by_uri.get(f.uri, [])
+            if any(o.bytes == f.bytes and o.mtime == f.mtime and o.caption == f.caption for o in olds):
+                report.skipped_unchanged += 1
+            elif (f.uri, f.bytes, f.mtime) in known:
+                report.skipped_quarantined += 1
+            else:
+                todo.append(f)
+                if olds:
+                    self.replaced[f.uri] = [o.id for o in olds]
+        return todo
+
+    def _rejected_early(self, uri: str, reason: str, error: str) -> None:
+        """A discovery-time reject (cannot stat, not a regular file): quarantined once."""
+        self.seen.add(uri)
+        self.rejected_now.add(uri)
+        if reason not in quarantine.RETRIED_REASONS and (uri, None, None) in self.known:
+            self.job.report.skipped_quarantined += 1
+        else:
+            self.job.reject(uri, reason, error)
+
+    # -- embedding -------------------------------------------------------------------------------
+    def _embed(self, todo: list[ImageFile]) -> None:
+        options, done = self.job.options, 0
+        settings = DecodeSettings(
+            transform=self.job.encoder.image_transform, draft_px=_model_input_px(self.job.encoder.image_transform),
+            max_image_pixels=options.max_image_pixels, timeout_s=options.decode_timeout_s,
+            skip_hashes=frozenset(self.by_hash),
+        )
+        workers = 0 if len(todo) < 2 * options.batch_size else options.workers
+        stream = decode_stream((f.os_path for f in todo), settings, workers=workers,
+                               window=2 * options.batch_size + 2 * max(workers, 1))
+        with share_cpus_with_workers(self.job.encoder, workers):
+            for batch in _batched(stream, options.batch_size):
+                self._take(todo, batch)
+                done += len(batch)
+                self.job.tick("images", done, len(todo))
+                while len(self.buffer) >= options.shard_rows:
+                    self._flush(self.buffer[: options.shard_rows])
+                    self.buffer = self.buffer[options.shard_rows:]
+            self._flush(self.buffer)
+        self.buffer = []
+
+    def _take(self, todo: Sequence[ImageFile], batch: list[Decoded]) -> None:
+        """Quarantine the failures of a decoded batch; encode the new content; buffer the rows."""
+        for d in batch:
+            if not d.ok:
+                f = todo[d.seq]
+                self.rejected_now.add(f.uri)
+                self.job.reject(f.uri, d.reason or quarantine.CORRUPT, d.error or "", size=f.bytes, mtime=f.mtime)
+        good = [d for d in batch if d.ok]
+        fresh: dict[str, Decoded] = {}
+        for d in good:
+            key = self._key(d)
+            if key not in self.pending and key not in self.by_hash and key not in fresh:
+                fresh[key] = d
+        vectors = self.job.batcher.images([d.pixels for d in fresh.values() if d.pixels is not None])
+        self.pending.update(zip(fresh, vectors))
+        for d in good:
+            self.buffer.append(self._row(todo[d.seq], d))
+        self.job.report.images_deduplicated += len(good) - len(fresh)
+
+    def _key(self, d: Decoded) -> str:
+        return d.sha256 if self.job.options.dedup and d.sha256 else f"seq:{d.seq}"
+
+    def _row(self, f: ImageFile, d: Decoded) -> _Row:
+        key, sha = self._key(d), d.sha256 or ""
+        if key in self.pending:
+            return _Row(f, sha, d.width, d.height, self.pending[key])
+        source_id, width, height = self.by_hash[key]
+        return _Row(f, sha, d.width or width, d.height or height, None, source_id)
+
+    # -- committing ------------------------------------------------------------------------------
+    def _flush(self, rows: list[_Row]) -> None:
+        if not rows:
+            return
+        store = self.job.store
+        ids = store.reserve_ids(len(rows))
+        store.write_shard("images", {
+            "id": ids, "uri": [r.file.uri for r in rows], "sha256": [r.sha256 for r in rows],
+            "bytes": [r.file.bytes for r in rows], "mtime": [r.file.mtime for r in rows],
+            "width": [r.width for r in rows], "height": [r.height for r in rows],
+            "caption": [r.file.caption for r in rows],
+        }, self._vectors(rows))
+        self._write_captions(rows, ids)
+        self._delete([i for r in rows for i in self.replaced.get(r.file.uri, [])], replaced=True)
+        store.commit()
+        self._committed(rows, ids)
+
+    def _vectors(self, rows: list[_Row]) -> np.ndarray:
+        wanted = [r.source_id for r in rows if r.vector is None and r.source_id is not None]
+        stored = self.job.store.embeddings_by_id("images", wanted) if wanted else {}
+        if len(stored) != len(set(wanted)):
+            raise StoreError("an embedding to reuse for a duplicate image is missing from the shards")
+        return np.stack([r.vector if r.vector is not None else stored[r.source_id] for r in rows])  # type: ignore[index]
+
+    def _committed(self, rows: list[_Row], ids: np.ndarray) -> None:
+        for r, i in zip(rows, ids):
+            if self.job.options.dedup and r.sha256:
+                self.by_hash.setdefault(r.sha256, (int(i), r.width, r.height))
+                self.pending.pop(r.sha256, None)
+        if not self.job.options.dedup:
+            self.pending.clear()
+        self.job.report.images_embedded += len(rows)
+        self.job.report.changed.add("images")
+
+    def _write_captions(self, rows: list[_Row], image_ids: np.ndarray) -> None:
+        pairs = [(r.file, int(i)) for r, i in zip(rows, image_ids) if r.file.caption]
+        if not pairs:
+            return
+        texts = [f.caption or "" for f, _ in pairs]
+        store = self.job.store
+        store.write_shard("texts", {
+            "id": store.reserve_ids(len(pairs)), "text": texts, "source": [f.uri for f, _ in pairs],
+            "key": ["caption"] * len(pairs), "image_id": [i for _, i in pairs],
+        }, self.job.batcher.texts(texts))
+        self.job.report.texts_embedded += len(pairs)
+        self.job.report.changed.add("texts")
+
+    def _delete(self, ids: list[int], *, replaced: bool) -> None:
+        """Tombstone image rows and their captions (in memory; the caller commits)."""
+        if not ids:
+            return
+        store, wanted = self.job.store, set(ids)
+        captions = store.scan("texts", ["id", "image_id"]).to_pydict()
+        caption_ids = [t for t, img in zip(captions["id"], captions["image_id"]) if img in wanted]
+        if store.mark_deleted("texts", caption_ids):
+            self.job.report.changed.add("texts")
+        n = store.mark_deleted("images", ids)
+        if n:
+            if replaced:
+                self.job.report.replaced += n
+            else:
+                self.job.report.deleted += n
+            self.job.report.changed.add("images")
+
+    def _finish(self, todo: list[ImageFile]) -> None:
+        """Record files gone from disk as deletions; drop quarantine entries that no longer apply."""
+        removed = [o.id for uri, olds in self.by_uri.items() if _under(uri, self.root) and uri not in self.seen
+                   for o in olds]
+        if removed:
+            self._delete(removed, replaced=False)
+            self.job.store.commit()
+        embedded = {f.uri for f in todo} - self.rejected_now
+        quarantine.prune(self.job.store.root, lambda e: _under(str(e.get("uri")), self.root)
+                         and (e.get("uri") not in self.seen or e.get("uri") in embedded))
+
+
+def _batched(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
+    batch: list[Decoded] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _model_input_px(transform: object) -> int | None:
+    """The side of the model's input image (probed once), or None when the transform is not spatial."""
+    from PIL import Image
+
+    try:
+        out = transform(Image.new("RGB", (64, 64)))  # type: ignore[operator]
+    except Exception:  # an odd transform: decode at full size
+        return None
+    shape = tuple(getattr(out, "shape", ()))
+    return int(max(shape[-2:])) if len(shape) >= 3 else None
+
+
+def _under(uri: str, root: Path) -> bool:
+    r = str(root)
+    return uri == r or uri.startswith(r.rstrip(os.sep) + os.sep)

@@ -1,0 +1,62 @@
+"""The index options through mmsearch.index, the CLI and Collection.search (filters, parameter overrides)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.compute as pc
+import pytest
+from click.testing import CliRunner
+from fakes import make_colour_folder
+
+import mmsearch
+from cli.main import main
+from mmsearch import QueryError
+
+NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_colour_folder(tmp_path / "imgs", NAMES)
+
+
+def test_factory_and_target_are_stored_and_kept_on_rerun(folder, tmp_path, colour_model) -> None:
+    out = tmp_path / "c.mms"
+    result = mmsearch.index(folder, out=out, model=colour_model, index_factory="IVF2,Flat", target_recall=0.9)
+    info = result.indexes["images"]
+    assert info.factory == "IVF2,Flat" and info.target_recall == 0.9 and "nprobe" in info.params
+    (folder / "red.png").unlink()
+    again = mmsearch.index(folder, out=out, model=colour_model)  # no index options: the collection's are kept
+    updated = again.indexes["images"]
+    assert updated.factory == "IVF2,Flat" and updated.target_recall == 0.9 and updated.update.startswith("updated")
+    assert updated.rows == 7 and all(not h.uri.endswith("/red.png") for h in mmsearch.open(out).search("red", k=8))
+
+
+def test_where_filter_and_search_params(folder, tmp_path, colour_model) -> None:
+    out = mmsearch.index(folder, out=tmp_path / "c.mms", model=colour_model, index_factory="HNSW8").path
+    col = mmsearch.open(out)
+    hits = col.search("a red square", k=3, where=pc.field("uri").isin([str(p) for p in folder.rglob("*.png")
+                                                                        if p.stem in ("blue", "green")]))
+    assert {h.uri.split("/")[-1] for h in hits} == {"blue.png", "green.png"}  # only the allowed rows, all of them
+    top = col.search("a red square", k=1, search_params={"efSearch": 64})[0]
+    assert top.uri.endswith("/red.png")
+    with pytest.raises(QueryError, match="nprobe"):
+        col.search("a red square", search_params={"nprobe": 4})
+    with pytest.raises(QueryError, match="filter"):
+        col.search("a red square", where=pc.field("no_such_column") == 1)
+
+
+def test_cli_index_flags_and_info_show_tuning(folder, tmp_path, colour_model) -> None:
+    runner = CliRunner()
+    out = tmp_path / "c.mms"
+    result = runner.invoke(main, ["index", str(folder), "--out", str(out), "--model", colour_model,
+                                  "--index", "IVF2,Flat", "--max-index-memory", "1GB", "--target-recall", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert "index       images: IVF2,Flat, 8 vectors, nprobe=" in result.output
+    info = runner.invoke(main, ["info", str(out)])
+    assert "recall@10" in info.output and "on texts" in info.output
+    data = json.loads(runner.invoke(main, ["info", str(out), "--json"]).output)
+    assert data["indexes"]["images"]["max_index_memory_bytes"] == 1024**3
+    bad = runner.invoke(main, ["index", str(folder), "--out", str(out), "--max-index-memory", "lots"])
+    assert bad.exit_code == 1 and "cannot read 'lots' as a size" in bad.output
