@@ -86,22 +86,57 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
 @click.argument("text", required=False)
 @click.option("--image", "image", type=click.Path(exists=True, dir_okay=False), help="Query by an image file.")
 @click.option("--id", "item_id", type=int, help="Query by an item already in the collection.")
+@click.option("--plus", multiple=True, help="Add a text to the query (repeatable): --image x.jpg --plus 'in winter'.")
+@click.option("--minus", multiple=True, help="Subtract a text from the query (repeatable): --minus people.")
 @click.option("--collection", "-c", type=click.Path(file_okay=False), help="Collection directory.")
 @click.option("-k", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Number of results.")
 @click.option("--modality", type=click.Choice(["image", "text"]), default="image", show_default=True,
               help="What to return: images or texts.")
+@click.option("--path-glob", help="Only items whose path (or text source) matches this glob.")
+@click.option("--path-prefix", help="Only items whose path (or text source) starts with this.")
+@click.option("--caption-contains", help="Only items whose caption (or text) contains this (any case).")
+@click.option("--dedup", type=click.FloatRange(0, 1, min_open=True),
+              help="Keep one result per group of near-duplicates more similar than this (e.g. 0.95).")
 @click.option("--model", "-m", help="Check the collection was built with this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @_library_errors
-def query_cmd(text: str | None, image: str | None, item_id: int | None, collection: str | None, k: int,
-              modality: str, model: str | None, as_json: bool) -> None:
-    """Search a collection by TEXT, --image FILE or --id N."""
+def query_cmd(text: str | None, image: str | None, item_id: int | None, plus: tuple[str, ...],
+              minus: tuple[str, ...], collection: str | None, k: int, modality: str, path_glob: str | None,
+              path_prefix: str | None, caption_contains: str | None, dedup: float | None, model: str | None,
+              as_json: bool) -> None:
+    """Search a collection by TEXT, --image FILE or --id N (optionally --plus / --minus texts)."""
     import mmsearch
     from mmsearch.config import resolve_collection
 
     col = mmsearch.open(resolve_collection(collection), model=model)
-    hits = col.search(text, image=image, id=item_id, k=k, modality=modality)
+    filters = mmsearch.Filter(path_glob=path_glob, path_prefix=path_prefix, caption_contains=caption_contains)
+    hits = col.search(text, image=image, id=item_id, positive=list(plus), negative=list(minus), k=k,
+                      modality=modality, filter=None if filters.is_empty() else filters, dedup=dedup)
     click.echo(json.dumps([h.to_dict() for h in hits], indent=2) if as_json else render.hits_table(hits))
+
+
+@main.command("ask")
+@click.argument("question")
+@click.option("--collection", "-c", type=click.Path(file_okay=False), help="Collection directory.")
+@click.option("-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Images and texts to cite.")
+@click.option("--chat-url", help="OpenAI-compatible API base URL [env: MMSEARCH_CHAT_URL].")
+@click.option("--chat-model", help="Chat model name [env: MMSEARCH_CHAT_MODEL].")
+@click.option("--json", "as_json", is_flag=True, help="Print the evidence bundle (and answer) as JSON.")
+@_library_errors
+def ask_cmd(question: str, collection: str | None, k: int, chat_url: str | None, chat_model: str | None,
+            as_json: bool) -> None:
+    """Answer QUESTION from the collection: retrieve evidence, and ask a chat model when one is configured."""
+    import mmsearch
+    from mmsearch.config import chat_config, resolve_collection
+    from mmsearch.query.chat import ask
+
+    bundle = mmsearch.open(resolve_collection(collection)).evidence(question, k=k)
+    config = chat_config(chat_url, chat_model)
+    answer = ask(bundle, config) if config else None
+    if as_json:
+        click.echo(json.dumps({**bundle.to_dict(), "answer": answer}, indent=2))
+    else:
+        click.echo(render.answer_text(bundle, answer))
 
 
 @main.command("info")

@@ -155,3 +155,12 @@ def eval_text(report: Any) -> str:
             k = key.split("@")[1]
             lines.append(f"{name + ' ' + key:<16}{value:>10.1f}{report.chance[f'{prefix}@{k}']:>10.1f}")
     return "\n".join(lines)
+
+
+def answer_text(bundle: Any, answer: str | None) -> str:
+    """The chat model's answer with its sources, or the evidence block and how to configure a model."""
+    if answer is None:
+        return (bundle.to_prompt() + "\n\n(no chat model configured: set MMSEARCH_CHAT_URL and MMSEARCH_CHAT_MODEL, "
+                "or pass --chat-url and --chat-model, to get an answer)")
+    sources = [f"[{i.citation}] {i.uri if i.modality == 'image' else i.text}" for i in [*bundle.images, *bundle.texts]]
+    return answer + "\n\nSources:\n" + "\n".join(sources)

@@ -37,17 +37,20 @@ __all__ = [
     "CollectionNotFoundError",
     "ConfigError",
     "CorruptShardError",
-    "EvalReport",
-    "IngestError",
     "EncoderError",
     "EncoderMismatchError",
+    "EvalReport",
+    "EvidenceBundle",
+    "Filter",
     "Hit",
     "IndexBuildError",
     "IndexNotFoundError",
     "IndexResult",
+    "IngestError",
     "MMSearchError",
     "MissingExtraError",
     "ModelUnavailableError",
+    "Q",
     "QueryError",
     "SchemaVersionError",
     "StoreError",
@@ -60,6 +63,7 @@ __all__ = [
 _LAZY = {
     "Collection": "search", "Hit": "search", "IndexResult": "api", "index": "api", "open": "api",
     "evaluate": "evaluation", "EvalReport": "evaluation",
+    "Filter": "query.filters", "Q": "query.combine", "EvidenceBundle": "query.evidence",
 }
 
 

@@ -1,39 +1,46 @@
-"""The query layer: :class:`Collection` answers text/image/vector/id queries with typed :class:`Hit`s.
+"""The query layer: :class:`Collection` answers queries of every kind with typed :class:`Hit` results.
 
 Scores are cosine similarities of unit vectors: higher is more similar, 1.0 is identical.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .encoders.base import Encoder, embed_pil_images
+from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
-from .errors import EncoderMismatchError, MMSearchError, QueryError
+from .errors import EncoderMismatchError, IndexNotFoundError, MMSearchError, QueryError
 from .indexes import SearchIndex, is_current, load_index
+from .query.calibration import NULL_QUERIES, threshold_from_null_scores
+from .query.combine import Q, Term, as_term, combine
+from .query.evidence import EvidenceBundle, EvidenceItem
+from .query.filters import Filter
+from .query.terms import ImageQuery, embed_terms
 from .store import Store
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.compute as pc
-    from PIL import Image
 
 log = logging.getLogger(__name__)
 
-ImageQuery = Union[str, Path, bytes, "Image.Image", np.ndarray]
 MODALITY_NAMES = {"image": "images", "images": "images", "text": "texts", "texts": "texts"}
 MAX_K = 10_000
+DEDUP_OVERSAMPLE = 4
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. ``uri`` is the image path (images) or the text's source (texts)."""
+    """One search result. ``uri`` is the image path (images) or the text's source (texts).
+
+    ``good_match`` is set for text queries: True when the score is above the collection's calibrated
+    no-match threshold (see :meth:`Collection.no_match_threshold`), False when not; None otherwise.
+    """
 
     id: int
     score: float
@@ -42,10 +49,20 @@ class Hit:
     text: str | None = None
     caption: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    good_match: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The one JSON form of a hit, shared by the library, the CLI and the HTTP API."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What to search for: query vectors, ids to leave out per query, and whether they are texts."""
+
+    vectors: np.ndarray
+    exclude: list[set[int]]
+    text_only: list[bool]
 
 
 class Collection:
@@ -60,6 +77,7 @@ class Collection:
         self._encoder: Encoder | None = None
         self._indexes: dict[str, SearchIndex] = {}
         self._rows: dict[str, tuple[pa.Table, np.ndarray]] = {}
+        self._thresholds: dict[str, float] = {}
 
     @property
     def path(self) -> Path:
@@ -72,11 +90,16 @@ class Collection:
         return self._store.manifest.model.spec
 
     @property
+    def dim(self) -> int:
+        """The embedding dimension."""
+        return self._store.manifest.model.dim
+
+    @property
     def encoder(self) -> Encoder:
         """The collection's encoder, loaded on first use."""
         if self._encoder is None:
             self._encoder = load_encoder(self.model, device=self._device)
-            if self._encoder.dim != self._store.manifest.model.dim:
+            if self._encoder.dim != self.dim:
                 raise EncoderMismatchError(self.model, f"{self.model} (dim {self._encoder.dim})")
         return self._encoder
 
@@ -86,32 +109,133 @@ class Collection:
     def __repr__(self) -> str:
         return f"Collection({str(self.path)!r}, model={self.model!r}, items={len(self)})"
 
+    # -- searching -----------------------------------------------------------------------------
     def search(
         self, query: str | None = None, *, text: str | None = None, image: ImageQuery | None = None,
-        vector: np.ndarray | None = None, id: int | None = None, k: int = 10, modality: str = "image",
-        where: pc.Expression | None = None, search_params: dict[str, float] | None = None,
+        vector: np.ndarray | None = None, id: int | None = None,
+        positive: Sequence[Term] = (), negative: Sequence[Term] = (),
+        k: int = 10, modality: str = "image", filter: Filter | Mapping[str, Any] | None = None,
+        where: pc.Expression | None = None, dedup: float | None = None,
+        search_params: dict[str, float] | None = None,
     ) -> list[Hit]:
-        """Rank items of ``modality`` ("image" or "text") by similarity to exactly one query.
+        """Rank items of ``modality`` ("image" or "text") by similarity to a query.
 
-        ``query`` is a shorthand for ``text``. A query by ``id`` uses that item's stored embedding
-        and leaves the item itself out of the results. ``where`` is a pyarrow expression over the
-        metadata columns (e.g. ``pc.field("width") > 100``): a pre-filter, so k matching results come
-        back when k match. ``search_params`` overrides the index's tuned ``nprobe`` / ``efSearch`` /
-        ``k_factor`` for this query.
+        The query is exactly one of ``text`` (or positionally ``query``), ``image`` (path, bytes, PIL
+        image or HxWx3 array), ``vector`` or ``id`` (an item of the collection, left out of the
+        results) — or query arithmetic: ``positive`` and ``negative`` lists of terms (a ``str`` is a
+        text, a ``Path`` an image, or :class:`mmsearch.Q` with a weight), to which a single query
+        given above is added as a positive term.
+
+        ``filter`` (a :class:`mmsearch.Filter` or its dict form) and ``where`` (a pyarrow expression
+        over the metadata columns) are pre-filters: k matching results come back when k match.
+        ``dedup`` (a similarity such as 0.95) keeps one result per group of near-duplicates.
+        ``search_params`` overrides the index's tuned ``nprobe`` / ``efSearch`` / ``k_factor``.
         """
         if query is not None:
             if text is not None:
                 raise QueryError("give the text either positionally or as text=, not both")
             text = query
-        given = [name for name, v in (("text", text), ("image", image), ("vector", vector), ("id", id)) if v is not None]
-        if len(given) != 1:
-            raise QueryError(f"give exactly one of text=, image=, vector=, id= (got {', '.join(given) or 'none'})")
-        _check_k(k)
-        target = _modality(modality)
-        q = self._query_vector(text=text, image=image, vector=vector, id=id)
-        exclude = {int(id)} if id is not None else set()
-        return self._search_vectors(q[None, :], k, target, exclude, where=where, search_params=search_params)[0]
+        single = [Q(**{n: v}) for n, v in (("text", text), ("image", image), ("vector", vector), ("id", id)) if v is not None]
+        if len(single) > 1:
+            raise QueryError("give exactly one of text=, image=, vector=, id= (use positive=[...] to combine several)")
+        if not single and not positive:
+            raise QueryError("give exactly one of text=, image=, vector=, id= (or positive=[...] terms)")
+        if negative or positive or not single:
+            plan = self._arithmetic([*single, *positive], list(negative))
+        else:
+            plan = self._plan(single)
+        return self._run(plan, k, modality, filter=filter, where=where, dedup=dedup, search_params=search_params)[0]
 
+    def search_batch(
+        self, queries: Sequence[Term], *, k: int = 10, modality: str = "image",
+        filter: Filter | Mapping[str, Any] | None = None, where: pc.Expression | None = None,
+        dedup: float | None = None, search_params: dict[str, float] | None = None,
+    ) -> list[list[Hit]]:
+        """Many queries at once (texts as ``str``, images as ``Path``, or :class:`mmsearch.Q`), results
+        in the same order. Texts are encoded in one batch, images in one, and the index is searched once."""
+        if not queries:
+            return []
+        plan = self._plan([as_term(q) for q in queries])
+        return self._run(plan, k, modality, filter=filter, where=where, dedup=dedup, search_params=search_params)
+
+    def recommend(
+        self, positive_ids: Sequence[int], negative_ids: Sequence[int] = (), *, k: int = 10,
+        modality: str | None = None, filter: Filter | Mapping[str, Any] | None = None,
+        where: pc.Expression | None = None, dedup: float | None = None,
+    ) -> list[Hit]:
+        """Items like ``positive_ids`` and unlike ``negative_ids`` (none of them returned).
+
+        ``modality`` defaults to that of the first positive item.
+        """
+        if not positive_ids:
+            raise QueryError("recommend needs at least one positive id")
+        target = modality or self._modality_of(int(positive_ids[0]))
+        plan = self._arithmetic([Q(id=int(i)) for i in positive_ids], [Q(id=int(i)) for i in negative_ids])
+        return self._run(plan, k, target, filter=filter, where=where, dedup=dedup)[0]
+
+    def similar(self, id: int, *, k: int = 10, modality: str | None = None,
+                filter: Filter | Mapping[str, Any] | None = None, dedup: float | None = None) -> list[Hit]:
+        """Items most similar to item ``id`` (itself left out); ``modality`` defaults to the item's own."""
+        return self.search(id=id, k=k, modality=modality or self._modality_of(int(id)), filter=filter, dedup=dedup)
+
+    def item(self, id: int) -> Hit:
+        """One item's stored metadata as a :class:`Hit` (score 1.0: an item is identical to itself)."""
+        modality = MODALITY_NAMES[self._modality_of(int(id))]
+        table, ids = self._table(modality)
+        return self._hit(modality, table, ids, int(id), 1.0)
+
+    # -- embeddings for pipelines ------------------------------------------------------------------
+    def embeddings(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), dim) float32 stored embeddings, in the order given (images or texts)."""
+        return self._vectors_of_ids([int(i) for i in ids])
+
+    def iter_embeddings(self, modality: str = "image", *, as_arrow: bool = False) -> Iterator[tuple[Any, Any]]:
+        """(ids, embeddings) per shard, live rows only: numpy (int64, (n, dim) float32) or, with
+        ``as_arrow``, the Arrow id column and fixed-size-list embedding column as stored (zero-copy)."""
+        target = _modality(modality)
+        if not as_arrow:
+            yield from self._store.iter_embeddings(target)
+            return
+        for table in self._store.iter_tables(target, ["id", "embedding"]):
+            yield table.column("id"), table.column("embedding")
+
+    # -- calibration and evidence ------------------------------------------------------------------
+    def no_match_threshold(self, modality: str = "image") -> float:
+        """Scores of text queries above this are good matches for ``modality`` in this collection.
+
+        It is the 95th percentile of the best scores that unrelated text queries reach here (computed on
+        first use, then cached for this object).
+        """
+        target = _modality(modality)
+        if target not in self._thresholds:
+            vectors = self.encoder.encode_texts(list(NULL_QUERIES))
+            scores, _ = self._index(target).search(vectors, 1)
+            self._thresholds[target] = threshold_from_null_scores(scores[:, 0])
+        return self._thresholds[target]
+
+    def evidence(self, question: str, *, k: int = 5, k_texts: int | None = None, nearest_texts: int = 3,
+                 filter: Filter | Mapping[str, Any] | None = None) -> EvidenceBundle:
+        """The best images and texts for ``question``, with citation ids (I1.., T1..) and, for each
+        image, its nearest texts in the collection (an image->text, retrieval-based caption)."""
+        available = [m for m in ("images", "texts") if self._has_index(m)]
+        if not available:
+            raise IndexNotFoundError("image or text", str(self.path))
+        plan = self._plan([Q(text=question)])
+        images = self._run(plan, k, "image", filter=filter)[0] if "images" in available else []
+        texts = self._run(plan, k_texts or k, "text", filter=filter)[0] if "texts" in available else []
+        neighbours: list[list[Hit]] = [[] for _ in images]
+        if images and "texts" in available and nearest_texts > 0:
+            vectors = self._vectors_of_ids([h.id for h in images])
+            neighbours = self._run(_Plan(vectors, [set() for _ in images], [False] * len(images)),
+                                   nearest_texts, "text")
+        threshold = self.no_match_threshold("image" if images else "text")
+        return EvidenceBundle(
+            question=question, model=self.model, threshold=threshold,
+            images=[_evidence_item(f"I{n}", h, near) for n, (h, near) in enumerate(zip(images, neighbours), 1)],
+            texts=[_evidence_item(f"T{n}", h, []) for n, h in enumerate(texts, 1)],
+        )
+
+    # -- information -------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """A JSON-able summary: model, counts, shards, indexes."""
         m = self._store.manifest
@@ -134,39 +258,79 @@ class Collection:
 
         return quarantine.read(self.path)
 
-    # -- internals -----------------------------------------------------------------------------
-    def _query_vector(self, *, text: str | None, image: ImageQuery | None,
-                      vector: np.ndarray | None, id: int | None) -> np.ndarray:
-        if text is not None:
-            if not isinstance(text, str) or not text.strip():
-                raise QueryError("the text query is empty")
-            return self.encoder.encode_texts([text])[0]
-        if image is not None:
-            return embed_pil_images(self.encoder, [_load_image(image)])[0]
-        if vector is not None:
-            return _check_vector(vector, self._store.manifest.model.dim)
-        return self._vector_of(int(id))  # type: ignore[arg-type]
+    # -- internals -------------------------------------------------------------------------------
+    def _plan(self, terms: Sequence[Q]) -> _Plan:
+        vectors = embed_terms(lambda: self.encoder, terms, self.dim, self._vectors_of_ids)
+        exclude = [{int(t.id)} if t.id is not None else set() for t in terms]
+        return _Plan(vectors, exclude, [t.text is not None for t in terms])
 
-    def _vector_of(self, item_id: int) -> np.ndarray:
+    def _arithmetic(self, positive: Sequence[Term], negative: Sequence[Term]) -> _Plan:
+        pos, neg = [as_term(t) for t in positive], [as_term(t) for t in negative]
+        vectors = embed_terms(lambda: self.encoder, [*pos, *neg], self.dim, self._vectors_of_ids)
+        lookup = {id(t): v for t, v in zip([*pos, *neg], vectors)}
+        combined = combine(pos, neg, lambda t: lookup[id(t)])
+        exclude = {int(t.id) for t in [*pos, *neg] if t.id is not None}
+        return _Plan(combined[None, :], [exclude], [all(t.text is not None for t in [*pos, *neg])])
+
+    def _run(self, plan: _Plan, k: int, modality: str, *, filter: Filter | Mapping[str, Any] | None = None,
+             where: pc.Expression | None = None, dedup: float | None = None,
+             search_params: dict[str, float] | None = None) -> list[list[Hit]]:
+        _check_k(k)
+        if dedup is not None and not 0 < dedup <= 1:
+            raise QueryError(f"dedup must be a similarity in (0, 1], not {dedup!r}")
+        target = _modality(modality)
+        index = self._index(target)
+        table, sorted_ids = self._table(target)
+        expression = _combine_filters(filter, where, target, table.column_names)
+        allowed = None if expression is None else _filter_ids(table, expression)
+        wanted = k * DEDUP_OVERSAMPLE + 10 if dedup else k
+        extra = max(len(e) for e in plan.exclude)
+        scores, ids = index.search(plan.vectors, max(1, min(wanted + extra, index.ntotal)), allowed_ids=allowed,
+                                   params=search_params)
+        threshold = self.no_match_threshold(target) if any(plan.text_only) else None
+        results = []
+        for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
+            pairs = [(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) not in plan.exclude[row]]
+            if dedup:
+                pairs = self._collapse(pairs, dedup)
+            good = threshold if plan.text_only[row] else None
+            results.append([self._hit(target, table, sorted_ids, i, s, good) for i, s in pairs[:k]])
+        return results
+
+    def _collapse(self, pairs: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:
+        """Keep the best of each group of results more similar than ``threshold`` to one kept before."""
+        if not pairs:
+            return pairs
+        vectors = self._vectors_of_ids([i for i, _ in pairs])
+        kept: list[int] = []
+        for n in range(len(pairs)):
+            if not kept or float(np.max(vectors[kept] @ vectors[n])) < threshold:
+                kept.append(n)
+        return [pairs[n] for n in kept]
+
+    def _vectors_of_ids(self, ids: list[int]) -> np.ndarray:
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        missing = set(range(len(ids)))
+        for modality in ("images", "texts"):
+            _, sorted_ids = self._table(modality)
+            here = [n for n in missing if _find(sorted_ids, ids[n]) is not None]
+            if here:
+                found = self._store.embeddings_by_id(modality, [ids[n] for n in here])
+                for n in here:
+                    out[n] = found[ids[n]]
+                missing -= set(here)
+        if missing:
+            raise QueryError(f"no item with id {ids[min(missing)]} in this collection")
+        return out
+
+    def _modality_of(self, item_id: int) -> str:
         for modality in ("images", "texts"):
             if _find(self._table(modality)[1], item_id) is not None:
-                return self._index(modality).reconstruct(item_id)
+                return modality[:-1]
         raise QueryError(f"no item with id {item_id} in this collection")
 
-    def _search_vectors(self, q: np.ndarray, k: int, modality: str, exclude: set[int], *,
-                        where: pc.Expression | None = None,
-                        search_params: dict[str, float] | None = None) -> list[list[Hit]]:
-        index = self._index(modality)
-        table, sorted_ids = self._table(modality)
-        allowed = None if where is None else _filter_ids(table, where)
-        scores, ids = index.search(q, min(k + len(exclude), max(index.ntotal, 1)), allowed_ids=allowed,
-                                   params=search_params)
-        results = []
-        for row_scores, row_ids in zip(scores, ids):
-            hits = [self._hit(modality, table, sorted_ids, int(i), float(s))
-                    for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) not in exclude]
-            results.append(hits[:k])
-        return results
+    def _has_index(self, modality: str) -> bool:
+        return bool(self._store.manifest.indexes.get(modality))
 
     def _index(self, modality: str) -> SearchIndex:
         if modality not in self._indexes:
@@ -180,25 +344,46 @@ class Collection:
     def _table(self, modality: str) -> tuple[pa.Table, np.ndarray]:
         """Metadata of live rows (no embeddings), sorted by id for lookups."""
         if modality not in self._rows:
-            columns = [c for c in _columns(self._store, modality) if c != "embedding"]
+            columns = [c for c in _columns(modality) if c != "embedding"]
             table = self._store.scan(modality, columns).sort_by("id")
             self._rows[modality] = (table, table.column("id").to_numpy())
         return self._rows[modality]
 
-    def _hit(self, modality: str, table: pa.Table, ids: np.ndarray, item_id: int, score: float) -> Hit:
+    def _hit(self, modality: str, table: pa.Table, ids: np.ndarray, item_id: int, score: float,
+             threshold: float | None = None) -> Hit:
         pos = _find(ids, item_id)
         row: dict[str, Any] = table.slice(pos, 1).to_pylist()[0] if pos is not None else {"id": item_id}
+        good = None if threshold is None else bool(score > threshold)
         if modality == "images":
             meta = {k: row.get(k) for k in ("width", "height", "bytes", "mtime", "sha256")}
-            return Hit(item_id, score, "image", uri=row.get("uri"), caption=row.get("caption"), metadata=meta)
+            return Hit(item_id, score, "image", uri=row.get("uri"), caption=row.get("caption"), metadata=meta,
+                       good_match=good)
         meta = {k: row.get(k) for k in ("key", "image_id")}
-        return Hit(item_id, score, "text", uri=row.get("source"), text=row.get("text"), metadata=meta)
+        return Hit(item_id, score, "text", uri=row.get("source"), text=row.get("text"), metadata=meta, good_match=good)
 
 
-def _columns(store: Store, modality: str) -> list[str]:
+def _evidence_item(citation: str, hit: Hit, near: list[Hit]) -> EvidenceItem:
+    return EvidenceItem(
+        citation=citation, id=hit.id, modality=hit.modality, score=hit.score, good_match=hit.good_match,
+        uri=hit.uri, text=hit.text, caption=hit.caption,
+        nearest_texts=[{"id": n.id, "text": n.text, "score": round(n.score, 4)} for n in near],
+    )
+
+
+def _columns(modality: str) -> list[str]:
     from .store.schema import COLUMNS
 
     return [f.name for f in COLUMNS[modality]]
+
+
+def _combine_filters(filter: Filter | Mapping[str, Any] | None, where: pc.Expression | None, modality: str,
+                     columns: list[str]) -> pc.Expression | None:
+    if filter is not None and not isinstance(filter, Filter):
+        filter = Filter.from_dict(filter)
+    expression = filter.expression(modality, columns) if filter is not None else None
+    if where is None:
+        return expression
+    return where if expression is None else expression & where
 
 
 def _filter_ids(table: pa.Table, where: pc.Expression) -> np.ndarray:
@@ -219,7 +404,7 @@ def _find(sorted_ids: np.ndarray, item_id: int) -> int | None:
 def _modality(name: str) -> str:
     try:
         return MODALITY_NAMES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise QueryError(f"modality must be 'image' or 'text', not {name!r}") from None
 
 
@@ -227,29 +412,3 @@ def _check_k(k: int) -> None:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
 
-
-def _check_vector(vector: np.ndarray, dim: int) -> np.ndarray:
-    v = np.asarray(vector, dtype=np.float32).reshape(-1)
-    if v.shape[0] != dim:
-        raise QueryError(f"the query vector has {v.shape[0]} dimensions; this collection's model has {dim}")
-    norm = float(np.linalg.norm(v))
-    if not np.isfinite(norm) or norm == 0:
-        raise QueryError("the query vector is zero or not finite")
-    return v / norm
-
-
-def _load_image(image: ImageQuery) -> Image.Image:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        if isinstance(image, Image.Image):
-            img = image
-        elif isinstance(image, np.ndarray):
-            img = Image.fromarray(image)
-        elif isinstance(image, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(image))
-        else:
-            img = Image.open(Path(image).expanduser())
-        return ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, UnidentifiedImageError, TypeError, ValueError) as exc:
-        raise QueryError(f"cannot read the query image: {exc}") from exc

@@ -142,3 +142,17 @@ def test_path_term_is_an_image() -> None:
     from mmsearch.query.combine import as_term
 
     assert as_term(Path("x.jpg")).image == Path("x.jpg") and as_term("x").text == "x"
+
+
+@pytest.mark.parametrize("pattern, path", [
+    ("*/nested/*", "/a/nested/b.png"), ("*.jpg", "/x/y.jpg"), ("/a/?.png", "/a/b.png"), ("*[0-9].png", "/a/x7.png"),
+    ("*[!0-9].png", "/a/xy.png"), ("a+b(*", "a+b(c"), ("*", ""),
+])
+def test_glob_matches_like_fnmatch(pattern: str, path: str) -> None:
+    import fnmatch
+    import re
+
+    from mmsearch.query.filters import glob_to_regex
+
+    assert bool(re.match(glob_to_regex(pattern), path)) == fnmatch.fnmatchcase(path, pattern) is True
+    assert not re.match(glob_to_regex(pattern), path + "/extra.gif") or pattern.endswith("*")

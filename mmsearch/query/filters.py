@@ -6,7 +6,7 @@ k items match.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -60,7 +60,7 @@ class Filter:
         text_col = "caption" if modality == "images" else "text"
         parts = []
         if self.path_glob:
-            regex = "^" + fnmatch.translate(self.path_glob).removesuffix(r"\Z") + "$"  # RE2 has no \Z
+            regex = glob_to_regex(self.path_glob)
             parts.append(pc.match_substring_regex(pc.field(path_col), regex))
         if self.path_prefix:
             parts.append(pc.starts_with(pc.field(path_col), self.path_prefix))
@@ -98,3 +98,24 @@ class Filter:
 def _need(column: str, columns: list[str]) -> None:
     if column not in columns:
         raise QueryError(f"no column {column!r} to filter on; columns: {', '.join(columns)}")
+
+
+def glob_to_regex(pattern: str) -> str:
+    """An anchored RE2 regex with fnmatch semantics (``*`` matches any run, ``/`` included; ``?`` one
+    character; ``[...]`` a class). fnmatch.translate's output uses constructs RE2 lacks."""
+    out, i = ["^"], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out) + "$"

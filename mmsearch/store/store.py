@@ -133,6 +133,11 @@ class Store:
             table = self._drop_deleted(modality, self._read_shard(shard, ["id", "embedding"]))
             yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), dim)
 
+    def iter_tables(self, modality: str, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """Live rows of each shard in turn (only ``columns``, plus ``id``): memory is one shard."""
+        for shard in self.manifest.shards[modality]:
+            yield self._drop_deleted(modality, self._read_shard(shard, columns))
+
     def embeddings_by_id(self, modality: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored embeddings (float32) of ``ids``, deleted rows included; reads only the shards holding them."""
         wanted = {int(i) for i in ids}
