@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 # torch and torchvision come pinned from requirements.txt in the same pip command as everything else
 $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -e '.[dev,serve]'
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt -e '.[dev,serve,ray]'
 	touch $@
 
 demo: install

@@ -59,10 +59,16 @@ def main(verbose: int) -> None:
 @click.option("--max-index-memory", help="Memory budget of an index, e.g. 4GB [default: the collection's, else 4GB].")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True),
               help="recall@10 the search parameters are tuned to [default: the collection's, else 0.95].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine; ray: decode + encode on a Ray cluster (pip install 'mmsearch[ray]').")
+@click.option("--address", help="Ray cluster address (auto, ray://head:10001) [default: $RAY_ADDRESS or a local Ray].")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
+              help="GPUs per Ray encode actor (--engine ray).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_library_errors
 def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_size: int,
-              workers: int | None, device: str | None, as_json: bool, **ingest: Any) -> None:
+              workers: int | None, device: str | None, engine: str, address: str | None, num_gpus_per_worker: float,
+              as_json: bool, **ingest: Any) -> None:
     """Embed and index image folders, images, or .txt/.jsonl/.csv/.parquet text corpora (incremental, resumable)."""
     import mmsearch
     from mmsearch.api import model_for_collection
@@ -77,8 +83,15 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
     memory = ingest.pop("max_index_memory")
     ingest["max_index_memory_bytes"] = parse_bytes(memory) if memory else None
     with render.Progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-        result = mmsearch.index(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers,
-                                device=device, progress=progress.update, **ingest)
+        if engine == "ray":
+            from mmsearch.distributed import index_with_ray
+
+            result = index_with_ray(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers or 2,
+                                    address=address, num_gpus_per_worker=num_gpus_per_worker, device=device,
+                                    progress=progress.update, **ingest)
+        else:
+            result = mmsearch.index(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers,
+                                    device=device, progress=progress.update, **ingest)
     click.echo(json.dumps(render.index_summary(result)) if as_json else render.index_text(result))
 
 
@@ -179,6 +192,33 @@ def eval_cmd(pairs: str, model: str | None, batch_size: int, device: str | None,
     report = mmsearch.evaluate(pairs, model=model, batch_size=batch_size, device=device)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.eval_text(report))
 
+
+
+@main.command("train")
+@click.argument("pairs", type=click.Path(exists=True))
+@click.option("--base", "-m", "base", help="Base model spec to adapt [default: builtin].")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder to save the adapter in.")
+@click.option("--force", is_flag=True, help="Replace an adapter already saved at --out.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--head", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", help="torch device for the base model [default: cuda if available].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_library_errors
+def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, head: str, seed: int,
+              device: str | None, as_json: bool) -> None:
+    """Fit an adapter to PAIRS (a captioned image folder or a JSONL of {image, text[, group]}); use it as --model adapter:OUT."""
+    from mmsearch.config import default_model
+    from mmsearch.train import TrainConfig, train_adapter
+
+    def progress(p: Any) -> None:
+        if not as_json:
+            click.echo(f"epoch {p.epoch}/{p.epochs}  train loss {p.train_loss:.4f}  val loss {p.val_loss:.4f}  "
+                       f"best {p.best_epoch}", err=True)
+
+    report = train_adapter(pairs, base=base or default_model(), out=out, force=force, device=device, progress=progress,
+                           config=TrainConfig(epochs=epochs, head=head, seed=seed))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.train_text(report))
 
 
 @main.command("serve")

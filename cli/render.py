@@ -164,3 +164,19 @@ def answer_text(bundle: Any, answer: str | None) -> str:
                 "or pass --chat-url and --chat-model, to get an answer)")
     sources = [f"[{i.citation}] {i.uri if i.modality == 'image' else i.text}" for i in [*bundle.images, *bundle.texts]]
     return answer + "\n\nSources:\n" + "\n".join(sources)
+
+
+def train_text(report: Any) -> str:
+    """Before/after recall on the held-out split, and where the adapter went."""
+    lines = [f"adapter for {report.base_model} ({report.head} heads) saved to {report.adapter}",
+             f"{report.pairs} pairs: {report.train_pairs} train, {report.val_pairs} validation, {report.test_pairs} test"
+             + (f"; {report.skipped_images} unreadable images skipped" if report.skipped_images else "")
+             + (f"; {report.merged_duplicates} duplicate pairs merged" if report.merged_duplicates else ""),
+             f"best epoch {report.best_epoch} of {report.epochs_run}, temperature {report.temperature:.4f}, "
+             f"{report.seconds:.1f}s",
+             f"{'held-out metric':<18}{'before %':>10}{'after %':>10}"]
+    for name, key in (("text->image", "text_to_image"), ("image->text", "image_to_text")):
+        for metric, value in report.before[key].items():
+            lines.append(f"{name + ' ' + metric:<18}{value:>10.1f}{report.after[key][metric]:>10.1f}")
+    lines.append(f"use it with: --model adapter:{report.adapter}")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -9,9 +10,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import default_collection_for, default_model, remember_collection
+from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
 from .errors import ConfigError, EncoderMismatchError
-from .indexes import IndexInfo, needs_update, resolve_options, update_index
+from .indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
+from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
 from .ingest import IngestOptions, IngestReport, Progress, ingest
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
@@ -77,11 +80,21 @@ def index(
         opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
                                target_recall=target_recall)
         if modality in report.changed or needs_update(store, modality, opts):
-            result = update_index(store, modality, opts)
+            result = update_index(store, modality, _with_probes(opts, store, modality, encoder))
             if result:
                 built[modality] = result
     remember_collection(root)
     return IndexResult(root, encoder.spec, report, built, time.perf_counter() - started)
+
+
+def _with_probes(opts: IndexOptions, store: Store, modality: str, encoder: Encoder) -> IndexOptions:
+    """An image index of a collection with (almost) no texts is still tuned on text queries: generic ones."""
+    other = "texts" if modality == "images" else "images"
+    if modality != "images" or store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
+        return opts
+    from .query.probes import PROBE_TEXTS
+
+    return dataclasses.replace(opts, probe_queries=encoder.encode_texts(list(PROBE_TEXTS)))
 
 
 def open(path: str | Path, *, model: str | None = None, device: str | None = None) -> Collection:  # noqa: A001

@@ -53,6 +53,10 @@ def parse_spec(spec: str) -> ModelSpec:
     """Parse a model spec string; raise :class:`ConfigError` naming the accepted forms."""
     spec = (spec or "").strip()
     scheme, sep, rest = spec.partition(":")
+    if scheme == "adapter" and scheme not in _custom_schemes:  # trained adapters register on first use
+        from ..train import register
+
+        register()
     if scheme == "builtin":
         return ModelSpec("builtin", rest or "v1")
     if scheme in _custom_schemes and rest:
@@ -79,7 +83,7 @@ def canonical_spec(spec: str) -> str:
 
 
 _cache: dict[tuple[str, str | None], Encoder] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: an adapter loads its base model while being built
 
 
 def load_encoder(spec: str, *, device: str | None = None) -> Encoder:

@@ -301,6 +301,8 @@ def _tuning_queries(store: Store, modality: str, opts: IndexOptions) -> tuple[np
     other = "texts" if modality == "images" else "images"
     if store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
         return sample(store, other, opts.tuning_queries, seed=opts.seed + 1)[1], None, other
+    if opts.probe_queries is not None and len(opts.probe_queries) >= MIN_CROSS_MODAL_QUERIES:
+        return np.ascontiguousarray(opts.probe_queries, dtype=np.float32), None, f"{other} (generic probes)"
     ids, vectors = sample(store, modality, opts.tuning_queries, seed=opts.seed + 1)
     return vectors, ids, f"{modality} (held out)"
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ConfigError
 from .choice import AUTO, DEFAULT_MAX_INDEX_MEMORY_BYTES
@@ -27,6 +28,9 @@ class IndexOptions:
     max_deleted_share: float = 0.2  # deleted ids still in the index / its rows, before a rebuild
     max_untrained_share: float = 0.5  # rows added after training / index rows, before a rebuild
     seed: int = 0
+    #: query vectors from the other modality's encoder (e.g. generic text queries for an image index),
+    #: used for tuning when the collection holds too few rows of the other modality; not persisted
+    probe_queries: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory.strip():

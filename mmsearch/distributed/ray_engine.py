@@ -1,0 +1,286 @@
+"""The Ray engine: the single-machine ingest, with read + decode + encode fanned out to a Ray actor pool.
+
+    driver: discover + plan (skip unchanged, known-bad) -> split the files to embed into tasks
+            -> [actors: read, hash, decode, transform, encode; the model loaded once per actor]
+            -> results taken back *in input order* -> the same ImageIngest code buffers, dedups and
+               writes exact-size shards with the same Store -> the existing index build
+
+Only the expensive, stateless part (bytes -> embedding) runs on the cluster. Everything that decides
+what a row is (ids, dedup, captions, tombstones, quarantine, the manifest) is the unchanged
+single-machine code running on the driver, so a collection built here equals the one
+:func:`mmsearch.index` builds from the same inputs: same ids, same uris, same embeddings (up to the
+float noise of a different batch composition), same index.
+
+Fault tolerance: actors are restartable and their calls retried (``max_retries``), so a worker
+process that dies costs only its in-flight tasks, which run again on the restarted actor (decode and
+encode are pure, and only the driver writes shards, so a retry cannot duplicate rows). The driver
+commits every shard as the single-machine path does; a driver that dies is simply run again and skips
+what the committed shards already hold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..api import IndexResult, _ingest_options, model_for_collection
+from ..config import default_collection_for, remember_collection
+from ..errors import ConfigError, MissingExtraError
+from ..indexes import needs_update, resolve_options, update_index
+from ..ingest import IngestReport, Progress
+from ..ingest.discover import ImageFile, classify
+from ..ingest.images import ImageIngest, _batched
+from ..ingest.job import Job
+from ..ingest.pipeline import _caption_manifests
+from ..ingest.texts import ingest_corpus
+from ..store import MODALITIES, ModelInfo, Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["index_with_ray"]
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingExtraError("ray", "ray") from exc
+    return ray
+
+
+def index_with_ray(
+    paths: str | Path | Sequence[str | Path], *, out: str | Path | None = None, model: str | None = None,
+    address: str | None = None, workers: int = 2, num_gpus_per_worker: float = 0, num_cpus_per_worker: float = 1,
+    batch_size: int = 32, shard_rows: int = 8192, task_rows: int | None = None, embedding_dtype: str = "float16",
+    device: str | None = None, index_factory: str | None = None, max_index_memory_bytes: int | None = None,
+    target_recall: float | None = None, progress: Progress | None = None, decode_timeout_s: float | None = 30.0,
+    max_image_pixels: int | None = None, dedup: bool = True, captions: str | Path | Sequence[str | Path] = (),
+    text_column: str | None = None, id_column: str | None = None, path_column: str | None = None,
+    worker_setup: Callable[[], None] | None = None, max_retries: int = 3,
+) -> IndexResult:
+    """:func:`mmsearch.index` with decoding and encoding on a Ray cluster.
+
+    ``address``: the Ray cluster (``"auto"``, ``"ray://head:10001"``); None uses the Ray instance this
+    process already joined, else ``$RAY_ADDRESS``, else starts a local one. ``workers`` actors, each
+    holding the model once, with ``num_cpus_per_worker`` / ``num_gpus_per_worker`` (GPUs: the model
+    runs on CUDA unless ``device`` says otherwise). ``task_rows`` images per Ray task (default
+    ``4 * batch_size``): the work a dying worker loses. ``worker_setup`` is called once in every actor
+    before the model loads (e.g. to register an encoder scheme). ``out`` must be a path every worker
+    and the driver see the same way only for the inputs: shards are written by the driver.
+    The other arguments are those of :func:`mmsearch.index`.
+    """
+    ray = _import_ray()
+    started = time.perf_counter()
+    path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not path_list:
+        raise ConfigError("nothing to index: give at least one folder, image or text corpus")
+    if batch_size < 1 or shard_rows < 1 or workers < 1 or (task_rows is not None and task_rows < 1):
+        raise ConfigError("batch_size, shard_rows, workers and task_rows must be at least 1")
+    root = Path(out).expanduser() if out else default_collection_for(path_list[0])
+    spec = model_for_collection(root, model)
+    options = _ingest_options(
+        batch_size=batch_size, workers=0, shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
+        max_image_pixels=max_image_pixels, dedup=dedup, captions=captions, text_column=text_column,
+        id_column=id_column, path_column=path_column,
+    )
+    we_started = not ray.is_initialized()
+    if we_started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    pool = _ActorPool(ray, spec, workers=workers, num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
+                      device=device, batch_size=batch_size, max_retries=max_retries, setup=worker_setup)
+    try:
+        model_spec, preprocess_id, dim = pool.get(pool.call("model_info"))
+        info = ModelInfo(spec=model_spec, preprocess_id=preprocess_id, dim=dim)
+        store = Store.open_or_create(root, info, embedding_dtype=embedding_dtype)
+        encoder = _RemoteEncoder(model_spec, dim, preprocess_id, pool)
+        job = Job(store, encoder, options, IngestReport(), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
+                  captions=_caption_manifests(options))
+        for raw in path_list:
+            path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
+            if classify(path) == "images":
+                _RayImageIngest(job, path, pool, task_rows or 4 * batch_size,
+                                max_image_pixels=options.max_image_pixels, timeout_s=decode_timeout_s).run()
+            else:
+                ingest_corpus(job, path)  # texts are encoded by the actors through the batcher
+        job.report.seconds = time.perf_counter() - job.started
+        built = _build_indexes(store, job.report, encoder, index_factory=index_factory,
+                               max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
+    finally:
+        pool.close()
+        if we_started:
+            ray.shutdown()
+    remember_collection(root)
+    return IndexResult(root, model_spec, job.report, built, time.perf_counter() - started)
+
+
+def _build_indexes(store: Store, report: IngestReport, encoder: Any, **options: Any) -> dict[str, Any]:
+    """The index step of :func:`mmsearch.index`, unchanged (texts it needs are encoded by the actors)."""
+    from .. import api
+
+    with_probes = getattr(api, "_with_probes", None)  # tuning probes, where the single-machine path has them
+    built = {}
+    for modality in MODALITIES:
+        opts = resolve_options(store, modality, factory=options["index_factory"],
+                               max_index_memory_bytes=options["max_index_memory_bytes"],
+                               target_recall=options["target_recall"])
+        if modality in report.changed or needs_update(store, modality, opts):
+            if with_probes is not None:
+                opts = with_probes(opts, store, modality, encoder)
+            result = update_index(store, modality, opts)
+            if result:
+                built[modality] = result
+    return built
+
+
+# -- the actors -------------------------------------------------------------------------------------
+
+
+class EmbedWorker:
+    """One Ray actor: the model loaded once; turns lists of image paths into embeddings."""
+
+    def __init__(self, spec: str, device: str | None, batch_size: int, setup: Callable[[], None] | None) -> None:
+        from ..encoders.registry import load_encoder
+        from ..ingest.encode import BatchEncoder
+        from ..ingest.images import _model_input_px
+
+        if setup is not None:
+            setup()
+        self.encoder = load_encoder(spec, device=device)
+        self.batcher = BatchEncoder(self.encoder, batch_size)
+        self.draft_px = _model_input_px(self.encoder.image_transform)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def model_info(self) -> tuple[str, str, int]:
+        return self.encoder.spec, self.encoder.preprocess_id, int(self.encoder.dim)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.batcher.texts(texts)
+
+    def embed_images(self, paths: list[str], first_seq: int, captions: list[str], max_image_pixels: int,
+                     timeout_s: float | None, skip_hashes: frozenset[str]) -> tuple[list[Any], dict[str, np.ndarray]]:
+        """Decode + encode ``paths``; each result is a ``Decoded`` whose ``pixels`` hold the embedding.
+
+        Also embeds the task's captions (text -> vector), so the driver does not run the model at all.
+        """
+        from ..ingest.decode import DecodeSettings, decode_image
+
+        settings = DecodeSettings(transform=self.encoder.image_transform, draft_px=self.draft_px,
+                                  max_image_pixels=max_image_pixels, timeout_s=timeout_s, skip_hashes=skip_hashes)
+        decoded = [decode_image(p, settings, first_seq + i) for i, p in enumerate(paths)]
+        todo = [d for d in decoded if d.pixels is not None]
+        vectors = self.batcher.images([d.pixels for d in todo])
+        for d, v in zip(todo, vectors):
+            d.pixels = v
+        texts = sorted(set(captions))
+        caption_vectors = dict(zip(texts, self.batcher.texts(texts))) if texts else {}
+        return decoded, caption_vectors
+
+
+class _ActorPool:
+    """``workers`` restartable actors, called round-robin; results read back in submission order."""
+
+    def __init__(self, ray: Any, spec: str, *, workers: int, num_cpus: float, num_gpus: float, device: str | None,
+                 batch_size: int, max_retries: int, setup: Callable[[], None] | None) -> None:
+        self.ray = ray
+        if device is None and num_gpus > 0:
+            device = "cuda"
+        cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_retries,
+                         max_task_retries=max_retries)(EmbedWorker)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.actors = [cls.options(name=f"mmsearch-embed-{self.run_id}-{i}").remote(spec, device, batch_size, setup)
+                       for i in range(workers)]
+        self._next = itertools.cycle(range(workers))
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.actors[next(self._next)], method).remote(*args)
+
+    def get(self, ref: Any) -> Any:
+        return self.ray.get(ref)
+
+    def ordered(self, method: str, calls: Iterable[tuple[Any, ...]], window: int) -> Iterator[Any]:
+        """Results of ``method(*args)`` for each args, in order; at most ``window`` calls in flight."""
+        pending: deque[Any] = deque()
+        for args in calls:
+            pending.append(self.call(method, *args))
+            if len(pending) >= window:
+                yield self.ray.get(pending.popleft())
+        while pending:
+            yield self.ray.get(pending.popleft())
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+
+
+class _RemoteEncoder:
+    """What the driver's Job knows of the model: its contract, no weights."""
+
+    def __init__(self, spec: str, dim: int, preprocess_id: str, pool: _ActorPool) -> None:
+        self.spec, self.dim, self.preprocess_id, self.pool = spec, dim, preprocess_id, pool
+        self.device = "remote"
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.pool.get(self.pool.call("encode_texts", list(texts))), dtype=np.float32)
+
+
+class _RemoteBatcher:
+    """The driver-side stand-in for BatchEncoder: image rows arrive already embedded (``pixels`` holds
+    the vector); texts come from the captions the actors embedded, else from an actor call."""
+
+    def __init__(self, pool: _ActorPool, dim: int) -> None:
+        self.pool, self.dim = pool, dim
+        self.known: dict[str, np.ndarray] = {}
+
+    def images(self, vectors: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack(vectors).astype(np.float32) if len(vectors) else np.zeros((0, self.dim), np.float32)
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        missing = sorted({t for t in texts if t not in self.known})
+        if missing:
+            self.known.update(zip(missing, self.pool.get(self.pool.call("encode_texts", missing))))
+        out = np.stack([self.known[t] for t in texts]).astype(np.float32) if texts else np.zeros((0, self.dim), np.float32)
+        for t in texts:
+            self.known.pop(t, None)
+        return out
+
+
+class _RayImageIngest(ImageIngest):
+    """ImageIngest with its decode + encode stage on the actor pool; planning and committing unchanged."""
+
+    def __init__(self, job: Job, root: Path, pool: _ActorPool, task_rows: int, *, max_image_pixels: int,
+                 timeout_s: float | None) -> None:
+        super().__init__(job, root)
+        self.pool, self.task_rows = pool, task_rows
+        self.max_image_pixels, self.timeout_s = max_image_pixels, timeout_s
+
+    def _embed(self, todo: list[ImageFile]) -> None:
+        options, done = self.job.options, 0
+        batcher: _RemoteBatcher = self.job.batcher  # type: ignore[assignment]
+        skip = self.pool.ray.put(frozenset(self.by_hash))  # shipped once, shared by every task
+        calls = ((
+            [f.os_path for f in todo[s:s + self.task_rows]], s,
+            [f.caption for f in todo[s:s + self.task_rows] if f.caption], self.max_image_pixels, self.timeout_s, skip,
+        ) for s in range(0, len(todo), self.task_rows))
+        window = 2 * len(self.pool.actors)
+        for decoded, caption_vectors in self.pool.ordered("embed_images", calls, window):
+            batcher.known.update(caption_vectors)
+            for batch in _batched(decoded, options.batch_size):
+                self._take(todo, batch)
+                done += len(batch)
+                self.job.tick("images", done, len(todo))
+                while len(self.buffer) >= options.shard_rows:
+                    self._flush(self.buffer[: options.shard_rows])
+                    self.buffer = self.buffer[options.shard_rows:]
+        self._flush(self.buffer)
+        self.buffer = []

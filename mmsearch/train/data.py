@@ -1,0 +1,138 @@
+"""Training data: clean the pairs, split them by group, embed them once with the base model (cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..evaluation import Pair
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "base-features.npz"
+
+
+@dataclass
+class Features:
+    """Base embeddings of unique images and texts, and the pairs (as row indices) whose image was readable."""
+
+    image_uris: list[str]
+    image_vecs: np.ndarray
+    texts: list[str]
+    text_vecs: np.ndarray
+    skipped_images: int
+
+
+def clean_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
+    """Drop exact duplicate pairs (logged, counted); captions shared by several images stay, as one group."""
+    seen: dict[tuple[str, str], Pair] = {}
+    for p in pairs:
+        seen.setdefault((p.image, p.text), p)
+    merged = len(pairs) - len(seen)
+    shared = sum(1 for n in Counter(p.text for p in seen.values()).values() if n > 1)
+    if merged:
+        log.warning("merged %d duplicate (image, caption) pairs", merged)
+    if shared:
+        log.warning("%d captions describe more than one image; each such caption is one positive set", shared)
+    return list(seen.values()), merged
+
+
+def split_by_group(pairs: Sequence[Pair], *, test_fraction: float, val_fraction: float,
+                   seed: int) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Train / validation / test pairs; groups sharing a caption or image stay together, so nothing leaks."""
+    components = _linked_groups(pairs)
+    keys = sorted(set(components.values()))
+    random.Random(seed).shuffle(keys)
+    n_test = max(1, round(test_fraction * len(keys)))
+    n_val = max(1, round(val_fraction * (len(keys) - n_test)))
+    if len(keys) - n_test - n_val < 2:
+        raise ConfigError(f"only {len(keys)} distinct caption groups: need at least {n_test + n_val + 2} "
+                          "to hold some out for validation and test; add more captioned images")
+    test, val = set(keys[:n_test]), set(keys[n_test:n_test + n_val])
+    parts: tuple[list[Pair], list[Pair], list[Pair]] = ([], [], [])
+    for p in pairs:
+        key = components[p.group]
+        parts[0 if key not in test | val else (1 if key in val else 2)].append(p)
+    return parts
+
+
+def _linked_groups(pairs: Sequence[Pair]) -> dict[str, str]:
+    """Union-find over groups: two groups joined by a shared caption or image become one component."""
+    parent: dict[str, str] = {p.group: p.group for p in pairs}
+
+    def find(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    first: dict[tuple[str, str], str] = {}
+    for p in pairs:
+        for key in (("t", p.text), ("i", p.image)):
+            other = first.setdefault(key, p.group)
+            a, b = find(other), find(p.group)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {g: find(g) for g in parent}
+
+
+def base_features(pairs: Sequence[Pair], encoder: Any, cache_dir: Path, *, batch_size: int, workers: int) -> Features:
+    """Embed unique images and texts with the frozen base model, reusing ``cache_dir``'s cache when it matches."""
+    uris = sorted({p.image for p in pairs})
+    texts = sorted({p.text for p in pairs})
+    key = _cache_key(encoder.spec, uris, texts)
+    path = cache_dir / CACHE_NAME
+    cached = _read_cache(path, key)
+    if cached is not None:
+        return cached
+    from ..evaluation import _embed_images
+
+    vecs, ok = _embed_images(encoder, uris, batch_size, workers)
+    if (~ok).any():
+        log.warning("skipped %d unreadable images", int((~ok).sum()))
+    text_vecs = np.concatenate([encoder.encode_texts(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    feats = Features([u for u, good in zip(uris, ok) if good], vecs.astype(np.float32), texts,
+                     text_vecs.astype(np.float32), int((~ok).sum()))
+    _write_cache(path, key, feats)
+    return feats
+
+
+def _cache_key(spec: str, uris: list[str], texts: list[str]) -> str:
+    h = hashlib.sha256(json.dumps([spec, uris, texts]).encode())
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, key: str) -> Features | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            return Features(z["image_uris"].tolist(), z["image_vecs"], z["texts"].tolist(), z["text_vecs"],
+                            int(z["skipped"]))
+    except (OSError, KeyError, ValueError):
+        log.warning("ignoring unreadable feature cache %s", path)
+        return None
+
+
+def _write_cache(path: Path, key: str, f: Features) -> None:
+    from ..store.atomic import write_with_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, key=np.array(key), image_uris=np.array(f.image_uris, dtype=str), image_vecs=f.image_vecs,
+                     texts=np.array(f.texts, dtype=str), text_vecs=f.text_vecs, skipped=np.array(f.skipped_images))
+
+    write_with_atomic(path, write)

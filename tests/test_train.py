@@ -1,0 +1,232 @@
+"""Adapter training on generated two-colour images whose captions use made-up words.
+
+The base model here ("halves") sees each image exactly (one-hot of its left and right colour) but
+embeds texts as a bag of random per-word vectors, so its text->image recall is near chance. The words
+recur across caption groups, so an adapter trained on some groups can align the held-out ones.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+import torch
+from fakes import COLOURS, NAMES
+from PIL import Image
+
+import mmsearch
+from mmsearch.encoders import load_encoder, register_scheme
+from mmsearch.errors import ConfigError
+from mmsearch.evaluation import Pair
+from mmsearch.train import AdapterEncoder, AdapterExistsError, TrainConfig, TrainProgress, train_adapter
+from mmsearch.train import register as register_adapters
+
+LEFT_WORDS = ["zorp", "blick", "frub", "quax", "mell", "tirn", "gorb", "yask"]
+RIGHT_WORDS = ["plon", "wuzz", "kreb", "dafe", "snib", "vold", "hupe", "ciss"]
+DIM = 16
+FAST = TrainConfig(epochs=150, patience_epochs=150, learning_rate=0.05, batch_size=64, seed=3)
+
+
+class HalvesTransform:
+    """Image -> mean RGB of its left and right halves, shape (6,)."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        arr = np.asarray(image.convert("RGB").resize((8, 4)), dtype=np.float32) / 255.0
+        return torch.from_numpy(np.concatenate([arr[:, :4].reshape(-1, 3).mean(0), arr[:, 4:].reshape(-1, 3).mean(0)]))
+
+
+class HalvesEncoder:
+    """Images: one-hot(left colour) + one-hot(right colour); texts: a sum of random per-word vectors."""
+
+    dim = DIM
+    preprocess_id = "halves-8x4"
+
+    def __init__(self, spec: str = "halves:v1") -> None:
+        self.spec = spec
+
+    @property
+    def image_transform(self) -> HalvesTransform:
+        return HalvesTransform()
+
+    def encode_images(self, batch: torch.Tensor) -> np.ndarray:
+        table = np.array(list(COLOURS.values()), dtype=np.float32) / 255.0
+        halves = batch.numpy().reshape(-1, 2, 3)
+        nearest = ((halves[:, :, None, :] - table[None, None]) ** 2).sum(-1).argmin(-1)
+        out = np.zeros((len(halves), DIM), dtype=np.float32)
+        out[np.arange(len(halves)), nearest[:, 0]] = 1
+        out[np.arange(len(halves)), 8 + nearest[:, 1]] = 1
+        return out / np.sqrt(2)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.stack([sum(_word_vec(w) for w in t.split()) for t in texts]).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _word_vec(word: str) -> np.ndarray:
+    return np.random.default_rng(zlib.crc32(word.encode())).standard_normal(DIM)
+
+
+register_scheme("halves", lambda spec, device: HalvesEncoder(str(spec)))
+register_adapters()
+
+
+def make_pairs(root: Path, *, captions_dir: bool = False) -> list[Pair]:
+    """64 images, one per (left, right) colour combination, captioned 'LEFTWORD RIGHTWORD'."""
+    root.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i, left in enumerate(NAMES):
+        for j, right in enumerate(NAMES):
+            image = Image.new("RGB", (16, 8), COLOURS[left])
+            image.paste(COLOURS[right], (8, 0, 16, 8))
+            path = root / f"{left}-{right}.png"
+            image.save(path)
+            caption = f"{LEFT_WORDS[i]} {RIGHT_WORDS[j]}"
+            if captions_dir:
+                path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+            pairs.append(Pair(str(path), caption, caption))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("train")
+    pairs = make_pairs(root / "images")
+    seen: list[TrainProgress] = []
+    report = train_adapter(pairs, base="halves:v1", out=root / "adapter", config=FAST, progress=seen.append)
+    return root, pairs, report, seen
+
+
+def test_adapter_lifts_held_out_recall(trained) -> None:
+    _, _, report, seen = trained
+    before, after = report.before["text_to_image"], report.after["text_to_image"]
+    assert report.test_pairs >= 10 and report.train_pairs + report.val_pairs + report.test_pairs == 64
+    assert before["R@1"] < 40
+    assert after["R@1"] >= before["R@1"] + 40  # the stated margin: +40 points of text->image recall@1
+    assert report.after["image_to_text"]["R@1"] >= report.before["image_to_text"]["R@1"] + 40
+    assert seen and seen[-1].epoch == report.epochs_run and 0 < report.best_epoch <= report.epochs_run
+
+
+def test_split_keeps_test_captions_out_of_training(trained) -> None:
+    root, pairs, report, _ = trained
+    test = [json.loads(line) for line in (root / "adapter" / "test_pairs.jsonl").read_text().splitlines()]
+    assert len(test) == report.test_pairs
+    held_out = {t["text"] for t in test}
+    # every held-out caption is new, but its words were seen in training
+    assert held_out and len(held_out) == len(test)
+    words = {w for p in pairs if p.text not in held_out for w in p.text.split()}
+    assert all(set(t.split()) <= words for t in held_out)
+
+
+def test_saved_adapter_round_trips_through_the_registry_and_evaluate(trained) -> None:
+    root, _, report, _ = trained
+    spec = f"adapter:{root / 'adapter'}"
+    enc = load_encoder(spec)
+    assert isinstance(enc, AdapterEncoder) and enc.dim == DIM and enc.preprocess_id == "halves-8x4"
+    test_file = root / "adapter" / "test_pairs.jsonl"
+    after = mmsearch.evaluate(test_file, model=spec)
+    before = mmsearch.evaluate(test_file, model="halves:v1")
+    assert after.text_to_image == report.after["text_to_image"]
+    assert after.image_to_text == report.after["image_to_text"]
+    assert before.text_to_image == report.before["text_to_image"]
+    meta = json.loads((root / "adapter" / "adapter.json").read_text())
+    assert meta["base_model"] == "halves:v1" and meta["seed"] == 3 and meta["head"] == "linear"
+    assert meta["report"]["after"]["text_to_image"] == report.after["text_to_image"]
+
+
+def test_projecting_stored_base_vectors_equals_re_embedding(trained) -> None:
+    root, pairs, _, _ = trained
+    enc = AdapterEncoder.load(root / "adapter")
+    base = HalvesEncoder()
+    texts = [p.text for p in pairs[:5]]
+    np.testing.assert_allclose(enc.project_texts(base.encode_texts(texts)), enc.encode_texts(texts), atol=1e-6)
+    batch = torch.stack([HalvesTransform()(Image.open(p.image)) for p in pairs[:5]])
+    np.testing.assert_allclose(enc.project_images(base.encode_images(batch)), enc.encode_images(batch), atol=1e-6)
+
+
+def test_refuses_to_overwrite_without_force(trained, tmp_path: Path) -> None:
+    root, pairs, _, _ = trained
+    before = (root / "adapter" / "adapter.safetensors").read_bytes()
+    with pytest.raises(AdapterExistsError, match="--force"):
+        train_adapter(pairs, base="halves:v1", out=root / "adapter", config=FAST)
+    assert (root / "adapter" / "adapter.safetensors").read_bytes() == before
+
+
+def test_same_seed_same_adapter_and_force_replaces(trained) -> None:
+    root, pairs, report, _ = trained
+    again = train_adapter(pairs, base="halves:v1", out=root / "adapter", config=FAST, force=True)
+    assert again.after == report.after and again.best_epoch == report.best_epoch
+    weights = (root / "adapter" / "adapter.safetensors").read_bytes()
+    other = train_adapter(pairs, base="halves:v1", out=root / "other", config=FAST)
+    assert (root / "other" / "adapter.safetensors").read_bytes() == weights
+    assert other.after["text_to_image"] == report.after["text_to_image"]
+
+
+def test_untrained_adapter_equals_base(tmp_path: Path) -> None:
+    from mmsearch.train.heads import AdapterHeads
+
+    heads = AdapterHeads(DIM, "mlp", 8)
+    vecs = HalvesEncoder().encode_texts(["zorp plon", "mell vold"])
+    enc = AdapterEncoder(HalvesEncoder(), heads.eval(), tmp_path)
+    np.testing.assert_allclose(enc.project_texts(vecs), vecs, atol=1e-6)
+    np.testing.assert_allclose(enc.project_images(np.eye(DIM, dtype=np.float32)), np.eye(DIM), atol=1e-6)
+
+
+def test_mlp_head_from_a_captioned_folder(tmp_path: Path) -> None:
+    make_pairs(tmp_path / "photos", captions_dir=True)
+    config = TrainConfig(head="mlp", hidden_dim=32, epochs=100, patience_epochs=100, learning_rate=0.02, seed=1)
+    report = train_adapter(tmp_path / "photos", base="halves:v1", out=tmp_path / "mlp", config=config)
+    assert report.head == "mlp" and report.pairs == 64
+    assert report.after["text_to_image"]["R@1"] > report.before["text_to_image"]["R@1"]
+
+
+def test_guard_rails(tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "images")
+    with pytest.raises(ConfigError, match="at least 20"):
+        train_adapter(pairs[:10], base="halves:v1", out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="head"):
+        train_adapter(pairs, base="halves:v1", out=tmp_path / "a", config=TrainConfig(head="conv"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    noisy = pairs + pairs[:8] + [Pair(str(broken), "zorp ciss", "zorp ciss")]
+    report = train_adapter(noisy, base="halves:v1", out=tmp_path / "b", config=TrainConfig(epochs=2))
+    assert report.skipped_images == 1 and report.merged_duplicates == 8 and report.pairs == 64
+
+
+def test_reprojecting_a_collection_equals_re_embedding_with_the_adapter(trained, tmp_path: Path) -> None:
+    from mmsearch.store import Store
+    from mmsearch.train import reproject_collection
+
+    root, _, _, _ = trained
+    adapter = root / "adapter"
+    folder = tmp_path / "photos"
+    make_pairs(folder, captions_dir=True)
+    mmsearch.index(folder, out=tmp_path / "base.mms", model="halves:v1", workers=0, embedding_dtype="float32")
+    report = reproject_collection(tmp_path / "base.mms", tmp_path / "projected.mms", adapter=adapter)
+    mmsearch.index(folder, out=tmp_path / "direct.mms", model=f"adapter:{adapter}", workers=0, embedding_dtype="float32")
+    assert report.images == 64 and report.texts == 64 and report.model == f"adapter:{adapter.resolve()}"
+    for modality, key in (("images", "uri"), ("texts", "text")):
+        got, want = (Store.open(tmp_path / name).scan(modality).sort_by(key) for name in ("projected.mms", "direct.mms"))
+        assert got.column(key).to_pylist() == want.column(key).to_pylist()
+        np.testing.assert_allclose(np.array(got.column("embedding").to_pylist()),
+                                   np.array(want.column("embedding").to_pylist()), atol=1e-5)
+    hits = mmsearch.open(tmp_path / "projected.mms").search("zorp plon", k=1)
+    assert Path(hits[0].uri).name == "red-red.png"
+    with pytest.raises(ConfigError, match="force"):
+        reproject_collection(tmp_path / "base.mms", tmp_path / "projected.mms", adapter=adapter)
+
+
+def test_groups_linked_by_a_caption_or_image_land_in_the_same_split() -> None:
+    from mmsearch.train.data import split_by_group
+
+    pairs = [Pair(f"/img/{i}.png", f"caption {i}", f"g{i}") for i in range(40)]
+    pairs += [Pair("/img/x.png", "caption 0", "gx"), Pair("/img/1.png", "other words", "gy")]
+    for seed in range(5):
+        parts = split_by_group(pairs, test_fraction=0.3, val_fraction=0.2, seed=seed)
+        where = {p.group: n for n, part in enumerate(parts) for p in part}
+        assert where["gx"] == where["g0"] and where["gy"] == where["g1"]
+        texts = [{p.text for p in part} for part in parts]
+        assert not texts[0] & texts[2] and not texts[1] & texts[2] and not texts[0] & texts[1]
