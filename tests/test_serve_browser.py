@@ -58,13 +58,19 @@ def test_search_page_in_chromium(base_url: str, tmp_path: Path) -> None:
             browser.close()
 
 
+def _wait_for_results(page, prefix: str) -> None:
+    """Wait for the status line the page writes after rendering results ("<label> — N images in T ms"),
+    not the "Searching <label>…" line it shows while the request is in flight."""
+    page.wait_for_function("p => document.getElementById('status').textContent.startsWith(p)", arg=prefix)
+
+
 def _text_search(page, base_url: str) -> None:
     page.goto(base_url)
     page.wait_for_selector("#collection option", state="attached")
     assert "colours (8 images" in page.inner_text("#collection")
     page.fill("#q", "a red square")
     page.press("#q", "Enter")
-    page.wait_for_selector("#status >> text=“a red square”")
+    _wait_for_results(page, "“a red square” — ")
     first = page.locator(".hit").first
     assert first.locator(".caption").inner_text() == "a red square"
     assert first.locator(".uri").inner_text() == "red.png"
@@ -74,7 +80,7 @@ def _text_search(page, base_url: str) -> None:
 
 def _upload(page, query_image: Path) -> None:
     page.set_input_files("#file", str(query_image))
-    page.wait_for_selector("#status >> text=by image query.png")
+    _wait_for_results(page, "by image query.png — ")
     assert page.locator(".hit").first.locator(".uri").inner_text() == "blue.png"
     assert float(page.locator(".hit .score").first.inner_text()) == pytest.approx(1.0, abs=1e-3)
 
@@ -83,7 +89,7 @@ def _similar(page) -> None:
     second = page.locator(".hit").nth(1)
     clicked = second.get_attribute("data-id")
     second.click()
-    page.wait_for_selector(f"#status >> text=similar to #{clicked}")
+    _wait_for_results(page, f"similar to #{clicked} — ")
     shown = [page.locator(".hit").nth(i).get_attribute("data-id") for i in range(page.locator(".hit").count())]
     assert clicked not in shown and len(shown) == 7
     page.wait_for_function("() => [...document.querySelectorAll('.hit img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
