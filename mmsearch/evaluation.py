@@ -56,14 +56,17 @@ class EvalReport:
 
 
 def load_pairs(path: str | Path) -> list[Pair]:
-    """Pairs from a captioned image folder (group = caption) or a JSONL of {image, text[, group]}."""
+    """Pairs from a captioned image folder (group = caption), a JSONL of {image, text[, group]}, or a CSV/Parquet
+    table with image, text (or caption) and optional group columns."""
     path = Path(path).expanduser()
     if path.is_dir():
         pairs = [Pair(f.uri, f.caption, f.caption) for f in iter_image_files(path) if f.caption]
     elif path.suffix.lower() == ".jsonl":
         pairs = list(_jsonl_pairs(path))
+    elif path.suffix.lower() in (".csv", ".parquet"):
+        pairs = _table_pairs(path)
     else:
-        raise ConfigError(f"{str(path)!r}: give a folder of captioned images or a .jsonl of image/text pairs")
+        raise ConfigError(f"{str(path)!r}: give a folder of captioned images or a .jsonl/.csv/.parquet of image/text pairs")
     if not pairs:
         raise ConfigError(f"no (image, text) pairs found in {str(path)!r}")
     return pairs
@@ -84,6 +87,43 @@ def _jsonl_pairs(path: Path) -> Sequence[Pair]:
             raise ConfigError(f"{path}:{lineno}: {str(image)!r} is not an image file")
         out.append(Pair(str(image), text, str(obj.get("group", text))))
     return out
+
+
+IMAGE_COLUMNS = ("image", "path", "file", "filepath", "url")
+TEXT_COLUMNS = ("text", "caption")
+
+
+def _table_pairs(path: Path) -> list[Pair]:
+    """Pairs from a CSV or Parquet table with an image column (image/path/file...), a text column
+    (text/caption) and an optional group column; relative image paths are taken from the table's folder."""
+    import pyarrow as pa
+
+    try:
+        if path.suffix.lower() == ".csv":
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path)
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"cannot read {str(path)!r}: {exc}") from exc
+    names = table.column_names
+    image_col = next((c for c in IMAGE_COLUMNS if c in names), None)
+    text_col = next((c for c in TEXT_COLUMNS if c in names), None)
+    if image_col is None or text_col is None:
+        raise ConfigError(f"{str(path)!r} needs an image column ({'/'.join(IMAGE_COLUMNS)}) and a text column "
+                          f"({'/'.join(TEXT_COLUMNS)}); it has {', '.join(names)}")
+    groups = table.column("group").to_pylist() if "group" in names else [None] * table.num_rows
+    pairs = []
+    for image, text, group in zip(table.column(image_col).to_pylist(), table.column(text_col).to_pylist(), groups):
+        if image is None or text is None:
+            continue
+        p = Path(str(image))
+        p = p if p.is_absolute() else path.parent / p
+        pairs.append(Pair(str(p), str(text), str(group if group is not None else text)))
+    return pairs
 
 
 def evaluate(pairs: Sequence[Pair] | str | Path, *, model: str | None = None, device: str | None = None,

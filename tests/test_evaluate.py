@@ -63,3 +63,24 @@ def test_cli_eval_table_and_json(tmp_path, colour_model) -> None:
     assert table.exit_code == 0 and "text->image R@1" in table.output and "100.0" in table.output
     data = json.loads(runner.invoke(main, ["eval", str(tmp_path / "p"), "-m", colour_model, "--json"]).output)
     assert data["image_to_text"]["R@1"] == 100.0 and data["chance"]["i2t@1"] == pytest.approx(33.33, abs=0.01)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_pairs_from_csv_and_parquet_tables(tmp_path, colour_model, fmt: str) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    names = ["red", "green", "blue"]
+    for name in names:
+        Image.new("RGB", (8, 8), COLOURS[name]).save(tmp_path / f"{name}.png")
+    table = pa.table({"path": [f"{n}.png" for n in names], "caption": [f"a {n} thing" for n in names],
+                      "group": names})
+    target = tmp_path / f"pairs.{fmt}"
+    (pacsv.write_csv if fmt == "csv" else pq.write_table)(table, target)
+    report = mmsearch.evaluate(target, model=colour_model)
+    assert report.images == 3 and report.groups == 3 and report.text_to_image["R@1"] == 100.0
+    bad = tmp_path / f"bad.{fmt}"
+    (pacsv.write_csv if fmt == "csv" else pq.write_table)(pa.table({"x": [1]}), bad)
+    with pytest.raises(ConfigError, match="needs an image column"):
+        mmsearch.evaluate(bad, model=colour_model)

@@ -230,3 +230,41 @@ def test_groups_linked_by_a_caption_or_image_land_in_the_same_split() -> None:
         assert where["gx"] == where["g0"] and where["gy"] == where["g1"]
         texts = [{p.text for p in part} for part in parts]
         assert not texts[0] & texts[2] and not texts[1] & texts[2] and not texts[0] & texts[1]
+
+
+def test_base_features_are_cached_as_parquet_and_reused(trained) -> None:
+    import pyarrow.parquet as pq
+
+    from mmsearch.train.data import base_features
+
+    root, pairs, _ = trained[0], trained[1], trained[2]
+    cache = next((root / "adapter").rglob("images.parquet")).parent
+    images = pq.read_table(cache / "images.parquet")
+    assert images.schema.field("embedding").type.list_size == 16 and images.num_rows == len({p.image for p in pairs})
+    from mmsearch.encoders import load_encoder
+
+    class _NoEncode:  # a cache hit must not touch the encoder
+        spec = load_encoder("halves:v1").spec
+
+    again = base_features(pairs, _NoEncode(), cache.parent, batch_size=8, workers=0)
+    assert again.image_uris == images.column("uri").to_pylist()
+
+
+def test_train_cli(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    make_pairs(tmp_path / "photos", captions_dir=True)
+    runner = CliRunner()
+    args = ["train", str(tmp_path / "photos"), "--base", "halves:v1", "--out", str(tmp_path / "ad"), "--epochs", "3"]
+    first = runner.invoke(main, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.output[first.output.index("{"):])
+    assert report["base_model"] == "halves:v1" and report["test_pairs"] > 0
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1 and "--force" in again.output
+    table = runner.invoke(main, [*args, "--force"])
+    assert table.exit_code == 0 and "use it with: --model adapter:" in table.output

@@ -18,7 +18,7 @@ from ..evaluation import Pair
 
 log = logging.getLogger(__name__)
 
-CACHE_NAME = "base-features.npz"
+CACHE_NAME = "base-features"  # a folder: images.parquet + texts.parquet
 
 
 @dataclass
@@ -112,27 +112,41 @@ def _cache_key(spec: str, uris: list[str], texts: list[str]) -> str:
 
 
 def _read_cache(path: Path, key: str) -> Features | None:
-    if not path.exists():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images, texts = path / "images.parquet", path / "texts.parquet"
+    if not (images.is_file() and texts.is_file()):
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            return Features(z["image_uris"].tolist(), z["image_vecs"], z["texts"].tolist(), z["text_vecs"],
-                            int(z["skipped"]))
-    except (OSError, KeyError, ValueError):
+        ti, tt = pq.read_table(images), pq.read_table(texts)
+        meta = json.loads(ti.schema.metadata[b"mmsearch-train"])
+        if meta["key"] != key:
+            return None
+        return Features(ti.column("uri").to_pylist(), _vectors(ti), tt.column("text").to_pylist(), _vectors(tt),
+                        int(meta["skipped"]))
+    except (OSError, KeyError, ValueError, pa.ArrowException):
         log.warning("ignoring unreadable feature cache %s", path)
         return None
 
 
+def _vectors(table: Any) -> np.ndarray:
+    from ..store.schema import embeddings_to_numpy
+
+    return embeddings_to_numpy(table.column("embedding"), table.schema.field("embedding").type.list_size)
+
+
 def _write_cache(path: Path, key: str, f: Features) -> None:
+    """Two Parquet files (uri|text, embedding as a fixed-size list), readable by any Arrow tool."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from ..store.atomic import write_with_atomic
+    from ..store.schema import embedding_array
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, key=np.array(key), image_uris=np.array(f.image_uris, dtype=str), image_vecs=f.image_vecs,
-                     texts=np.array(f.texts, dtype=str), text_vecs=f.text_vecs, skipped=np.array(f.skipped_images))
-
-    write_with_atomic(path, write)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {b"mmsearch-train": json.dumps({"key": key, "skipped": f.skipped_images}).encode()}
+    for name, column, values, vecs in (("images", "uri", f.image_uris, f.image_vecs), ("texts", "text", f.texts, f.text_vecs)):
+        table = pa.table({column: pa.array(values, pa.string()), "embedding": embedding_array(vecs, "float32")})
+        table = table.replace_schema_metadata(meta)
+        write_with_atomic(path / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
