@@ -184,6 +184,31 @@ class Collection:
         table, ids = self._table(modality)
         return self._hit(modality, table, ids, int(id), 1.0)
 
+    def set_metadata(self, ids: Sequence[int], columns: Mapping[str, Sequence[Any]], *, modality: str = "image") -> None:
+        """Attach your own metadata columns to items (e.g. ``{"rating": [5, 3], "album": ["x", "y"]}``).
+
+        They are stored with the collection (``extra/<modality>.parquet``), show up in ``Hit.metadata``, and
+        can be filtered on (``filter={"where": {"rating": 5}}`` or ``where=pc.field("rating") >= 4``). Setting
+        a column again for the same ids replaces the values; other ids keep theirs.
+        """
+        import pyarrow as pa
+
+        target = _modality(modality)
+        ids = [int(i) for i in ids]
+        _, known = self._table(target)
+        missing = [i for i in ids if _find(known, i) is None]
+        if missing:
+            raise QueryError(f"no {target[:-1]} with id {missing[0]} in this collection")
+        reserved = set(_columns(target)) | {"id", "embedding"}
+        for name, values in columns.items():
+            if name in reserved or not name.isidentifier():
+                raise QueryError(f"cannot use {name!r} as a metadata column (reserved or not an identifier)")
+            if len(values) != len(ids):
+                raise QueryError(f"column {name!r} has {len(values)} values for {len(ids)} ids")
+        update = pa.table({"id": pa.array(ids, pa.int64()), **{k: pa.array(list(v)) for k, v in columns.items()}})
+        self._store.write_extra(target, _merge_extra(self._store.read_extra(target), update))
+        self._rows.pop(target, None)
+
     # -- embeddings for pipelines ------------------------------------------------------------------
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), dim) float32 stored embeddings, in the order given (images or texts)."""
@@ -345,7 +370,11 @@ class Collection:
         """Metadata of live rows (no embeddings), sorted by id for lookups."""
         if modality not in self._rows:
             columns = [c for c in _columns(modality) if c != "embedding"]
-            table = self._store.scan(modality, columns).sort_by("id")
+            table = self._store.scan(modality, columns)
+            extra = self._store.read_extra(modality)
+            if extra is not None:
+                table = table.join(extra, "id", join_type="left outer")
+            table = table.sort_by("id")
             self._rows[modality] = (table, table.column("id").to_numpy())
         return self._rows[modality]
 
@@ -354,11 +383,12 @@ class Collection:
         pos = _find(ids, item_id)
         row: dict[str, Any] = table.slice(pos, 1).to_pylist()[0] if pos is not None else {"id": item_id}
         good = None if threshold is None else bool(score > threshold)
+        user = {k: v for k, v in row.items() if k not in _BUILTIN_COLUMNS}
         if modality == "images":
-            meta = {k: row.get(k) for k in ("width", "height", "bytes", "mtime", "sha256")}
+            meta = {**{k: row.get(k) for k in ("width", "height", "bytes", "mtime", "sha256")}, **user}
             return Hit(item_id, score, "image", uri=row.get("uri"), caption=row.get("caption"), metadata=meta,
                        good_match=good)
-        meta = {k: row.get(k) for k in ("key", "image_id")}
+        meta = {**{k: row.get(k) for k in ("key", "image_id")}, **user}
         return Hit(item_id, score, "text", uri=row.get("source"), text=row.get("text"), metadata=meta, good_match=good)
 
 
@@ -368,6 +398,26 @@ def _evidence_item(citation: str, hit: Hit, near: list[Hit]) -> EvidenceItem:
         uri=hit.uri, text=hit.text, caption=hit.caption,
         nearest_texts=[{"id": n.id, "text": n.text, "score": round(n.score, 4)} for n in near],
     )
+
+
+_BUILTIN_COLUMNS = {"id", "uri", "sha256", "bytes", "width", "height", "mtime", "caption", "text", "source", "key",
+                    "image_id", "embedding"}
+
+
+def _merge_extra(old: pa.Table | None, update: pa.Table) -> pa.Table:
+    """``old`` with ``update``'s rows replacing or adding values by id (columns are unioned)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if old is None:
+        return update
+    kept = old.filter(pc.invert(pc.is_in(old.column("id"), value_set=update.column("id"))))
+    updated = update.join(old.drop_columns([c for c in old.column_names if c in update.column_names and c != "id"]),
+                          "id", join_type="left outer")
+    try:
+        return pa.concat_tables([kept, updated], promote_options="default").combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise QueryError(f"metadata values do not match the column's existing type: {exc}") from exc
 
 
 def _columns(modality: str) -> list[str]:

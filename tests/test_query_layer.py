@@ -157,3 +157,28 @@ def test_query_cli_arithmetic_and_filters(col) -> None:
     dedup = json.loads(runner.invoke(main, ["query", "red", "--dedup", "0.99", "-c", str(col.path), "--json",
                                             "-k", "2"]).output)
     assert len({Path(h["uri"]).stem.startswith("red") for h in dedup}) == 2
+
+
+def test_user_metadata_columns_filter_and_show(col) -> None:
+    import pyarrow.compute as pc
+
+    hits = col.search("red", k=7)
+    ratings = {h.id: (5 if Path(h.uri).stem in ("blue", "green", "cyan") else 1) for h in hits}
+    col.set_metadata(list(ratings), {"rating": list(ratings.values())})
+    top = col.search("red", k=3, filter={"where": {"rating": 5}})
+    assert len(top) == 3 and {Path(h.uri).stem for h in top} == {"blue", "green", "cyan"}
+    assert all(h.metadata["rating"] == 5 for h in top)
+    assert len(col.search("red", k=10, where=pc.field("rating") < 3)) == 4
+    # a second column for some ids keeps the first; reopening the collection keeps both
+    first = hits[0].id
+    col.set_metadata([first], {"album": ["holiday"]})
+    again = mmsearch.open(col.path)
+    meta = again.item(first).metadata
+    assert meta["album"] == "holiday" and meta["rating"] == ratings[first]
+    assert again.item(hits[1].id).metadata["album"] is None
+    with pytest.raises(QueryError, match="reserved"):
+        col.set_metadata([first], {"uri": ["x"]})
+    with pytest.raises(QueryError, match="no image with id"):
+        col.set_metadata([10**6], {"rating": [1]})
+    with pytest.raises(QueryError, match="values for"):
+        col.set_metadata([first], {"rating": [1, 2]})

@@ -53,6 +53,7 @@ class Manifest:
     shards: dict[str, list[ShardInfo]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     deleted: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # user metadata columns per modality
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -83,6 +84,7 @@ class Manifest:
                 shards={m: [ShardInfo(**s) for s in data["shards"].get(m, [])] for m in MODALITIES},
                 deleted={m: [int(i) for i in data["deleted"].get(m, [])] for m in MODALITIES},
                 indexes=dict(data.get("indexes", {})),
+                extra=dict(data.get("extra", {})),
                 created_at=float(data["created_at"]),
                 updated_at=float(data["updated_at"]),
             )

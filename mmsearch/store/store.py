@@ -133,6 +133,28 @@ class Store:
             table = self._drop_deleted(modality, self._read_shard(shard, ["id", "embedding"]))
             yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), dim)
 
+    def write_extra(self, modality: str, table: pa.Table) -> None:
+        """Replace the user metadata columns of ``modality`` (an ``id`` column plus any others) and commit.
+
+        They live in ``extra/<modality>.parquet``, apart from the shards, so the shards stay one schema.
+        """
+        _check_modality(modality)
+        rel = f"extra/{modality}.parquet"
+        write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self.manifest.extra[modality] = {"file": rel, "rows": table.num_rows, "sha256": _sha256(self.root / rel),
+                                         "columns": [c for c in table.column_names if c != "id"]}
+        self.commit()
+
+    def read_extra(self, modality: str) -> pa.Table | None:
+        """The user metadata columns of ``modality`` (with ``id``), or None when there are none."""
+        info = self.manifest.extra.get(modality)
+        if not info:
+            return None
+        try:
+            return pq.read_table(self.root / info["file"])
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptShardError(str(self.root / info["file"]), str(exc)) from exc
+
     def iter_tables(self, modality: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         """Live rows of each shard in turn (only ``columns``, plus ``id``): memory is one shard."""
         for shard in self.manifest.shards[modality]:
