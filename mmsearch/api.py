@@ -75,6 +75,16 @@ def index(
         id_column=id_column, path_column=path_column,
     )
     report = ingest(store, encoder, path_list, options=options, progress=progress)
+    built = build_indexes(store, report, encoder, index_factory=index_factory,
+                          max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
+    remember_collection(root)
+    return IndexResult(root, encoder.spec, report, built, time.perf_counter() - started)
+
+
+def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index_factory: str | None = None,
+                  max_index_memory_bytes: int | None = None, target_recall: float | None = None) -> dict[str, IndexInfo]:
+    """The index step of :func:`index` (also used by the Ray engine): update each modality's index whose rows
+    or options changed; ``None`` options keep the collection's own, else the defaults."""
     built = {}
     for modality in MODALITIES:
         opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
@@ -83,8 +93,7 @@ def index(
             result = update_index(store, modality, _with_probes(opts, store, modality, encoder))
             if result:
                 built[modality] = result
-    remember_collection(root)
-    return IndexResult(root, encoder.spec, report, built, time.perf_counter() - started)
+    return built
 
 
 def _with_probes(opts: IndexOptions, store: Store, modality: str, encoder: Encoder) -> IndexOptions:

@@ -31,17 +31,17 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..api import IndexResult, _ingest_options, model_for_collection
+from ..api import IndexResult, _ingest_options, build_indexes, model_for_collection
 from ..config import default_collection_for, remember_collection
 from ..errors import ConfigError, MissingExtraError
-from ..indexes import needs_update, resolve_options, update_index
 from ..ingest import IngestReport, Progress
+from ..ingest.decode import Decoded
 from ..ingest.discover import ImageFile, classify
-from ..ingest.images import ImageIngest, _batched
+from ..ingest.images import ImageIngest
 from ..ingest.job import Job
 from ..ingest.pipeline import _caption_manifests
 from ..ingest.texts import ingest_corpus
-from ..store import MODALITIES, ModelInfo, Store
+from ..store import ModelInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -111,33 +111,14 @@ def index_with_ray(
             else:
                 ingest_corpus(job, path)  # texts are encoded by the actors through the batcher
         job.report.seconds = time.perf_counter() - job.started
-        built = _build_indexes(store, job.report, encoder, index_factory=index_factory,
-                               max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
+        built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
+                              max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
     finally:
         pool.close()
         if we_started:
             ray.shutdown()
     remember_collection(root)
     return IndexResult(root, model_spec, job.report, built, time.perf_counter() - started)
-
-
-def _build_indexes(store: Store, report: IngestReport, encoder: Any, **options: Any) -> dict[str, Any]:
-    """The index step of :func:`mmsearch.index`, unchanged (texts it needs are encoded by the actors)."""
-    from .. import api
-
-    with_probes = getattr(api, "_with_probes", None)  # tuning probes, where the single-machine path has them
-    built = {}
-    for modality in MODALITIES:
-        opts = resolve_options(store, modality, factory=options["index_factory"],
-                               max_index_memory_bytes=options["max_index_memory_bytes"],
-                               target_recall=options["target_recall"])
-        if modality in report.changed or needs_update(store, modality, opts):
-            if with_probes is not None:
-                opts = with_probes(opts, store, modality, encoder)
-            result = update_index(store, modality, opts)
-            if result:
-                built[modality] = result
-    return built
 
 
 # -- the actors -------------------------------------------------------------------------------------
@@ -265,7 +246,6 @@ class _RayImageIngest(ImageIngest):
         self.max_image_pixels, self.timeout_s = max_image_pixels, timeout_s
 
     def _embed(self, todo: list[ImageFile]) -> None:
-        options, done = self.job.options, 0
         batcher: _RemoteBatcher = self.job.batcher  # type: ignore[assignment]
         skip = self.pool.ray.put(frozenset(self.by_hash))  # shipped once, shared by every task
         calls = ((
@@ -273,14 +253,10 @@ class _RayImageIngest(ImageIngest):
             [f.caption for f in todo[s:s + self.task_rows] if f.caption], self.max_image_pixels, self.timeout_s, skip,
         ) for s in range(0, len(todo), self.task_rows))
         window = 2 * len(self.pool.actors)
-        for decoded, caption_vectors in self.pool.ordered("embed_images", calls, window):
-            batcher.known.update(caption_vectors)
-            for batch in _batched(decoded, options.batch_size):
-                self._take(todo, batch)
-                done += len(batch)
-                self.job.tick("images", done, len(todo))
-                while len(self.buffer) >= options.shard_rows:
-                    self._flush(self.buffer[: options.shard_rows])
-                    self.buffer = self.buffer[options.shard_rows:]
-        self._flush(self.buffer)
-        self.buffer = []
+
+        def decoded() -> Iterator[Decoded]:
+            for task_decoded, caption_vectors in self.pool.ordered("embed_images", calls, window):
+                batcher.known.update(caption_vectors)  # before any row of this task is taken
+                yield from task_decoded
+
+        self._consume(todo, decoded())

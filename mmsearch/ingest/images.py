@@ -114,7 +114,7 @@ class ImageIngest:
 
     # -- embedding -------------------------------------------------------------------------------
     def _embed(self, todo: list[ImageFile]) -> None:
-        options, done = self.job.options, 0
+        options = self.job.options
         settings = DecodeSettings(
             transform=self.job.encoder.image_transform, draft_px=_model_input_px(self.job.encoder.image_transform),
             max_image_pixels=options.max_image_pixels, timeout_s=options.decode_timeout_s,
@@ -124,14 +124,19 @@ class ImageIngest:
         stream = decode_stream((f.os_path for f in todo), settings, workers=workers,
                                window=2 * options.batch_size + 2 * max(workers, 1))
         with share_cpus_with_workers(self.job.encoder, workers):
-            for batch in _batched(stream, options.batch_size):
-                self._take(todo, batch)
-                done += len(batch)
-                self.job.tick("images", done, len(todo))
-                while len(self.buffer) >= options.shard_rows:
-                    self._flush(self.buffer[: options.shard_rows])
-                    self.buffer = self.buffer[options.shard_rows:]
-            self._flush(self.buffer)
+            self._consume(todo, stream)
+
+    def _consume(self, todo: Sequence[ImageFile], decoded: Iterable[Decoded]) -> None:
+        """Take decoded inputs in batches (in input order), committing exact ``shard_rows`` shards."""
+        options, done = self.job.options, 0
+        for batch in _batched(decoded, options.batch_size):
+            self._take(todo, batch)
+            done += len(batch)
+            self.job.tick("images", done, len(todo))
+            while len(self.buffer) >= options.shard_rows:
+                self._flush(self.buffer[: options.shard_rows])
+                self.buffer = self.buffer[options.shard_rows:]
+        self._flush(self.buffer)
         self.buffer = []
 
     def _take(self, todo: Sequence[ImageFile], batch: list[Decoded]) -> None:
