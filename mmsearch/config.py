@@ -6,6 +6,8 @@ Precedence everywhere: explicit argument (CLI flag) > environment variable > def
 - ``MMSEARCH_COLLECTION``: default collection for queries
 - ``MMSEARCH_HOME``: where mmsearch keeps its small state (the last collection indexed)
 - ``MMSEARCH_CACHE_DIR``: where derived model files are cached (the built-in model's ONNX export)
+- ``MMSEARCH_FAISS_GPU``: ``0`` keeps index training and adding on the CPU even when the installed faiss
+  has GPUs (default: use them)
 - ``MMSEARCH_CHAT_URL``, ``MMSEARCH_CHAT_MODEL``, ``MMSEARCH_CHAT_API_KEY``: an OpenAI-compatible chat
   endpoint for ``mmsearch ask`` (the API base URL, e.g. ``http://127.0.0.1:8080/v1``)
 """
@@ -42,6 +44,11 @@ def chat_config(url: str | None = None, model: str | None = None) -> ChatConfig 
     if not model:
         raise ConfigError("a chat URL is set but no model: set MMSEARCH_CHAT_MODEL or pass --chat-model")
     return ChatConfig(url=url, model=model, api_key=os.environ.get("MMSEARCH_CHAT_API_KEY") or None)
+
+
+def faiss_gpu_allowed() -> bool:
+    """False when ``$MMSEARCH_FAISS_GPU`` is ``0``/``off``/``false``/``no``: indexes then build on the CPU."""
+    return os.environ.get("MMSEARCH_FAISS_GPU", "").strip().lower() not in ("0", "off", "false", "no")
 
 
 def cache_dir() -> Path:

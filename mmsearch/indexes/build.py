@@ -1,12 +1,15 @@
 """Creating, training and filling FAISS indexes: a sample for training, batches for adding.
 
-Training uses a GPU for the k-means of IVF indexes when the installed faiss has one, the CPU otherwise.
+When the installed faiss has GPUs (faiss-gpu) and ``$MMSEARCH_FAISS_GPU`` is not ``0``, IVF indexes use
+them for the k-means of training and for the coarse assignment while adding; the CPU otherwise. The
+index itself stays a CPU index (saved, memory-mapped and searched like any other).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -49,9 +52,9 @@ def train_on_sample(index: Any, read_sample: Callable[[int], np.ndarray], rows: 
     vectors = np.ascontiguousarray(read_sample(n), dtype=np.float32)
     _quiet_clustering(index)
     _shorter_opq_training(index)
-    _use_gpu_for_kmeans(index)
     try:
-        index.train(vectors)
+        with _gpu_kmeans(index):
+            index.train(vectors)
     except RuntimeError as exc:
         raise IndexBuildError(f"training the index on {len(vectors)} vectors failed: {_first_line(exc)}") from exc
     return len(vectors)
@@ -60,14 +63,55 @@ def train_on_sample(index: Any, read_sample: Callable[[int], np.ndarray], rows: 
 def add_batches(index: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> int:
     """Add every (ids, vectors) batch to ``index``; returns how many vectors were added."""
     added = 0
-    for ids, vectors in batches:
-        if len(ids):
-            try:
-                index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids))
-            except RuntimeError as exc:
-                raise IndexBuildError(f"adding vectors to the index failed: {_first_line(exc)}") from exc
-            added += len(ids)
+    with _gpu_coarse_quantizer(index):
+        for ids, vectors in batches:
+            if len(ids):
+                try:
+                    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids))
+                except RuntimeError as exc:
+                    raise IndexBuildError(f"adding vectors to the index failed: {_first_line(exc)}") from exc
+                added += len(ids)
     return added
+
+
+def faiss_gpus() -> int:
+    """GPUs the installed faiss can use for building (0 with faiss-cpu or ``MMSEARCH_FAISS_GPU=0``)."""
+    import faiss
+
+    from ..config import faiss_gpu_allowed
+
+    if not faiss_gpu_allowed() or not hasattr(faiss, "index_cpu_to_all_gpus"):
+        return 0
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+@contextlib.contextmanager
+def _gpu_coarse_quantizer(index: Any) -> Iterator[None]:
+    """While adding to an IVF index, assign vectors to lists with a GPU copy of its coarse quantizer.
+
+    The assignment (a search of every vector against nlist centroids) is most of the cost of adding
+    to an IVF index; the encoding into the inverted lists stays on the CPU. The CPU quantizer is put
+    back afterwards, so what is saved is an ordinary CPU index.
+    """
+    ivf = find_layer(index, "IndexIVF")
+    if ivf is None or not ivf.is_trained or faiss_gpus() == 0:
+        yield
+        return
+    import faiss
+
+    cpu_quantizer = ivf.quantizer
+    try:
+        gpu_quantizer = faiss.index_cpu_to_all_gpus(cpu_quantizer)
+    except RuntimeError as exc:  # e.g. an HNSW quantizer, which faiss cannot copy to a GPU
+        log.info("adding on the CPU: cannot copy the coarse quantizer to the GPU (%s)", _first_line(exc))
+        yield
+        return
+    log.info("assigning vectors to inverted lists on %d GPU(s)", faiss_gpus())
+    ivf.quantizer = gpu_quantizer
+    try:
+        yield
+    finally:
+        ivf.quantizer = cpu_quantizer
 
 
 def _quiet_clustering(index: Any) -> None:
@@ -94,14 +138,24 @@ def _shorter_opq_training(index: Any) -> None:
                 transform.niter, transform.niter_pq_0 = OPQ_ITERATIONS, OPQ_ITERATIONS
 
 
-def _use_gpu_for_kmeans(index: Any) -> None:
+@contextlib.contextmanager
+def _gpu_kmeans(index: Any) -> Iterator[None]:
+    """While training an IVF index, run its k-means assignment on the GPUs (the clustering index is
+    held here, not only by the SWIG pointer, so it lives until training ends, and is detached after)."""
+    ivf = find_layer(index, "IndexIVF")
+    gpus = faiss_gpus()
+    if ivf is None or gpus == 0:
+        yield
+        return
     import faiss
 
-    ivf = find_layer(index, "IndexIVF")
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if ivf is not None and gpus > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
-        log.info("training the IVF coarse quantizer on %d GPU(s)", gpus)
-        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    log.info("training the IVF coarse quantizer on %d GPU(s)", gpus)
+    clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    ivf.clustering_index = clustering
+    try:
+        yield
+    finally:
+        ivf.clustering_index = None
 
 
 def _first_line(exc: Exception) -> str:

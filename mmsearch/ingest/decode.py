@@ -55,7 +55,8 @@ class DecodeSettings:
 
 @dataclass
 class Decoded:
-    """The result of decoding one image file. ``pixels`` is the transformed array (float32)."""
+    """The result of decoding one image file. ``pixels`` is the transformed array: float32, or uint8
+    (C, H, W) when the settings' transform is the uint8 head of a split transform (:mod:`.transfer`)."""
 
     seq: int
     pixels: np.ndarray | None = None
@@ -205,7 +206,7 @@ def _decode_bytes(data: bytes, settings: DecodeSettings) -> tuple[np.ndarray | N
             rgb = _reduce(to_rgb(upright), settings.draft_px)
         out = settings.transform(rgb)
     array = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
-    return np.ascontiguousarray(array, dtype=np.float32), width, height
+    return np.ascontiguousarray(array, dtype=np.uint8 if array.dtype == np.uint8 else np.float32), width, height
 
 
 def _orientation(image: Image.Image) -> int | None:

@@ -1,5 +1,6 @@
-"""Feeding the encoder: batches in pinned memory when the model is on CUDA, and a batch size that
-halves on out-of-memory instead of crashing (it stays halved for the rest of the run)."""
+"""Feeding the encoder: batches in pinned memory when the model is on CUDA, uint8 pixels finished
+(scaled, normalised) per batch where the model's transform allows it (see :mod:`.transfer`), and a
+batch size that halves on out-of-memory instead of crashing (it stays halved for the rest of the run)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from ..encoders.base import Encoder
 from ..errors import EncoderError
+from .transfer import split_transform
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,29 @@ class BatchEncoder:
     def __init__(self, encoder: Encoder, batch_size: int) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
-        self.cuda = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+        self.device = str(getattr(encoder, "device", "cpu"))
+        self.cuda = self.device.startswith("cuda")
+        self.split = split_transform(encoder.image_transform)
         self._pinned: Any = None
 
+    @property
+    def worker_transform(self) -> Any:
+        """What the decode workers run: the uint8 head of the model's transform when it splits, else all of it."""
+        return self.split.head if self.split is not None else self.encoder.image_transform
+
     def images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """Embed transformed images (each a float32 array) -> (N, dim) float32."""
-        return self._chunked(list(pixels), lambda part: self.encoder.encode_images(self._stack(part)))
+        """Embed images from :attr:`worker_transform` (float32, or uint8 to be finished here) -> (N, dim) float32."""
+        return self._chunked(list(pixels), lambda part: self.encoder.encode_images(self._batch(part)))
+
+    def _batch(self, pixels: list[np.ndarray]) -> Any:
+        batch = self._stack(pixels)
+        if pixels[0].dtype != np.uint8:
+            return batch
+        if self.split is None:
+            raise EncoderError("uint8 pixels reached an encoder whose transform does not split at ToTensor")
+        if self.cuda:
+            batch = batch.to(self.device, non_blocking=True)
+        return self.split.finish(batch)
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts -> (N, dim) float32."""
@@ -69,12 +88,12 @@ class BatchEncoder:
 
         if not self.cuda:
             return torch.from_numpy(np.stack(pixels))
-        shape = (len(pixels), *pixels[0].shape)
-        if self._pinned is None or self._pinned.shape[1:] != shape[1:] or self._pinned.shape[0] < shape[0]:
-            self._pinned = torch.empty((max(shape[0], self.batch_size), *shape[1:]), dtype=torch.float32).pin_memory()
-        out = self._pinned[: shape[0]]
+        shape, dtype = (len(pixels), *pixels[0].shape), torch.from_numpy(pixels[0][:0]).dtype
+        pinned = self._pinned
+        if pinned is None or pinned.dtype != dtype or pinned.shape[1:] != shape[1:] or pinned.shape[0] < shape[0]:
+            self._pinned = pinned = torch.empty((max(shape[0], self.batch_size), *shape[1:]), dtype=dtype).pin_memory()
         # safe to reuse: encode_images returns host arrays, so the previous copy has completed
-        return torch.stack([torch.from_numpy(p) for p in pixels], out=out)
+        return torch.stack([torch.from_numpy(p) for p in pixels], out=pinned[: shape[0]])
 
     def _chunked(self, items: list[T], run: Callable[[list[T]], np.ndarray]) -> np.ndarray:
         parts, start = [], 0

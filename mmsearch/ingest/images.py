@@ -115,8 +115,10 @@ class ImageIngest:
     # -- embedding -------------------------------------------------------------------------------
     def _embed(self, todo: list[ImageFile]) -> None:
         options = self.job.options
+        transform = self.job.encoder.image_transform
         settings = DecodeSettings(
-            transform=self.job.encoder.image_transform, draft_px=_model_input_px(self.job.encoder.image_transform),
+            # uint8 pixels when the transform splits (see ingest.transfer); a batcher that has no split runs it all
+            transform=getattr(self.job.batcher, "worker_transform", transform), draft_px=_model_input_px(transform),
             max_image_pixels=options.max_image_pixels, timeout_s=options.decode_timeout_s,
             skip_hashes=frozenset(self.by_hash),
         )
