@@ -234,9 +234,11 @@ def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, 
               help="torch intra-op threads (requests already run in parallel on --threads).")
 @click.option("--media-root", "media_roots", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Folder whose images may be served (repeatable) [default: the folder holding each collection's images].")
+@click.option("--no-reload", is_flag=True,
+              help="Serve the collections as they were at start-up (default: a re-index shows on the next request).")
 @_library_errors
 def serve_cmd(collections: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
-              media_roots: tuple[str, ...], **options: Any) -> None:
+              media_roots: tuple[str, ...], no_reload: bool, **options: Any) -> None:
     """Serve COLLECTIONS over HTTP: a search page at /, a JSON API under /api, OpenAPI docs at /docs."""
     from mmsearch.config import resolve_collection
     from mmsearch.serve import run
@@ -247,7 +249,7 @@ def serve_cmd(collections: tuple[str, ...], host: str, port: int, api_key: str |
                    err=True)
     click.echo(f"Serving {', '.join(paths)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops.", err=True)
     run(paths, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        media_roots=tuple(media_roots) or None, **options)
+        media_roots=tuple(media_roots) or None, reload_check_s=None if no_reload else 2.0, **options)
 
 
 if __name__ == "__main__":

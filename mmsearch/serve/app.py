@@ -66,10 +66,15 @@ class ServerState:
     def served(self, name: str) -> Served:
         """The collection called ``name`` (404 when there is none)."""
         try:
-            return self.catalog[name]
+            served = self.catalog[name]
         except KeyError:
             known = ", ".join(sorted(self.catalog))
             raise ApiError(404, f"no collection named {name!r}; this server has: {known}", code="unknown_collection") from None
+        if self.options.reload_check_s is not None:
+            fresh = served.refreshed(self.options.reload_check_s)
+            if fresh is not served:
+                self.catalog[name] = served = fresh
+        return served
 
 
 def create_app(collections: Mapping[str, CollectionLike] | Sequence[CollectionLike], *,
@@ -159,7 +164,7 @@ def _collection_routes(router: APIRouter, state: ServerState) -> None:
     @router.get("/collections", tags=["collections"])
     async def collections() -> dict[str, Any]:
         """The collections this server holds, with model and counts."""
-        infos = [(name, s.collection.info()) for name, s in state.catalog.items()]
+        infos = [(name, state.served(name).collection.info()) for name in list(state.catalog)]
         return {"collections": [{"name": n, "model": i["model"]["spec"], "images": i["images"], "texts": i["texts"]}
                                 for n, i in infos]}
 

@@ -1,5 +1,9 @@
 """The collections a server holds, by name, and item lookups by id from their stored rows.
 
+A served collection follows its directory: when a re-run of ``mmsearch index`` commits a new manifest,
+the next request (checked at most every ``reload_check_s``) gets the new version, while requests already
+running finish on the old one.
+
 The server never accepts a path from a client: items, thumbnails and images are looked up by id in
 the collection's Parquet metadata (read once, cached), and a file is served only if it belongs to
 the collection and lies inside its media roots.
@@ -7,9 +11,11 @@ the collection and lies inside its media roots.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -17,15 +23,17 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MMSearchError
 from ..search import Collection
 from ..store import Store
+from ..store.manifest import MANIFEST_NAME
 from ..store.schema import COLUMNS
 from .errors import ApiError
 
 CollectionLike = Union[Collection, str, Path]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODALITY_OF = {"images": "image", "texts": "text"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,8 +60,30 @@ class Served:
     name: str
     collection: Collection
     media_roots: tuple[Path, ...] | None = None
+    stamp: tuple[int, int, int] | None = None  # the manifest file this version was opened from
+    checked_at: float = field(default_factory=time.monotonic)
     _rows: dict[str, tuple[pa.Table, np.ndarray]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def refreshed(self, every_s: float) -> Served:
+        """This entry, or a new one opened from the collection's directory when its manifest has changed
+        (looked at no more often than ``every_s``). A manifest that cannot be opened keeps this version."""
+        now = time.monotonic()
+        if now - self.checked_at < every_s:
+            return self
+        self.checked_at = now
+        stamp = manifest_stamp(self.collection.path)
+        if stamp is None or stamp == self.stamp:
+            return self
+        try:
+            fresh = _open(self.collection.path)
+        except MMSearchError as exc:
+            log.warning("collection %r changed on disk but cannot be opened (%s); still serving the old version",
+                        self.name, exc)
+            self.stamp = stamp
+            return self
+        log.info("collection %r changed on disk: serving the new version", self.name)
+        return Served(self.name, fresh, self.media_roots, stamp, now)
 
     def item(self, item_id: int) -> Item:
         """The item with ``item_id`` (404 when the collection has none)."""
@@ -111,8 +141,17 @@ def build_catalog(collections: Mapping[str, CollectionLike] | Sequence[Collectio
             raise ConfigError(f"collection name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
         if name in catalog:
             raise ConfigError(f"two collections are both named {name!r}; pass a dict of names to collections")
-        catalog[name] = Served(name, col, media_roots)
+        catalog[name] = Served(name, col, media_roots, manifest_stamp(col.path))
     return catalog
+
+
+def manifest_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of the collection's manifest: every commit renames a new file into place."""
+    try:
+        st = (Path(path) / MANIFEST_NAME).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _open(path: str | Path) -> Collection:

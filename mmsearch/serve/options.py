@@ -27,6 +27,8 @@ class ServeOptions:
       the folder holding all its images. A file whose real path (symlinks resolved) is outside is refused.
     - ``thumbnail_cache_items``: rendered thumbnails kept in memory.
     - ``warm_up``: load models and indexes at start-up, not on the first request.
+    - ``reload_check_s``: how often (at most, on a request) to look whether a collection changed on disk; the
+      next request then gets the new version (None: serve the start-up version until restarted).
     """
 
     api_key: str | None = None
@@ -41,6 +43,7 @@ class ServeOptions:
     thumbnail_cache_items: int = 1024
     max_media_bytes: int = 256 * 1024 * 1024
     warm_up: bool = True
+    reload_check_s: float | None = 2.0
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_image_pixels", "max_query_chars", "max_k", "worker_threads",
@@ -49,6 +52,8 @@ class ServeOptions:
                 raise ConfigError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads must be a positive integer or None, not {self.torch_threads!r}")
+        if self.reload_check_s is not None and not self.reload_check_s >= 0:
+            raise ConfigError(f"reload_check_s must be >= 0 seconds or None, not {self.reload_check_s!r}")
         if self.thumbnail_cache_items < 0:
             raise ConfigError("thumbnail_cache_items must be >= 0")
         if self.api_key is not None and not self.api_key.strip():
