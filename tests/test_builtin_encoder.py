@@ -53,7 +53,7 @@ def onnx_encoder(cache_dir: Path) -> BuiltinEncoder:
 
 @pytest.mark.slow
 def test_contract_fields(torch_encoder: BuiltinEncoder) -> None:
-    assert torch_encoder.spec == "builtin:v1"
+    assert torch_encoder.spec == "builtin:v2"
     assert torch_encoder.dim == 384
     assert "224" in torch_encoder.preprocess_id
 
@@ -156,7 +156,7 @@ def test_a_missing_package_names_the_pip_install_line(monkeypatch) -> None:
     monkeypatch.setattr(builtin, "_has_module", lambda name: name != "timm")
     with pytest.raises(ModelUnavailableError, match="pip install") as info:
         BuiltinEncoder()
-    assert info.value.spec == "builtin:v1"
+    assert info.value.spec == "builtin:v2"
     assert "timm" in str(info.value)
 
 

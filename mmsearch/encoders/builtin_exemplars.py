@@ -1,0 +1,139 @@
+"""Exemplar-defined classes for the built-in model (``builtin:v2``).
+
+ConSE can only name what its classifier has a class for: EfficientNet-Lite0 knows 1,000 ImageNet
+classes and no single flag, so ``builtin:v1`` retrieves flags at chance. An exemplar class is defined
+by images instead of a classifier row: a few rendered exemplars of the class, whose image features
+(from the same network, taken before its classifier) are stored with the package. A query image's
+feature is compared with every exemplar (cosine); the best cosine of each class becomes that class's
+logit (``scale * cos + bias``, calibrated against the ImageNet logits), the extended logit vector goes
+through the same softmax as in ``builtin:v1``, and the class's row of the class bank is the mean
+sentence embedding of its descriptions ("the flag of Japan", ...). Everything else is ``builtin:v1``.
+
+The bank is generic: any set of classes with exemplar images and descriptions can be added by the
+asset-building script (``python -m mmsearch.encoders.build_builtin_assets_exemplars``); the shipped
+bank holds the world's flags, rendered from the MIT-licensed ``flag-icons`` npm package (see
+``assets/README.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ModelUnavailableError
+from .base import l2_normalise
+
+if TYPE_CHECKING:
+    import torch
+
+    from .builtin import ExemplarRecipe
+
+#: image features exemplars can be compared in: the network's pooled 1280-d feature, or the mean of
+#: each cell of a 2 x 2 grid over its last feature map (5120-d: keeps the coarse layout, which tells
+#: flags apart that share colours)
+FEATURES = ("pool", "grid2")
+
+
+def _grid2(feature_map: torch.Tensor) -> torch.Tensor:
+    """Mean over the four overlapping quadrants of an (N, C, H, W) map -> (N, 4C), quadrant-major.
+
+    Slices, not ``adaptive_avg_pool2d``, so the ONNX exporter takes it for any odd map size; for
+    H = W = 7 the windows are rows/columns 0-3 and 3-6, as adaptive pooling to 2 x 2 would take them.
+    """
+    import torch
+
+    h, w = feature_map.shape[-2:]
+    rows = (slice(0, (h + 1) // 2), slice(h // 2, h))
+    cols = (slice(0, (w + 1) // 2), slice(w // 2, w))
+    return torch.cat([feature_map[:, :, r, c].mean(dim=(2, 3)) for r in rows for c in cols], dim=1)
+
+
+def features_and_logits(model: Any, batch: torch.Tensor, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features of kind ``feature``, ImageNet logits) of timm's EfficientNet for a transformed batch."""
+    if feature not in FEATURES:
+        raise ValueError(f"unknown exemplar feature {feature!r}; use one of {', '.join(FEATURES)}")
+    feature_map = model.forward_features(batch)
+    pooled = feature_map.mean(dim=(2, 3))
+    logits = model.classifier(pooled)
+    return (pooled if feature == "pool" else _grid2(feature_map)), logits
+
+
+def feature_head(model: Any, feature: str) -> torch.nn.Module:
+    """``model`` wrapped so that ``forward`` returns (features, logits): the graph that ONNX exports."""
+    import torch
+
+    class FeatureHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return features_and_logits(self.model, batch, feature)
+
+    return FeatureHead().eval()
+
+
+@dataclass(frozen=True)
+class ExemplarBank:
+    """Exemplar-defined classes: exemplar features, which class each belongs to, and the class bank rows."""
+
+    #: (exemplars, feature dim) float32, unit norm
+    features: np.ndarray
+    #: (exemplars,) int, the class of each exemplar
+    owner: np.ndarray
+    #: (classes, text dim) float32, the sentence-embedding row of each class
+    class_bank: np.ndarray
+    #: class ids, in class order
+    class_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 2 or self.owner.shape != (self.features.shape[0],):
+            raise ValueError("exemplar features and owners do not match")
+        if self.class_bank.ndim != 2 or len(self.class_ids) != self.class_bank.shape[0]:
+            raise ValueError("class bank rows and class ids do not match")
+        if self.owner.size and (self.owner.min() < 0 or self.owner.max() >= len(self.class_ids)):
+            raise ValueError("an exemplar belongs to no class")
+        if set(np.unique(self.owner).tolist()) != set(range(len(self.class_ids))):
+            raise ValueError("every class needs at least one exemplar")
+
+    def similarities(self, features: np.ndarray) -> np.ndarray:
+        """(N, classes): for each image and class, the best cosine between the image and the class's exemplars."""
+        cos = l2_normalise(np.asarray(features, dtype=np.float32)) @ self.features.T
+        best = np.full((cos.shape[0], len(self.class_ids)), -np.inf, dtype=np.float32)
+        np.maximum.at(best.T, self.owner, cos.T)
+        return best
+
+    def logits(self, features: np.ndarray, scale: float, bias: float) -> np.ndarray:
+        """The exemplar classes' logits, ``scale * similarity + bias`` (N, classes)."""
+        return scale * self.similarities(features) + bias
+
+
+def load_exemplar_bank(recipe: ExemplarRecipe, dim: int) -> ExemplarBank:
+    """The exemplar bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
+    path = recipe.exemplars_path
+    record_path = path.with_suffix(".json")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        blob = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(
+            recipe.spec,
+            f"its exemplar bank is missing or unreadable ({exc}); reinstall mmsearch, or rebuild it with "
+            "python -m mmsearch.encoders.build_builtin_assets_exemplars",
+        ) from exc
+    if hashlib.sha256(blob).hexdigest() != record.get("sha256", {}).get(path.name):
+        raise ModelUnavailableError(recipe.spec, f"{path} does not match the sha256 in {record_path.name}; reinstall mmsearch")
+    with np.load(path, allow_pickle=False) as arrays:
+        bank = ExemplarBank(
+            features=arrays["features"].astype(np.float32),
+            owner=arrays["owner"].astype(np.int64),
+            class_bank=arrays["class_bank"].astype(np.float32),
+            class_ids=tuple(str(c["id"]) for c in record["classes"]),
+        )
+    if record.get("feature") != recipe.feature or bank.class_bank.shape[1] != dim:
+        raise ModelUnavailableError(recipe.spec, f"{path.name} was built for another feature or text model; reinstall mmsearch")
+    return bank
