@@ -213,7 +213,8 @@ def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, 
 
     def progress(p: Any) -> None:
         if not as_json:
-            click.echo(f"epoch {p.epoch}/{p.epochs}  train loss {p.train_loss:.4f}  val loss {p.val_loss:.4f}  "
+            val = "" if p.val_loss != p.val_loss else f"  val loss {p.val_loss:.4f}  val MRR {p.val_score:.4f}"  # NaN: no val
+            click.echo(f"{p.stage + '  ' if p.stage else ''}epoch {p.epoch}/{p.epochs}  train loss {p.train_loss:.4f}{val}  "
                        f"best {p.best_epoch}", err=True)
 
     report = train_adapter(pairs, base=base or default_model(), out=out, force=force, device=device, progress=progress,

@@ -175,6 +175,10 @@ def train_text(report: Any) -> str:
              f"best epoch {report.best_epoch} of {report.epochs_run}, temperature {report.temperature:.4f}, "
              f"{report.seconds:.1f}s",
              f"{'held-out metric':<18}{'before %':>10}{'after %':>10}"]
+    if getattr(report, "validation", None):
+        v = report.validation
+        lines[3:3] = [f"chosen by {v['method']} on {v['pairs']} pairs: validation MRR {v['base']:.4f} (base) -> "
+                      f"{v['adapter']:.4f} (adapter)"] + [f"note: {n}" for n in report.notes]
     for name, key in (("text->image", "text_to_image"), ("image->text", "image_to_text")):
         for metric, value in report.before[key].items():
             lines.append(f"{name + ' ' + metric:<18}{value:>10.1f}{report.after[key][metric]:>10.1f}")

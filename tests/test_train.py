@@ -28,7 +28,8 @@ from mmsearch.train import register as register_adapters
 LEFT_WORDS = ["zorp", "blick", "frub", "quax", "mell", "tirn", "gorb", "yask"]
 RIGHT_WORDS = ["plon", "wuzz", "kreb", "dafe", "snib", "vold", "hupe", "ciss"]
 DIM = 16
-FAST = TrainConfig(epochs=150, patience_epochs=150, learning_rate=0.05, batch_size=64, seed=3)
+FAST = TrainConfig(epochs=40, learning_rate=0.05, batch_size=64, seed=3, cv_folds=3)  # 64 groups: cross-validation
+HELD_OUT = TrainConfig(epochs=100, learning_rate=0.05, batch_size=64, seed=3, cv_below_groups=0)  # one validation split
 
 
 class HalvesTransform:
@@ -70,7 +71,19 @@ def _word_vec(word: str) -> np.ndarray:
     return np.random.default_rng(zlib.crc32(word.encode())).standard_normal(DIM)
 
 
+class ExactEncoder(HalvesEncoder):
+    """Like halves, but texts land exactly on their image's vector: the base model is already perfect."""
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for row, text in enumerate(texts):
+            left, right = text.split()
+            out[row, LEFT_WORDS.index(left)] = out[row, 8 + RIGHT_WORDS.index(right)] = 1
+        return out / np.sqrt(2)
+
+
 register_scheme("halves", lambda spec, device: HalvesEncoder(str(spec)))
+register_scheme("exact", lambda spec, device: ExactEncoder(str(spec)))
 register_adapters()
 
 
@@ -103,11 +116,70 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 def test_adapter_lifts_held_out_recall(trained) -> None:
     _, _, report, seen = trained
     before, after = report.before["text_to_image"], report.after["text_to_image"]
-    assert report.test_pairs >= 10 and report.train_pairs + report.val_pairs + report.test_pairs == 64
+    # 64 caption groups are under cv_below_groups: the epoch count is chosen by 3-fold cross-validation on the
+    # 51 non-test pairs, then the heads are refitted on all of them
+    assert report.test_pairs >= 10 and report.train_pairs + report.test_pairs == 64 and report.val_pairs == report.train_pairs
+    assert report.validation["method"] == "3-fold cross-validation" and report.improved
+    assert report.validation["adapter"] > report.validation["base"]
     assert before["R@1"] < 40
     assert after["R@1"] >= before["R@1"] + 40  # the stated margin: +40 points of text->image recall@1
     assert report.after["image_to_text"]["R@1"] >= report.before["image_to_text"]["R@1"] + 40
-    assert seen and seen[-1].epoch == report.epochs_run and 0 < report.best_epoch <= report.epochs_run
+    assert {p.stage for p in seen} == {"fold 1/3", "fold 2/3", "fold 3/3", "final"}
+    assert seen[-1].stage == "final" and seen[-1].epoch == report.best_epoch and 0 < report.best_epoch <= report.epochs_run
+    assert any("small set" in note for note in report.notes)  # 64 groups: the report says its numbers are coarse
+
+
+def test_held_out_selection_on_a_validation_split(tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "images")
+    seen: list[TrainProgress] = []
+    report = train_adapter(pairs, base="halves:v1", out=tmp_path / "ad", config=HELD_OUT, progress=seen.append)
+    assert report.validation["method"] == "held-out split" and report.improved
+    assert report.train_pairs + report.val_pairs + report.test_pairs == 64 and report.val_pairs == report.validation["pairs"]
+    assert report.after["text_to_image"]["R@1"] >= report.before["text_to_image"]["R@1"] + 25
+    assert report.after["image_to_text"]["R@1"] >= report.before["image_to_text"]["R@1"] + 25
+    # the kept epoch has the best validation score seen, and early stopping ended the run patience epochs later
+    scores = [p.val_score for p in seen]
+    assert seen[report.best_epoch - 1].val_score == max(scores) == report.validation["adapter"]
+    assert report.epochs_run == len(seen) and report.epochs_run in (HELD_OUT.epochs, report.best_epoch + HELD_OUT.patience_epochs)
+
+
+@pytest.mark.parametrize("config", [FAST, HELD_OUT], ids=["cross-validation", "held-out"])
+def test_keeps_the_base_model_when_the_adapter_cannot_beat_it_on_validation(config: TrainConfig, tmp_path: Path) -> None:
+    from mmsearch.train import load_heads
+
+    pairs = make_pairs(tmp_path / "images")
+    report = train_adapter(pairs, base="exact:v1", out=tmp_path / "ad", config=config)
+    assert report.validation["base"] == 1.0 and not report.improved and report.best_epoch == 0
+    assert report.after == {**report.before, "model": report.after["model"]}  # the test recall is the base model's
+    assert any("identity" in note for note in report.notes)
+    heads, meta = load_heads(tmp_path / "ad")
+    assert all(float(p.detach().abs().max()) == 0 for p in heads.identity_parameters()) and meta["report"]["improved"] is False
+    vecs = ExactEncoder().encode_texts(["zorp plon", "mell vold"])
+    np.testing.assert_allclose(AdapterEncoder(ExactEncoder(), heads, tmp_path / "ad").project_texts(vecs), vecs, atol=1e-6)
+
+
+def test_the_pull_toward_the_base_model_shrinks_the_heads(tmp_path: Path) -> None:
+    from mmsearch.train.data import base_features, split_by_group
+    from mmsearch.train.trainer import _fit, _gather, _torch_threads
+
+    pairs = make_pairs(tmp_path / "images")
+    feats = base_features(pairs, HalvesEncoder(), tmp_path / "cache", batch_size=16, workers=0)
+    train = _gather(feats, split_by_group(pairs, test_fraction=0.2, val_fraction=0.15, seed=0)[0])
+    norms = []
+    for weight in (0.0, 10.0, 1000.0):
+        config = TrainConfig(epochs=30, learning_rate=0.05, batch_size=64, identity_weight=weight)
+        with _torch_threads(1):
+            heads = _fit(train, None, DIM, config, seed=0, epochs=30, patience=None, progress=None, stage="").heads
+        norms.append(sum(float(p.detach().pow(2).sum()) for p in heads.identity_parameters()))
+    assert norms[0] > norms[1] > norms[2] > 0
+
+
+def test_best_epoch_prefers_the_base_model_on_ties() -> None:
+    from mmsearch.train.trainer import _best_epoch
+
+    assert _best_epoch([0.5, 0.5, 0.4]) == 0
+    assert _best_epoch([0.5, 0.6, 0.7, 0.7, 0.65]) == 2
+    assert _best_epoch([0.5]) == 0
 
 
 def test_split_keeps_test_captions_out_of_training(trained) -> None:
@@ -177,7 +249,7 @@ def test_untrained_adapter_equals_base(tmp_path: Path) -> None:
 
 def test_mlp_head_from_a_captioned_folder(tmp_path: Path) -> None:
     make_pairs(tmp_path / "photos", captions_dir=True)
-    config = TrainConfig(head="mlp", hidden_dim=32, epochs=100, patience_epochs=100, learning_rate=0.02, seed=1)
+    config = TrainConfig(head="mlp", hidden_dim=32, epochs=40, learning_rate=0.02, seed=1, cv_folds=3)
     report = train_adapter(tmp_path / "photos", base="halves:v1", out=tmp_path / "mlp", config=config)
     assert report.head == "mlp" and report.pairs == 64
     assert report.after["text_to_image"]["R@1"] > report.before["text_to_image"]["R@1"]
@@ -185,8 +257,13 @@ def test_mlp_head_from_a_captioned_folder(tmp_path: Path) -> None:
 
 def test_guard_rails(tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "images")
-    with pytest.raises(ConfigError, match="at least 20"):
-        train_adapter(pairs[:10], base="halves:v1", out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="only 29 distinct captions: training needs at least 30"):
+        train_adapter(pairs[:29], base="halves:v1", out=tmp_path / "a")
+    same_caption = [Pair(p.image, "zorp plon", "zorp plon") for p in pairs]  # 64 images but one caption group
+    with pytest.raises(ConfigError, match="only 1 distinct captions"):
+        train_adapter(same_caption, base="halves:v1", out=tmp_path / "a")
+    with pytest.raises(ConfigError, match="cv_folds"):
+        train_adapter(pairs, base="halves:v1", out=tmp_path / "a", config=TrainConfig(cv_folds=1))
     with pytest.raises(ConfigError, match="head"):
         train_adapter(pairs, base="halves:v1", out=tmp_path / "a", config=TrainConfig(head="conv"))
     broken = tmp_path / "broken.png"
@@ -268,3 +345,31 @@ def test_train_cli(tmp_path: Path) -> None:
     assert again.exit_code == 1 and "--force" in again.output
     table = runner.invoke(main, [*args, "--force"])
     assert table.exit_code == 0 and "use it with: --model adapter:" in table.output
+
+
+@pytest.mark.parametrize("weights", ["random", "file"])
+def test_trains_on_an_openclip_base(weights: str, tiny_model: str, tmp_path: Path) -> None:
+    """The OpenCLIP backend end to end: features, training, the saved adapter as a model spec, evaluate.
+
+    The tiny model's weights are random (no real CLIP weights here), so only the mechanics are checked, for
+    ``openclip:ARCH/random`` and for ``openclip:ARCH@FILE`` (an architecture with a local weights file).
+    """
+    from mmsearch.encoders.openclip import OpenCLIPEncoder
+    from mmsearch.encoders.registry import parse_spec
+
+    base = tiny_model
+    if weights == "file":
+        path = tmp_path / "tiny.pt"
+        torch.save(OpenCLIPEncoder(parse_spec(tiny_model))._model.state_dict(), path)
+        base = f"openclip:mms-tiny@{path}"
+    pairs = make_pairs(tmp_path / "images")
+    config = TrainConfig(epochs=5, batch_size=32, cv_folds=2, min_groups=10)
+    report = train_adapter(pairs, base=base, out=tmp_path / "ad", config=config)
+    assert report.base_model == base and report.pairs == 64 and report.test_pairs > 0 and report.skipped_images == 0
+    spec = f"adapter:{tmp_path / 'ad'}"
+    enc = load_encoder(spec)
+    assert isinstance(enc, AdapterEncoder) and enc.base.spec == base and enc.dim == load_encoder(base).dim
+    texts = ["zorp plon", "mell vold"]
+    np.testing.assert_allclose(enc.encode_texts(texts), enc.project_texts(load_encoder(base).encode_texts(texts)), atol=1e-6)
+    after = mmsearch.evaluate(tmp_path / "ad" / "test_pairs.jsonl", model=spec, workers=0)
+    assert after.text_to_image == report.after["text_to_image"] and after.image_to_text == report.after["image_to_text"]

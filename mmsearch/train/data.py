@@ -46,14 +46,24 @@ def clean_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
     return list(seen.values()), merged
 
 
-def split_by_group(pairs: Sequence[Pair], *, test_fraction: float, val_fraction: float,
-                   seed: int) -> tuple[list[Pair], list[Pair], list[Pair]]:
-    """Train / validation / test pairs; groups sharing a caption or image stay together, so nothing leaks."""
+def count_groups(pairs: Sequence[Pair]) -> int:
+    """Independent caption groups: groups joined by a shared caption or image count once."""
+    return len(set(_linked_groups(pairs).values()))
+
+
+def split_by_group(pairs: Sequence[Pair], *, test_fraction: float, val_fraction: float, seed: int,
+                   max_val_groups: int | None = None) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Train / validation / test pairs; groups sharing a caption or image stay together, so nothing leaks.
+
+    The test split is drawn first, so ``val_fraction`` and ``max_val_groups`` never change which pairs it holds.
+    """
     components = _linked_groups(pairs)
     keys = sorted(set(components.values()))
     random.Random(seed).shuffle(keys)
     n_test = max(1, round(test_fraction * len(keys)))
     n_val = max(1, round(val_fraction * (len(keys) - n_test)))
+    if max_val_groups:
+        n_val = min(n_val, max_val_groups)
     if len(keys) - n_test - n_val < 2:
         raise ConfigError(f"only {len(keys)} distinct caption groups: need at least {n_test + n_val + 2} "
                           "to hold some out for validation and test; add more captioned images")
@@ -63,6 +73,19 @@ def split_by_group(pairs: Sequence[Pair], *, test_fraction: float, val_fraction:
         key = components[p.group]
         parts[0 if key not in test | val else (1 if key in val else 2)].append(p)
     return parts
+
+
+def group_folds(pairs: Sequence[Pair], *, folds: int, seed: int) -> list[tuple[list[Pair], list[Pair]]]:
+    """``folds`` (train, validation) partitions for cross-validation; linked groups stay in one fold."""
+    components = _linked_groups(pairs)
+    keys = sorted(set(components.values()))
+    random.Random(seed).shuffle(keys)
+    fold_of = {key: i % folds for i, key in enumerate(keys)}
+    out = []
+    for k in range(folds):
+        val = [p for p in pairs if fold_of[components[p.group]] == k]
+        out.append(([p for p in pairs if fold_of[components[p.group]] != k], val))
+    return out
 
 
 def _linked_groups(pairs: Sequence[Pair]) -> dict[str, str]:

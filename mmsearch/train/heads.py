@@ -32,6 +32,10 @@ class ResidualHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(x + self.delta(x), dim=-1)
 
+    def output_layer(self) -> nn.Linear:
+        """The layer that starts at zero: while it is zero the head is the identity, whatever the layers before."""
+        return self.delta if isinstance(self.delta, nn.Linear) else self.delta[-1]
+
 
 class AdapterHeads(nn.Module):
     """An image head, a text head and the learnable temperature (stored as a log logit scale)."""
@@ -41,6 +45,10 @@ class AdapterHeads(nn.Module):
         self.image = ResidualHead(dim, kind, hidden_dim)
         self.text = ResidualHead(dim, kind, hidden_dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def identity_parameters(self) -> list[nn.Parameter]:
+        """The weights that make the adapter the base model when zero: the output layers of both heads."""
+        return [*self.image.output_layer().parameters(), *self.text.output_layer().parameters()]
 
     def scale(self) -> torch.Tensor:
         """The logit scale (1 / temperature), clamped as in CLIP."""
