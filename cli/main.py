@@ -39,7 +39,8 @@ def main(verbose: int) -> None:
 
 @main.command("index")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", "-o", type=click.Path(file_okay=False), help="Collection directory [default: PATH.mms].")
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Collection directory [default: PATH.mms]; with --engine ray also an fsspec URL (s3://, gs://, file://).")
 @click.option("--model", "-m", help="Model spec, e.g. builtin, openclip:ViT-B-32/laion2b_s34b_b79k.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", type=click.IntRange(0, 64), help="Decode worker processes [default: CPUs, max 4].")
@@ -64,11 +65,15 @@ def main(verbose: int) -> None:
 @click.option("--address", help="Ray cluster address (auto, ray://head:10001) [default: $RAY_ADDRESS or a local Ray].")
 @click.option("--num-gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
               help="GPUs per Ray encode actor (--engine ray).")
+@click.option("--ray-pipeline", type=click.Choice(["actors", "data"]), default="actors", show_default=True,
+              help="--engine ray: actors decode + encode; data: Ray Data CPU decode tasks feeding encoder actors.")
+@click.option("--staging", type=click.Path(file_okay=False),
+              help="--engine ray with a URL --out: the local working copy [default: under $MMSEARCH_HOME/staging].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_library_errors
 def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_size: int,
               workers: int | None, device: str | None, engine: str, address: str | None, num_gpus_per_worker: float,
-              as_json: bool, **ingest: Any) -> None:
+              ray_pipeline: str, staging: str | None, as_json: bool, **ingest: Any) -> None:
     """Embed and index image folders, images, or .txt/.jsonl/.csv/.parquet text corpora (incremental, resumable)."""
     import mmsearch
     from mmsearch.api import model_for_collection
@@ -76,9 +81,12 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
     from mmsearch.indexes import parse_bytes
 
     root = out or str(default_collection_for(paths[0]))
-    spec = model_for_collection(root, model)
+    is_url = "://" in root
+    if is_url and engine != "ray":
+        raise click.UsageError(f"--out {root}: a URL collection needs --engine ray (the local engine writes local paths)")
+    spec = model if is_url else model_for_collection(root, model)  # a URL collection's own model is read after the pull
     if not as_json:
-        click.echo(render.model_banner(spec, root), err=True)
+        click.echo(render.model_banner(spec or "(the collection's own, else the default)", root), err=True)
     ingest["decode_timeout_s"] = ingest["decode_timeout_s"] or None
     memory = ingest.pop("max_index_memory")
     ingest["max_index_memory_bytes"] = parse_bytes(memory) if memory else None
@@ -88,7 +96,7 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
 
             result = index_with_ray(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers or 2,
                                     address=address, num_gpus_per_worker=num_gpus_per_worker, device=device,
-                                    progress=progress.update, **ingest)
+                                    pipeline=ray_pipeline, staging=staging, progress=progress.update, **ingest)
         else:
             result = mmsearch.index(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers,
                                     device=device, progress=progress.update, **ingest)

@@ -99,3 +99,9 @@ def test_help_lists_commands(runner) -> None:
     out = runner.invoke(main, ["--help"]).output
     for cmd in ("index", "query", "info", "quarantine"):
         assert cmd in out
+
+
+def test_a_url_collection_needs_the_ray_engine(tmp_path, runner) -> None:
+    folder = make_colour_folder(tmp_path / "imgs")
+    result = runner.invoke(main, ["index", str(folder), "--out", "s3://bucket/c.mms", "--model", "colour:v1"])
+    assert result.exit_code != 0 and "--engine ray" in result.output

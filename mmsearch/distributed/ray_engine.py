@@ -11,6 +11,10 @@ single-machine code running on the driver, so a collection built here equals the
 :func:`mmsearch.index` builds from the same inputs: same ids, same uris, same embeddings (up to the
 float noise of a different batch composition), same index.
 
+``pipeline="data"`` swaps the middle step for a Ray Data job (CPU decode tasks -> an encoder actor pool);
+a collection at an fsspec URL is worked on in a local mirror pushed after each commit
+(:mod:`mmsearch.store.remote`); full IVF index builds add the shards in Ray tasks (:mod:`.index_build`).
+
 Fault tolerance: actors are restartable and their calls retried (``max_retries``), so a worker
 process that dies costs only its in-flight tasks, which run again on the restarted actor (decode and
 encode are pure, and only the driver writes shards, so a retry cannot duplicate rows). The driver
@@ -20,6 +24,7 @@ what the committed shards already hold.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -33,7 +38,7 @@ import numpy as np
 
 from ..api import IndexResult, _ingest_options, build_indexes, model_for_collection
 from ..config import default_collection_for, remember_collection
-from ..errors import ConfigError, MissingExtraError
+from ..errors import ConfigError, IngestError, MissingExtraError
 from ..ingest import IngestReport, Progress
 from ..ingest.decode import Decoded
 from ..ingest.discover import ImageFile, classify
@@ -41,7 +46,10 @@ from ..ingest.images import ImageIngest
 from ..ingest.job import Job
 from ..ingest.pipeline import _caption_manifests
 from ..ingest.texts import ingest_corpus
+from ..query.probes import PROBE_TEXTS
 from ..store import ModelInfo, Store
+from ..store.remote import RemoteMirror, is_url
+from .index_build import build_indexes_distributed
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,9 @@ def index_with_ray(
     target_recall: float | None = None, progress: Progress | None = None, decode_timeout_s: float | None = 30.0,
     max_image_pixels: int | None = None, dedup: bool = True, captions: str | Path | Sequence[str | Path] = (),
     text_column: str | None = None, id_column: str | None = None, path_column: str | None = None,
-    worker_setup: Callable[[], None] | None = None, max_retries: int = 3,
+    worker_setup: Callable[[], None] | None = None, max_retries: int = 3, distributed_index: bool = True,
+    index_parts: int | None = None, merge_memory_bytes: int | None = None, staging: str | Path | None = None,
+    pipeline: str = "actors",
 ) -> IndexResult:
     """:func:`mmsearch.index` with decoding and encoding on a Ray cluster.
 
@@ -75,6 +85,19 @@ def index_with_ray(
     ``4 * batch_size``): the work a dying worker loses. ``worker_setup`` is called once in every actor
     before the model loads (e.g. to register an encoder scheme). ``out`` must be a path every worker
     and the driver see the same way only for the inputs: shards are written by the driver.
+    ``out`` may be an fsspec URL (``file:///...``, ``s3://bucket/x.mms``, ``gs://...``, ``memory://...``): the
+    driver then works on a local copy (``staging``, default under ``$MMSEARCH_HOME/staging``) pulled from
+    the URL, and pushes each committed shard, then the manifest, to it (see :mod:`mmsearch.store.remote`);
+    the result's ``path`` is that local copy.
+
+    Index: full builds of IVF indexes (``distributed_index``) train once on the driver and add the
+    shards in ``index_parts`` Ray tasks (default ``workers``), merged on the driver, on disk when the
+    merged index is estimated above ``merge_memory_bytes`` (see :mod:`.index_build`).
+    ``pipeline``: ``"actors"`` (default): each actor reads, decodes and encodes a task of images in one
+    process. ``"data"``: a Ray Data job: decoding runs as CPU tasks (1 CPU each, anywhere in the
+    cluster) feeding an actor pool of ``workers`` encoders (``num_gpus_per_worker`` / ``num_cpus_per_worker``
+    each, the model loaded once per actor), results put back in input order on the driver; one more small actor
+    (no CPU reserved) embeds corpus texts. Same shards and collection either way.
     The other arguments are those of :func:`mmsearch.index`.
     """
     ray = _import_ray()
@@ -84,7 +107,13 @@ def index_with_ray(
         raise ConfigError("nothing to index: give at least one folder, image or text corpus")
     if batch_size < 1 or shard_rows < 1 or workers < 1 or (task_rows is not None and task_rows < 1):
         raise ConfigError("batch_size, shard_rows, workers and task_rows must be at least 1")
-    root = Path(out).expanduser() if out else default_collection_for(path_list[0])
+    if pipeline not in ("actors", "data"):
+        raise ConfigError(f"pipeline must be 'actors' or 'data', not {pipeline!r}")
+    mirror = RemoteMirror(out, staging) if isinstance(out, str) and is_url(out) else None
+    if mirror is not None:
+        root = mirror.pull()
+    else:
+        root = Path(out).expanduser() if out else default_collection_for(path_list[0])
     spec = model_for_collection(root, model)
     options = _ingest_options(
         batch_size=batch_size, workers=0, shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
@@ -94,31 +123,70 @@ def index_with_ray(
     we_started = not ray.is_initialized()
     if we_started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    pool = _ActorPool(ray, spec, workers=workers, num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
-                      device=device, batch_size=batch_size, max_retries=max_retries, setup=worker_setup)
+    data = pipeline == "data"
+    pool = _ActorPool(ray, spec, workers=1 if data else workers, num_cpus=0 if data else num_cpus_per_worker,
+                      num_gpus=0 if data else num_gpus_per_worker, device="cpu" if data else device,
+                      batch_size=batch_size, max_retries=max_retries, setup=worker_setup)
+    encode_stage = dict(spec=spec, workers=workers, num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
+                        device=device, batch_size=batch_size, setup=worker_setup, max_retries=max_retries)
     try:
         model_spec, preprocess_id, dim = pool.get(pool.call("model_info"))
         info = ModelInfo(spec=model_spec, preprocess_id=preprocess_id, dim=dim)
-        store = Store.open_or_create(root, info, embedding_dtype=embedding_dtype)
+        store = _MirroredStore.open_or_create(root, info, embedding_dtype=embedding_dtype)
+        if mirror is not None:
+            store.mirror = mirror
+            store.commit()  # the URL holds a (possibly empty) collection from now on
         encoder = _RemoteEncoder(model_spec, dim, preprocess_id, pool)
         job = Job(store, encoder, options, IngestReport(), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
                   captions=_caption_manifests(options))
         for raw in path_list:
             path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
             if classify(path) == "images":
-                _RayImageIngest(job, path, pool, task_rows or 4 * batch_size,
-                                max_image_pixels=options.max_image_pixels, timeout_s=decode_timeout_s).run()
+                kind = _DataImageIngest if data else _RayImageIngest
+                kind(job, path, pool, task_rows or 4 * batch_size, max_image_pixels=options.max_image_pixels,
+                     timeout_s=decode_timeout_s, encode_stage=encode_stage).run()
             else:
                 ingest_corpus(job, path)  # texts are encoded by the actors through the batcher
         job.report.seconds = time.perf_counter() - job.started
-        built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
-                              max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
+        if distributed_index:
+            # the index tasks need the CPUs the actors hold: embed the generic tuning probes, then let the actors go
+            encoder = _FixedTextEncoder(encoder, PROBE_TEXTS)  # type: ignore[assignment]
+            pool.close()
+            remote_shards = mirror is not None and "memory" not in _protocols(mirror.fs)
+            if mirror is not None and merge_memory_bytes:
+                log.warning("on-disk inverted lists are not carried to %s: merging the index in memory", mirror.url)
+                merge_memory_bytes = None
+            built = build_indexes_distributed(
+                store, job.report, encoder, ray=ray, parts=index_parts or workers,  # type: ignore[arg-type]
+                index_factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
+                target_recall=target_recall, merge_memory_bytes=merge_memory_bytes,
+                shard_root=mirror.url if remote_shards else None, num_cpus_per_task=num_cpus_per_worker)
+        else:
+            built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
+                                  max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
     finally:
         pool.close()
         if we_started:
             ray.shutdown()
-    remember_collection(root)
+    if mirror is None:
+        remember_collection(root)
     return IndexResult(root, model_spec, job.report, built, time.perf_counter() - started)
+
+
+class _MirroredStore(Store):
+    """A Store whose every commit is also pushed to its remote mirror (when it has one)."""
+
+    mirror: RemoteMirror | None = None
+
+    def commit(self) -> None:
+        super().commit()
+        if self.mirror is not None:
+            self.mirror.push()
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 # -- the actors -------------------------------------------------------------------------------------
@@ -146,6 +214,14 @@ class EmbedWorker:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.batcher.texts(texts)
+
+    def decode_settings(self, max_image_pixels: int, timeout_s: float | None) -> Any:
+        """What a decode task needs (the pixels the batcher takes: uint8 when its transform splits)."""
+        from ..ingest.decode import DecodeSettings
+
+        transform = getattr(self.batcher, "worker_transform", self.encoder.image_transform)
+        return DecodeSettings(transform=transform, draft_px=self.draft_px, max_image_pixels=max_image_pixels,
+                              timeout_s=timeout_s)
 
     def embed_images(self, paths: list[str], first_seq: int, captions: list[str], max_image_pixels: int,
                      timeout_s: float | None, skip_hashes: frozenset[str]) -> tuple[list[Any], dict[str, np.ndarray]]:
@@ -201,6 +277,7 @@ class _ActorPool:
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
+        self.actors = []
 
 
 class _RemoteEncoder:
@@ -212,6 +289,17 @@ class _RemoteEncoder:
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.pool.get(self.pool.call("encode_texts", list(texts))), dtype=np.float32)
+
+
+class _FixedTextEncoder:
+    """An encoder that knows only a fixed set of texts, embedded once (by the actors, before they go)."""
+
+    def __init__(self, encoder: _RemoteEncoder, texts: Sequence[str]) -> None:
+        self.spec, self.dim, self.preprocess_id, self.device = encoder.spec, encoder.dim, encoder.preprocess_id, "remote"
+        self.known = dict(zip(texts, encoder.encode_texts(list(texts))))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.known[t] for t in texts]).astype(np.float32)
 
 
 class _RemoteBatcher:
@@ -240,9 +328,9 @@ class _RayImageIngest(ImageIngest):
     """ImageIngest with its decode + encode stage on the actor pool; planning and committing unchanged."""
 
     def __init__(self, job: Job, root: Path, pool: _ActorPool, task_rows: int, *, max_image_pixels: int,
-                 timeout_s: float | None) -> None:
+                 timeout_s: float | None, encode_stage: dict[str, Any] | None = None) -> None:
         super().__init__(job, root)
-        self.pool, self.task_rows = pool, task_rows
+        self.pool, self.task_rows, self.encode_stage = pool, task_rows, encode_stage or {}
         self.max_image_pixels, self.timeout_s = max_image_pixels, timeout_s
 
     def _embed(self, todo: list[ImageFile]) -> None:
@@ -258,5 +346,78 @@ class _RayImageIngest(ImageIngest):
             for task_decoded, caption_vectors in self.pool.ordered("embed_images", calls, window):
                 batcher.known.update(caption_vectors)  # before any row of this task is taken
                 yield from task_decoded
+
+        self._consume(todo, decoded())
+
+
+# -- the Ray Data pipeline: CPU decode tasks -> encoder actor pool ----------------------------------------
+
+
+def decode_batch(batch: dict[str, np.ndarray], settings: Any) -> dict[str, np.ndarray]:
+    """Ray Data CPU stage: decode each path (``Decoded`` objects, in order; failures carry their reason)."""
+    from ..ingest.decode import decode_image
+
+    decoded = np.empty(len(batch["seq"]), dtype=object)
+    decoded[:] = [decode_image(str(p), settings, int(s)) for s, p in zip(batch["seq"], batch["path"])]
+    return {"seq": batch["seq"], "caption": batch["caption"], "decoded": decoded}
+
+
+class EncodeBatch:
+    """Ray Data actor stage: the model loaded once; embeds the decoded pixels and the captions of a batch."""
+
+    def __init__(self, spec: str, device: str | None, batch_size: int, setup: Callable[[], None] | None) -> None:
+        self.worker = EmbedWorker(spec, device, batch_size, setup)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        decoded = list(batch["decoded"])
+        todo = [d for d in decoded if d.pixels is not None]
+        for d, v in zip(todo, self.worker.batcher.images([d.pixels for d in todo])):
+            d.pixels = v
+        captions = [str(c) for c in batch["caption"]]
+        texts = sorted({c for c in captions if c})
+        known = dict(zip(texts, self.worker.batcher.texts(texts))) if texts else {}
+        out_decoded = np.empty(len(decoded), dtype=object)
+        out_decoded[:] = decoded
+        vectors = np.empty(len(decoded), dtype=object)
+        vectors[:] = [known.get(c) for c in captions]
+        return {"seq": batch["seq"], "caption": batch["caption"], "decoded": out_decoded, "caption_vector": vectors}
+
+
+class _DataImageIngest(_RayImageIngest):
+    """ImageIngest whose decode + encode stage is a Ray Data job; planning and committing unchanged."""
+
+    def _embed(self, todo: list[ImageFile]) -> None:
+        ray, stage = self.pool.ray, self.encode_stage
+        if not todo:
+            return self._consume(todo, iter(()))
+        batcher: _RemoteBatcher = self.job.batcher  # type: ignore[assignment]
+        settings = self.pool.get(self.pool.call("decode_settings", self.max_image_pixels, self.timeout_s))
+        settings = dataclasses.replace(settings, skip_hashes=frozenset(self.by_hash))
+        items = [{"seq": i, "path": f.os_path, "caption": f.caption or ""} for i, f in enumerate(todo)]
+        blocks = max(1, -(-len(items) // self.task_rows))
+        device = stage["device"] or ("cuda" if stage["num_gpus"] > 0 else None)
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        # Ray Data's defaults do the fault tolerance: decode tasks are retried (Ray's task retries) and
+        # pool actors are restarted with their in-flight batches retried (max_restarts = max_task_retries = -1)
+        ds = ds.map_batches(decode_batch, fn_kwargs={"settings": settings}, batch_size=self.task_rows, num_cpus=1,
+                            batch_format="numpy")
+        ds = ds.map_batches(EncodeBatch, fn_constructor_args=(stage["spec"], device, stage["batch_size"], stage["setup"]),
+                            compute=ray.data.ActorPoolStrategy(size=stage["workers"]), batch_size=self.task_rows,
+                            num_cpus=stage["num_cpus"], num_gpus=stage["num_gpus"], batch_format="numpy")
+
+        def decoded() -> Iterator[Decoded]:
+            """Rows in input order, whatever order the batches arrive in (a retried batch comes back late)."""
+            waiting: dict[int, Decoded] = {}
+            next_seq = 0
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for caption, vector in zip(batch["caption"], batch["caption_vector"]):
+                    if caption and vector is not None:
+                        batcher.known[str(caption)] = np.asarray(vector, dtype=np.float32)
+                waiting.update((int(d.seq), d) for d in batch["decoded"])
+                while next_seq in waiting:
+                    yield waiting.pop(next_seq)
+                    next_seq += 1
+            if waiting or next_seq != len(todo):
+                raise IngestError(f"the Ray Data job returned {next_seq} of {len(todo)} images in order")
 
         self._consume(todo, decoded())

@@ -1,0 +1,253 @@
+"""The distributed index build: train once on the driver, add shards in Ray tasks, merge the parts.
+
+    driver: choose the factory, train on the same seeded sample as :func:`mmsearch.indexes.build_index`
+            -> faiss.serialize_index(trained, empty index) -> ray.put (shipped once)
+    tasks:  each deserialises it, reads a contiguous run of the collection's Parquet shards (live rows)
+            and adds them with their collection ids -> returns its part (serialised, or a file)
+    driver: merges the parts *in shard order* (``merge_from``; or ``faiss.contrib.ondisk.merge_ondisk``
+            into on-disk inverted lists when the merged index would exceed ``merge_memory_bytes``),
+            then tunes, saves and registers it with the single-machine code (same manifest entry).
+
+Because training is the single-machine training and the parts are merged in shard order, every
+inverted list holds the same ids in the same order as an index built on one machine: searches give
+the same results. Only IVF indexes (optionally behind an OPQ/PCA pre-transform) merge this way;
+Flat, HNSW and refine (``Refine(...)``) indexes are built on the driver as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..api import _with_probes
+from ..encoders.base import Encoder
+from ..errors import CorruptShardError
+from ..indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
+from ..indexes.build import add_batches, new_index, train_on_sample
+from ..indexes.choice import AUTO, choose_factory, estimate_memory_bytes
+from ..indexes.faiss_index import INDEX_DIR, _finish, _parse_info, _rebuild_reason
+from ..indexes.source import sample
+from ..indexes.structure import find_layer, layers
+from ..ingest import IngestReport
+from ..store import MODALITIES, ShardInfo, Store
+from ..store.schema import embeddings_to_numpy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_index_distributed", "build_indexes_distributed", "is_mergeable", "plan_parts"]
+
+
+def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encoder, *, ray: Any, parts: int,
+                              index_factory: str | None = None, max_index_memory_bytes: int | None = None,
+                              target_recall: float | None = None, merge_memory_bytes: int | None = None,
+                              shard_root: str | None = None, num_cpus_per_task: float = 1) -> dict[str, IndexInfo]:
+    """:func:`mmsearch.api.build_indexes` with full (re)builds of IVF indexes done by Ray tasks.
+
+    Incremental updates (new shards added to a saved index, deletions applied) and non-IVF indexes run
+    on the driver exactly as on one machine. ``shard_root``: where the tasks read the shards (a path or
+    fsspec URL they all see; default the store's own directory).
+    """
+    built = {}
+    for modality in MODALITIES:
+        opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
+                               target_recall=target_recall)
+        if modality not in report.changed and not needs_update(store, modality, opts):
+            continue
+        opts = _with_probes(opts, store, modality, encoder)
+        result = None
+        why = _full_build_reason(store, modality, opts)
+        if why is not None:
+            result = build_index_distributed(store, modality, opts, ray=ray, parts=parts, update=why,
+                                             merge_memory_bytes=merge_memory_bytes, shard_root=shard_root,
+                                             num_cpus_per_task=num_cpus_per_task)
+            if result is not None and why != "built":
+                log.warning("rebuilt the %s index: %s", modality, why.removeprefix("rebuilt: "))
+        if result is None:
+            result = update_index(store, modality, opts)
+        if result:
+            built[modality] = result
+    return built
+
+
+def _full_build_reason(store: Store, modality: str, opts: IndexOptions) -> str | None:
+    """"built" / "rebuilt: <why>" when :func:`update_index` would build from scratch; None when it would update."""
+    if store.manifest.live_rows(modality) == 0:
+        return None
+    raw = store.manifest.indexes.get(modality)
+    if not raw or not (store.root / raw["file"]).is_file():
+        return "built"
+    reason = _rebuild_reason(store, modality, _parse_info(raw), opts)
+    return f"rebuilt: {reason}" if reason else None
+
+
+def is_mergeable(index: Any) -> bool:
+    """True for an (empty, trained or not) index whose parts can be merged: IVF, no refine layer."""
+    return find_layer(index, "IndexIVF") is not None and find_layer(index, "IndexRefine") is None
+
+
+def plan_parts(shards: Sequence[ShardInfo], parts: int) -> list[list[ShardInfo]]:
+    """Split ``shards`` into at most ``parts`` contiguous runs of about equal row counts (order kept)."""
+    total = sum(s.rows for s in shards)
+    parts = max(1, min(parts, len(shards)))
+    out: list[list[ShardInfo]] = [[]]
+    done = 0
+    for shard in shards:
+        if out[-1] and len(out) < parts and done >= total * len(out) / parts:
+            out.append([])
+        out[-1].append(shard)
+        done += shard.rows
+    return [group for group in out if group]
+
+
+def build_index_distributed(store: Store, modality: str, options: IndexOptions, *, ray: Any, parts: int,
+                            update: str = "built", merge_memory_bytes: int | None = None,
+                            shard_root: str | None = None, num_cpus_per_task: float = 1) -> IndexInfo | None:
+    """Build, tune, save and register the index of ``modality`` with its vectors added by Ray tasks.
+
+    Returns None (nothing done) when the index kind cannot be merged (Flat, HNSW, refine): build it on
+    the driver then. ``merge_memory_bytes``: when the merged index is estimated above it (and is a plain
+    IVF, no pre-transform), the parts are written as files beside the index and merged into on-disk
+    inverted lists (``index/<modality>.ivfdata``, referred to by its absolute path).
+    """
+    import faiss
+
+    started = time.perf_counter()
+    opts = options
+    rows, dim = store.manifest.live_rows(modality), store.manifest.model.dim
+    if rows == 0:
+        return None
+    factory = choose_factory(rows, dim, opts.max_index_memory_bytes) if opts.factory == AUTO else opts.factory
+    index = new_index(factory, dim)
+    if not is_mergeable(index):
+        return None
+    trained = train_on_sample(index, lambda n: sample(store, modality, n, seed=opts.seed)[1], rows,
+                              max_sample_bytes=opts.max_index_memory_bytes // 4)
+    top_ivf = isinstance(faiss.downcast_index(index), faiss.IndexIVF)
+    if not top_ivf:
+        index = faiss.IndexIDMap2(index)  # as faiss_index._with_ids wraps a pre-transformed IVF
+    ondisk = bool(merge_memory_bytes) and top_ivf and estimate_memory_bytes(factory, rows, dim) > merge_memory_bytes
+    groups = plan_parts(store.manifest.shards[modality], parts)
+    trained_ref = ray.put(faiss.serialize_index(index))
+    deleted_ref = ray.put(np.asarray(store.manifest.deleted[modality], dtype=np.int64))
+    part_dir = store.root / INDEX_DIR / f".parts-{modality}" if ondisk else None
+    if part_dir is not None:
+        part_dir.mkdir(parents=True, exist_ok=True)
+    task = ray.remote(num_cpus=num_cpus_per_task, max_retries=3)(add_part)
+    root = shard_root or str(store.root)
+    refs = [task.remote(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, dim, opts.add_batch_rows,
+                        str(part_dir / f"part-{i:05d}.faiss") if part_dir is not None else None)
+            for i, group in enumerate(groups)]
+    log.info("adding the %d %s shards in %d Ray tasks (%s, trained on %d rows)", len(store.manifest.shards[modality]),
+             modality, len(groups), factory, trained)
+    if ondisk:
+        index = _merge_ondisk(ray, index, refs, store.root / INDEX_DIR / f"{modality}.ivfdata")
+    else:
+        index = _merge_in_memory(ray, refs)
+    del trained_ref, deleted_ref
+    if top_ivf:
+        faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)  # ids removable, as _with_ids
+    if part_dir is not None:
+        for p in part_dir.glob("part-*.faiss"):
+            p.unlink()
+        part_dir.rmdir()
+    log.info("merged %d parts into the %s index %s over %d vectors", len(groups), modality, factory, index.ntotal)
+    state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
+    return _finish(store, modality, index, opts, factory, started, state, update)
+
+
+def _merge_in_memory(ray: Any, refs: list[Any]) -> Any:
+    """Merge the serialised parts in order, holding one part besides the result at a time."""
+    import faiss
+
+    merged = None
+    while refs:
+        part = faiss.deserialize_index(ray.get(refs.pop(0)))
+        if merged is None:
+            merged = part
+        else:
+            merge_part(merged, part)
+            del part
+    return merged
+
+
+def merge_part(merged: Any, part: Any) -> None:
+    """Append ``part``'s vectors to ``merged`` (both IVF, or both IDMap2 around a pre-transformed IVF).
+
+    An IDMap2's inner IVF holds positions, not ids: the part's are shifted past ``merged``'s and its id
+    map appended (FAISS's own IndexIDMap2.merge_from does not shift them).
+    """
+    import faiss
+
+    top = faiss.downcast_index(merged)
+    if not isinstance(top, faiss.IndexIDMap2):
+        merged.merge_from(part, 0)
+        return
+    other = faiss.downcast_index(part)
+    offset = int(merged.ntotal)
+    faiss.extract_index_ivf(merged).merge_from(faiss.extract_index_ivf(part), offset)
+    ids = np.concatenate([faiss.vector_to_array(top.id_map), faiss.vector_to_array(other.id_map)]).astype(np.int64)
+    faiss.copy_array_to_vector(ids, top.id_map)
+    for layer in _layers_above_ivf(merged):
+        layer.ntotal = len(ids)
+    top.construct_rev_map()
+
+
+def _layers_above_ivf(index: Any) -> list[Any]:
+    import faiss
+
+    return [layer for layer in layers(index) if not isinstance(layer, faiss.IndexIVF)]
+
+
+def _merge_ondisk(ray: Any, trained: Any, refs: list[Any], ivfdata: Path) -> Any:
+    """Merge part files into on-disk inverted lists at ``ivfdata`` (absolute path, beside the index file)."""
+    from faiss.contrib.ondisk import merge_ondisk
+
+    files = ray.get(refs)
+    ivfdata.unlink(missing_ok=True)
+    merge_ondisk(trained, files, str(ivfdata.resolve()))
+    return trained
+
+
+def add_part(trained: Any, root: str, shards: list[dict[str, Any]], deleted: np.ndarray, dim: int, batch_rows: int,
+             out_file: str | None) -> Any:
+    """A Ray task: the trained empty index + the live rows of ``shards`` -> the serialised part (or its file)."""
+    import faiss
+
+    index = faiss.deserialize_index(trained)
+    add_batches(index, _shard_batches(root, [ShardInfo(**s) for s in shards], deleted, dim, batch_rows))
+    if out_file is None:
+        return faiss.serialize_index(index)
+    tmp = f"{out_file}.tmp"
+    faiss.write_index(index, tmp)
+    Path(tmp).replace(out_file)
+    return out_file
+
+
+def _shard_batches(root: str, shards: Sequence[ShardInfo], deleted: np.ndarray, dim: int, batch_rows: int):
+    """(ids, vectors) of the live rows of ``shards`` under ``root`` (a path or an fsspec URL), one shard in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..store.remote import filesystem_for
+
+    fs, base = filesystem_for(root)
+    for shard in shards:
+        path = f"{base.rstrip('/')}/{shard.file}"
+        try:
+            table = pq.read_table(path, columns=["id", "embedding"], filesystem=fs)
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptShardError(path, str(exc)) from exc
+        if table.num_rows != shard.rows:
+            raise CorruptShardError(path, f"{table.num_rows} rows, manifest says {shard.rows}")
+        ids = table.column("id").to_numpy().astype(np.int64)
+        vectors = embeddings_to_numpy(table.column("embedding"), dim)
+        if len(deleted):
+            keep = ~np.isin(ids, deleted)
+            ids, vectors = ids[keep], vectors[keep]
+        for start in range(0, len(ids), batch_rows):
+            yield ids[start:start + batch_rows], vectors[start:start + batch_rows]
