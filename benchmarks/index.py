@@ -10,9 +10,11 @@ Each index is built in its own process (build time and peak RSS of that process)
 queries on all cores; "QPS @0.95" is the fastest swept setting with recall@10 >= 0.95. The baseline is
 exact search (Flat) measured in the same run.
 
-    python benchmarks/index.py [--sizes 100000 1000000] [--autofaiss-python PATH]
+    python benchmarks/index.py [--sizes 100000 1000000] [--autofaiss-python PATH] [--hnswlib M EF_CONSTRUCTION]
+                               [--engines mmsearch hnswlib autofaiss] [--timeout-s 900] [--out PATH.json]
 
-Prints a table, writes benchmarks/results/index.json and benchmarks/results/index.png.
+Prints a table, writes benchmarks/results/index.json and benchmarks/results/index.png (or --out and its
+.png); after each engine, what is measured so far goes to <out>.partial.json.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ EVAL_QUERIES = 1000
 TUNING_TEXTS = 2000
 SHARD_ROWS = 65_536
 SWEEPS = {"nprobe": [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512],
-          "efSearch": [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024]}
+          "efSearch": [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]}
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -204,7 +206,8 @@ def run_worker(python: str, data: Path, *args: str, timeout_s: int) -> dict:
     except subprocess.TimeoutExpired:
         return {"engine": args[0], "factory": " ".join(args[1:]), "error": f"timed out after {timeout_s}s"}
     if out.returncode != 0:
-        return {"engine": args[0], "factory": " ".join(args[1:]), "error": out.stderr.strip().splitlines()[-1][:300]}
+        last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode} (killed?), no message"])[-1]
+        return {"engine": args[0], "factory": " ".join(args[1:]), "error": last[:300]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -227,6 +230,14 @@ def prepare(n: int, data: Path) -> dict:
             "mean_top1_cosine_text_to_image": round(cross, 3), "mean_top1_cosine_image_to_image": round(same, 3)}
 
 
+def checkpoint(args: argparse.Namespace, n: int, results: list[dict]) -> None:
+    """What is measured so far, in ``<out>.partial.json``: a run killed for time still leaves its numbers."""
+    flat_qps = results[0]["sweep"][0]["qps"]
+    partial = Path(args.out).with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps({"rows": n, "results": [summarise(dict(r), flat_qps) for r in results]}, indent=2))
+
+
 def summarise(result: dict, baseline_qps: float) -> dict:
     best = best_at_target(result.get("sweep", []))
     result["qps_at_0.95"] = best["qps"] if best else None
@@ -235,11 +246,12 @@ def summarise(result: dict, baseline_qps: float) -> dict:
     return result
 
 
-def configs(n: int, hnswlib_m: int) -> list[tuple[str, ...]]:
+def configs(n: int, hnswlib: list[int] | None) -> list[tuple[str, ...]]:
     runs = [("mmsearch", "auto")]
     if n <= 300_000:
         runs += [("mmsearch", "HNSW32"), ("mmsearch", "IVF1024,SQ8")]
-    runs += [("hnswlib", str(hnswlib_m), "100" if n <= 300_000 else "40")]
+    m, ef_construction = hnswlib or ((32, 100) if n <= 300_000 else (16, 40))
+    runs += [("hnswlib", str(m), str(ef_construction))]
     return runs
 
 
@@ -250,9 +262,12 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
         baseline = prepare(n, data)
         baseline["prepare_s"] = round(time.perf_counter() - started, 1)
         results = [baseline]
-        for run in [r for r in configs(n, 32 if n <= 300_000 else 16) if r[0] in args.engines]:
+        checkpoint(args, n, results)
+        for run in [r for r in configs(n, args.hnswlib) if r[0] in args.engines]:
             results.append(run_worker(sys.executable, data, *run, timeout_s=args.timeout_s))
-            print(f"  {n}: {results[-1].get('factory')} done", file=sys.stderr)
+            done = summarise(dict(results[-1]), baseline["sweep"][0]["qps"])
+            print(f"  {n}: {done.get('factory')} done: {json.dumps(done)}", file=sys.stderr)
+            checkpoint(args, n, results)
         if "autofaiss" not in args.engines:
             pass
         elif args.autofaiss_python:
@@ -304,6 +319,8 @@ def main() -> None:
     parser.add_argument("--autofaiss-error", default="autofaiss not run (no --autofaiss-python)")
     parser.add_argument("--timeout-s", type=int, default=900, help="per index build + sweep")
     parser.add_argument("--engines", nargs="+", default=["mmsearch", "hnswlib", "autofaiss"])
+    parser.add_argument("--hnswlib", type=int, nargs=2, metavar=("M", "EF_CONSTRUCTION"),
+                        help="hnswlib build parameters (default: 32 100 up to 300k rows, 16 40 above)")
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--out", default=str(ROOT / "results" / "index.json"))
     parser.add_argument("--worker", nargs="+")

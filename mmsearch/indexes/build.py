@@ -52,6 +52,7 @@ def train_on_sample(index: Any, read_sample: Callable[[int], np.ndarray], rows: 
     vectors = np.ascontiguousarray(read_sample(n), dtype=np.float32)
     _quiet_clustering(index)
     _shorter_opq_training(index)
+    _no_polysemous_training(index)
     try:
         with _gpu_kmeans(index):
             index.train(vectors)
@@ -136,6 +137,15 @@ def _shorter_opq_training(index: Any) -> None:
             transform = faiss.downcast_VectorTransform(top.chain.at(i))
             if isinstance(transform, faiss.OPQMatrix):
                 transform.niter, transform.niter_pq_0 = OPQ_ITERATIONS, OPQ_ITERATIONS
+
+
+def _no_polysemous_training(index: Any) -> None:
+    """Skip FAISS's polysemous training of 8-bit PQ codes (on by default): mmsearch never searches with
+    polysemous Hamming thresholds, and the training was ~15x the rest of an ``OPQ16_64,IVF32,PQ16x8`` build."""
+    for kind in ("IndexIVFPQ", "IndexPQ"):
+        layer = find_layer(index, kind)
+        if layer is not None:
+            layer.do_polysemous_training = False
 
 
 @contextlib.contextmanager
