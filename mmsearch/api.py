@@ -14,6 +14,7 @@ from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
 from .errors import ConfigError, EncoderMismatchError
 from .indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
+from .indexes.choice import AUTO, choose_factory
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
 from .ingest import IngestOptions, IngestReport, Progress, ingest
 from .search import Collection
@@ -97,13 +98,25 @@ def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index
 
 
 def _with_probes(opts: IndexOptions, store: Store, modality: str, encoder: Encoder) -> IndexOptions:
-    """An image index of a collection with (almost) no texts is still tuned on text queries: generic ones."""
+    """An image index of a collection with (almost) no texts is still tuned on text queries: generic ones
+    (not encoded for an exact Flat index, which has nothing to tune)."""
     other = "texts" if modality == "images" else "images"
     if modality != "images" or store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
+        return opts
+    if not _approximate(opts, store, modality):
         return opts
     from .query.probes import PROBE_TEXTS
 
     return dataclasses.replace(opts, probe_queries=encoder.encode_texts(list(PROBE_TEXTS)))
+
+
+def _approximate(opts: IndexOptions, store: Store, modality: str) -> bool:
+    """Whether the index this build will have (or the one it updates) is approximate, i.e. has parameters to tune."""
+    factory = opts.factory
+    if factory == AUTO:
+        factory = choose_factory(store.manifest.live_rows(modality), store.manifest.model.dim, opts.max_index_memory_bytes)
+    existing = (store.manifest.indexes.get(modality) or {}).get("factory")
+    return any(f is not None and f.replace(" ", "") != "Flat" for f in (factory, existing))
 
 
 def open(path: str | Path, *, model: str | None = None, device: str | None = None) -> Collection:  # noqa: A001

@@ -60,3 +60,30 @@ def test_cli_index_flags_and_info_show_tuning(folder, tmp_path, colour_model) ->
     assert data["indexes"]["images"]["max_index_memory_bytes"] == 1024**3
     bad = runner.invoke(main, ["index", str(folder), "--out", str(out), "--max-index-memory", "lots"])
     assert bad.exit_code == 1 and "cannot read 'lots' as a size" in bad.output
+
+
+def test_generic_text_probes_are_encoded_only_for_an_index_with_something_to_tune(tmp_path) -> None:
+    """An image-only collection tunes an approximate image index on generic text probes; an exact Flat one
+    has nothing to tune, so the probes are not encoded (that cost dominated small builds)."""
+    from fakes import ColourEncoder
+
+    from mmsearch.api import _with_probes
+    from mmsearch.indexes import resolve_options
+    from mmsearch.store import Store
+
+    class Counting(ColourEncoder):
+        texts = 0
+
+        def encode_texts(self, texts):  # noqa: ANN001, ANN201
+            Counting.texts += len(texts)
+            return super().encode_texts(texts)
+
+    out = mmsearch.index(make_colour_folder(tmp_path / "imgs", captions=False), out=tmp_path / "c.mms",
+                         model="colour:v1", workers=0).path
+    store, encoder = Store.open(out), Counting()
+    assert store.manifest.indexes["images"]["factory"] == "Flat"
+    flat = resolve_options(store, "images")
+    assert _with_probes(flat, store, "images", encoder).probe_queries is None and Counting.texts == 0
+    ivf = resolve_options(store, "images", factory="IVF2,Flat")
+    probed = _with_probes(ivf, store, "images", encoder).probe_queries
+    assert probed is not None and len(probed) == Counting.texts > 0
