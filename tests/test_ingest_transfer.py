@@ -71,3 +71,15 @@ def test_indexed_embeddings_equal_encoding_with_the_whole_transform(tmp_path: Pa
     with_whole = encoder.encode_images(torch.stack([torch.from_numpy(d.pixels) for d in decoded]))
     for path, expected in zip(paths, with_whole):
         np.testing.assert_allclose(stored[str(path)], expected, atol=2e-3)  # float16 storage
+
+
+def test_the_builtin_models_transform_offers_its_own_exact_cut() -> None:
+    from mmsearch.encoders.builtin import Lite0Transform
+
+    transform = Lite0Transform()
+    split = split_transform(transform)
+    assert split is not None and split.multiply_subtract is not None
+    images = _images(5, seed=3)
+    images += [images[0].convert("RGBA"), images[1].convert("L"), images[2].convert("P"), images[3].convert("LA")]
+    for image in images:
+        assert torch.equal(split.finish(torch.from_numpy(split.head(image))[None])[0], transform(image))

@@ -155,6 +155,18 @@ class Lite0Transform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
 
+        pixels = np.asarray(self.resized(image), dtype=np.float32) * (2.0 / 255.0) - 1.0  # (x - 0.5) / 0.5
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def split_uint8(self) -> Any:
+        """The cut for decode workers (see ``mmsearch.ingest.transfer``): they ship the resized uint8
+        pixels, the scaling to [-1, 1] runs per batch."""
+        from ..ingest.transfer import SplitTransform, Uint8Head
+
+        return SplitTransform(Uint8Head([self.resized]), multiply_subtract=(2.0 / 255.0, 1.0))
+
+    def resized(self, image: Image.Image) -> Image.Image:
+        """The PIL part: RGB on white, shorter side resized, centre crop."""
         image = _to_rgb_on_white(image)
         width, height = image.size
         scale = self.resize_px / min(width, height)
@@ -163,9 +175,7 @@ class Lite0Transform:
             image = image.resize(size, _bicubic())
         left = (size[0] - self.crop_px) // 2
         top = (size[1] - self.crop_px) // 2
-        image = image.crop((left, top, left + self.crop_px, top + self.crop_px))
-        pixels = np.asarray(image, dtype=np.float32) * (2.0 / 255.0) - 1.0  # (x - 0.5) / 0.5
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        return image.crop((left, top, left + self.crop_px, top + self.crop_px))
 
 
 def _bicubic() -> Any:

@@ -41,11 +41,15 @@ class SplitTransform:
     head: Uint8Head
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    multiply_subtract: tuple[float, float] | None = None  # instead of /255 (+ mean/std): x * a - b
 
     def finish(self, batch: Any) -> Any:
-        """(N, C, H, W) uint8 tensor (any device) -> float32 exactly as ``ToTensor`` + ``Normalize`` give."""
+        """(N, C, H, W) uint8 tensor (any device) -> float32 exactly as the whole transform gives."""
         import torch
 
+        if self.multiply_subtract is not None:
+            a, b = self.multiply_subtract
+            return batch.to(torch.float32).mul_(a).sub_(b)
         x = batch.to(torch.float32).div_(255)
         if self.mean is not None and self.std is not None:
             mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
@@ -55,14 +59,15 @@ class SplitTransform:
 
 
 def split_transform(transform: Any) -> SplitTransform | None:
-    """The cut of a torchvision ``Compose(PIL steps..., ToTensor(), [Normalize()])``; None for any other
-    transform, or when the cut does not reproduce the whole transform exactly on a probe image."""
+    """The cut of a torchvision ``Compose(PIL steps..., ToTensor(), [Normalize()])``, or the one a transform
+    offers itself (a ``split_uint8()`` method); None for any other transform, or when the cut does not
+    reproduce the whole transform exactly on a probe image."""
     try:
-        import torch
-        from PIL import Image
         from torchvision import transforms as T
     except ImportError:
         return None
+    if hasattr(transform, "split_uint8"):
+        return _verified(transform, transform.split_uint8())
     if not isinstance(transform, T.Compose):
         return None
     steps = list(transform.transforms)
@@ -75,8 +80,16 @@ def split_transform(transform: Any) -> SplitTransform | None:
     mean = std = None
     if tail:
         mean, std = tuple(float(v) for v in tail[0].mean), tuple(float(v) for v in tail[0].std)
-    split = SplitTransform(Uint8Head(head), mean, std)
-    probe = Image.fromarray(np.random.default_rng(0).integers(0, 256, (61, 83, 3), dtype=np.uint8))
+    return _verified(transform, SplitTransform(Uint8Head(head), mean, std))
+
+
+def _verified(transform: Any, split: SplitTransform) -> SplitTransform | None:
+    """``split`` if it gives exactly what ``transform`` gives on a probe image (with transparency), else None."""
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    probe = Image.fromarray(rng.integers(0, 256, (61, 83, 4), dtype=np.uint8), "RGBA")
     try:
         whole = transform(probe)
         cut = split.finish(torch.from_numpy(split.head(probe))[None])[0]
