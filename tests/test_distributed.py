@@ -72,12 +72,17 @@ def _assert_same(a: Path, b: Path) -> None:
     assert ma.next_id == mb.next_id
 
 
-def test_ray_engine_equals_single_machine(tmp_path: Path, colour_model: str) -> None:
+@pytest.mark.parametrize("pipeline", ["actors", "data"])
+def test_ray_engine_equals_single_machine(tmp_path: Path, colour_model: str, pipeline: str) -> None:
+    """Both pipelines (actors that decode + encode; Ray Data CPU decode tasks feeding an encoder actor pool)
+    give the single-machine collection: same rows, ids, embeddings, search results and quarantine."""
     src = _corpus(tmp_path / "src")
     single = mmsearch.index(src, out=tmp_path / "single.mms", model=colour_model, shard_rows=5, batch_size=4,
                             workers=0, index_factory="Flat")
+    extra = {"num_cpus_per_worker": 0.5} if pipeline == "data" else {}
     dist = index_with_ray(src, out=tmp_path / "ray.mms", model=colour_model, shard_rows=5, batch_size=4,
-                          task_rows=3, workers=2, index_factory="Flat", worker_setup=register_colour)
+                          task_rows=3, workers=2, index_factory="Flat", worker_setup=register_colour,
+                          pipeline=pipeline, **extra)
     assert dist.report.images_embedded == single.report.images_embedded == 25
     assert dist.report.rejected == single.report.rejected == 1
     assert dist.report.images_deduplicated == single.report.images_deduplicated
@@ -88,16 +93,6 @@ def test_ray_engine_equals_single_machine(tmp_path: Path, colour_model: str) -> 
         ha, hb = a.search(query, k=6), b.search(query, k=6)
         assert [(h.id, round(h.score, 4)) for h in ha] == [(h.id, round(h.score, 4)) for h in hb]
     assert (dist.path / "quarantine.jsonl").read_text().count("broken.png") == 1
-
-    # a re-run (a restarted driver) embeds nothing; a new file is embedded like on one machine
-    again = index_with_ray(src, out=tmp_path / "ray.mms", model=colour_model, shard_rows=5, worker_setup=register_colour)
-    assert again.report.images_embedded == 0 and again.report.skipped_unchanged == 25
-    make_colour_folder(src / "late", ["magenta"])
-    single2 = mmsearch.index(src, out=tmp_path / "single.mms", model=colour_model, shard_rows=5, batch_size=4, workers=0)
-    dist2 = index_with_ray(src, out=tmp_path / "ray.mms", model=colour_model, shard_rows=5, batch_size=4,
-                           worker_setup=register_colour)
-    assert dist2.report.images_embedded == single2.report.images_embedded == 1
-    _assert_same(single2.path, dist2.path)
 
 
 def test_killed_worker_still_gives_the_complete_collection(tmp_path: Path, colour_model: str) -> None:
@@ -279,25 +274,6 @@ def test_ray_engine_writes_to_an_fsspec_url(tmp_path: Path, colour_model: str, s
     more = index_with_ray(src, out=url, staging=tmp_path / "stage2", workers=1, worker_setup=register_colour, **kw)
     assert more.report.images_embedded == 1
     assert Store.open(RemoteMirror(url, tmp_path / "pulled").pull()).manifest.live_rows("images") == 26
-
-
-def test_ray_data_pipeline_equals_single_machine(tmp_path: Path, colour_model: str) -> None:
-    """pipeline="data": decoding in Ray Data CPU tasks, encoding in an actor pool; the same collection."""
-    src = _corpus(tmp_path / "src")
-    single = mmsearch.index(src, out=tmp_path / "single.mms", model=colour_model, shard_rows=5, batch_size=4,
-                            workers=0, index_factory="Flat")
-    dist = index_with_ray(src, out=tmp_path / "data.mms", model=colour_model, shard_rows=5, batch_size=4, task_rows=3,
-                          workers=2, num_cpus_per_worker=0.5, pipeline="data", index_factory="Flat",
-                          worker_setup=register_colour)
-    assert dist.report.images_embedded == single.report.images_embedded == 25
-    assert dist.report.rejected == single.report.rejected == 1
-    assert dist.report.images_deduplicated == single.report.images_deduplicated
-    assert dist.report.texts_embedded == single.report.texts_embedded
-    _assert_same(single.path, dist.path)
-    a, b = mmsearch.open(single.path, model=colour_model), mmsearch.open(dist.path, model=colour_model)
-    for query in ("red", "a blue square"):
-        assert [h.id for h in a.search(query, k=6)] == [h.id for h in b.search(query, k=6)]
-    assert (dist.path / "quarantine.jsonl").read_text().count("broken.png") == 1
 
 
 def _encoder_actor_pids() -> list[int]:

@@ -28,7 +28,7 @@ import stat
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -118,10 +118,15 @@ def decode_batches(files: Sequence[Any], transform: Callable[[Image.Image], Any]
 
     settings = DecodeSettings(transform=transform, timeout_s=timeout_s)
     paths = (getattr(f, "os_path", None) or f.uri for f in files)
+    yield from batched(decode_stream(paths, settings, workers=workers, window=2 * batch_size + 2 * workers), batch_size)
+
+
+def batched(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
+    """Consecutive lists of ``size`` items (the last one shorter)."""
     batch: list[Decoded] = []
-    for decoded in decode_stream(paths, settings, workers=workers, window=2 * batch_size + 2 * workers):
-        batch.append(decoded)
-        if len(batch) == batch_size:
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
             yield batch
             batch = []
     if batch:

@@ -18,13 +18,13 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from ..errors import StoreError
 from . import quarantine
-from .decode import Decoded, DecodeSettings
+from .decode import Decoded, DecodeSettings, batched
 from .discover import ImageFile, iter_image_files
 from .encode import share_cpus_with_workers
 from .job import Job
@@ -131,7 +131,7 @@ class ImageIngest:
     def _consume(self, todo: Sequence[ImageFile], decoded: Iterable[Decoded]) -> None:
         """Take decoded inputs in batches (in input order), committing exact ``shard_rows`` shards."""
         options, done = self.job.options, 0
-        for batch in _batched(decoded, options.batch_size):
+        for batch in batched(decoded, options.batch_size):
             self._take(todo, batch)
             done += len(batch)
             self.job.tick("images", done, len(todo))
@@ -244,17 +244,6 @@ class ImageIngest:
         embedded = {f.uri for f in todo} - self.rejected_now
         quarantine.prune(self.job.store.root, lambda e: _under(str(e.get("uri")), self.root)
                          and (e.get("uri") not in self.seen or e.get("uri") in embedded))
-
-
-def _batched(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
-    batch: list[Decoded] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _model_input_px(transform: object) -> int | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MissingExtraError, StoreError
+from .atomic import file_sha256
 from .manifest import MANIFEST_NAME, MODALITIES
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class RemoteMirror:
         mine = _listed_files(json.loads(local_manifest.read_text(encoding="utf-8"))) if local_manifest.is_file() else {}
         for rel, sha in _listed_files(remote).items():
             dest = self.local / rel
-            if sha is not None and dest.is_file() and (mine.get(rel) == sha or _sha256(dest) == sha):
+            if sha is not None and dest.is_file() and (mine.get(rel) == sha or file_sha256(dest) == sha):
                 continue
             if sha is None and not self.fs.exists(f"{self.path}/{rel}"):
                 continue
@@ -149,10 +150,3 @@ def _listed_files(manifest: dict[str, Any]) -> dict[str, str | None]:
     files[QUARANTINE_NAME] = None
     return files
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

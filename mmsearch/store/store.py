@@ -7,7 +7,6 @@ is an orphan and is removed on the next open for writing) or the new one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CollectionNotFoundError, CorruptShardError, EncoderMismatchError, StoreError
-from .atomic import remove_stale_temporaries, write_with_atomic
+from .atomic import file_sha256, remove_stale_temporaries, write_with_atomic
 from .manifest import MANIFEST_NAME, MODALITIES, Manifest, ModelInfo, ShardInfo, read_manifest, write_manifest
 from .schema import embedding_array, embeddings_to_numpy, shard_schema
 
@@ -87,7 +86,7 @@ class Store:
         table = pa.Table.from_arrays(arrays, schema=schema)
         rel = f"{modality}/part-{self._next_shard_number(modality):05d}.parquet"
         write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        info = ShardInfo(file=rel, rows=table.num_rows, sha256=_sha256(self.root / rel), created_at=time.time())
+        info = ShardInfo(file=rel, rows=table.num_rows, sha256=file_sha256(self.root / rel), created_at=time.time())
         self.manifest.shards[modality].append(info)
         log.debug("committed %s (%d rows)", rel, info.rows)
         return info
@@ -141,7 +140,7 @@ class Store:
         _check_modality(modality)
         rel = f"extra/{modality}.parquet"
         write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        self.manifest.extra[modality] = {"file": rel, "rows": table.num_rows, "sha256": _sha256(self.root / rel),
+        self.manifest.extra[modality] = {"file": rel, "rows": table.num_rows, "sha256": file_sha256(self.root / rel),
                                          "columns": [c for c in table.column_names if c != "id"]}
         self.commit()
 
@@ -201,7 +200,7 @@ class Store:
         """Check every shard's checksum against the manifest."""
         for modality in MODALITIES:
             for shard in self.manifest.shards[modality]:
-                if _sha256(self.root / shard.file) != shard.sha256:
+                if file_sha256(self.root / shard.file) != shard.sha256:
                     raise CorruptShardError(str(self.root / shard.file), "checksum mismatch")
 
 
@@ -209,10 +208,3 @@ def _check_modality(modality: str) -> None:
     if modality not in MODALITIES:
         raise StoreError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
