@@ -60,6 +60,9 @@ def main(verbose: int) -> None:
 @click.option("--max-index-memory", help="Memory budget of an index, e.g. 4GB [default: the collection's, else 4GB].")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True),
               help="recall@10 the search parameters are tuned to [default: the collection's, else 0.95].")
+@click.option("--index-shards", type=click.IntRange(1, 4096),
+              help="Keep each index as N parts searched together, one per Ray task with --engine ray "
+              "[default: the collection's, else 1: one index].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this machine; ray: decode + encode on a Ray cluster (pip install 'mmsearch[ray]').")
 @click.option("--address", help="Ray cluster address (auto, ray://head:10001) [default: $RAY_ADDRESS or a local Ray].")

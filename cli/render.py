@@ -94,7 +94,8 @@ def index_line(idx: dict[str, Any]) -> str:
     if not idx.get("target_met", True):
         recall += f" (below the target {idx.get('target_recall')})"
     tuned = f" on {idx['tuned_on']}" if idx.get("tuned_on") else ""
-    return (f"{idx['factory']}, {idx['rows']} vectors, {params}, {recall}{tuned}, "
+    parts = f" in {len(idx['part_files'])} shards" if idx.get("part_files") else ""
+    return (f"{idx['factory']}{parts}, {idx['rows']} vectors, {params}, {recall}{tuned}, "
             f"{idx.get('latency_ms', 0):.3f} ms/query, built in {idx['build_seconds']}s")
 
 

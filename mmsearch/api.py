@@ -40,7 +40,7 @@ def index(
     max_index_memory_bytes: int | None = None, target_recall: float | None = None,
     progress: Progress | None = None, decode_timeout_s: float | None = 30.0, max_image_pixels: int | None = None,
     dedup: bool = True, captions: str | Path | Sequence[str | Path] = (), text_column: str | None = None,
-    id_column: str | None = None, path_column: str | None = None,
+    id_column: str | None = None, path_column: str | None = None, index_shards: int | None = None,
 ) -> IndexResult:
     """Embed image folders / images / text corpora into a collection and (re)build its indexes.
 
@@ -52,6 +52,7 @@ def index(
     ``max_index_memory_bytes`` and ``target_recall`` (recall@10 the search parameters are tuned to)
     default to what the collection's indexes were built with, else ``"auto"``, 4 GiB and 0.95.
     Indexes are updated in place (new shards added, deletions applied) or rebuilt when they would drift.
+    ``index_shards`` > 1 keeps each index as that many parts searched together (default: the collection's, else 1).
 
     Ingest: ``decode_timeout_s`` bounds each image decode (None: no limit); ``max_image_pixels`` rejects
     larger images as decompression bombs (after reduced-size JPEG decoding); ``dedup`` embeds identical
@@ -77,27 +78,29 @@ def index(
     )
     report = ingest(store, encoder, path_list, options=options, progress=progress)
     built = build_indexes(store, report, encoder, index_factory=index_factory,
-                          max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
+                          max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
+                          index_shards=index_shards)
     remember_collection(root)
     return IndexResult(root, encoder.spec, report, built, time.perf_counter() - started)
 
 
 def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index_factory: str | None = None,
-                  max_index_memory_bytes: int | None = None, target_recall: float | None = None) -> dict[str, IndexInfo]:
+                  max_index_memory_bytes: int | None = None, target_recall: float | None = None,
+                  index_shards: int | None = None) -> dict[str, IndexInfo]:
     """The index step of :func:`index` (also used by the Ray engine): update each modality's index whose rows
     or options changed; ``None`` options keep the collection's own, else the defaults."""
     built = {}
     for modality in MODALITIES:
         opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
-                               target_recall=target_recall)
+                               target_recall=target_recall, index_shards=index_shards)
         if modality in report.changed or needs_update(store, modality, opts):
-            result = update_index(store, modality, _with_probes(opts, store, modality, encoder))
+            result = update_index(store, modality, with_probe_queries(opts, store, modality, encoder))
             if result:
                 built[modality] = result
     return built
 
 
-def _with_probes(opts: IndexOptions, store: Store, modality: str, encoder: Encoder) -> IndexOptions:
+def with_probe_queries(opts: IndexOptions, store: Store, modality: str, encoder: Encoder) -> IndexOptions:
     """An image index of a collection with (almost) no texts is still tuned on text queries: generic ones
     (not encoded for an exact Flat index, which has nothing to tune)."""
     other = "texts" if modality == "images" else "images"

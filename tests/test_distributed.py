@@ -236,6 +236,34 @@ def test_flat_and_hnsw_are_left_to_the_driver(tmp_path: Path) -> None:
     assert plan_parts(shards, 10) == [[s] for s in shards]
 
 
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "HNSW16"])
+def test_sharded_index_parts_are_built_by_tasks_like_on_one_machine(tmp_path: Path, factory: str) -> None:
+    """--index-shards: the task parts are kept (not merged), any index kind, and equal the single-machine parts."""
+    from mmsearch.distributed.index_build import build_index_distributed
+    from mmsearch.indexes import IndexOptions, build_index, load_index
+    from mmsearch.indexes.structure import unwrap_ids
+
+    one, two, queries = _twin_stores(tmp_path, deleted=100)
+    opts = IndexOptions(factory=factory, index_shards=3)
+    single = build_index(one, "images", opts)
+    dist = build_index_distributed(two, "images", opts, ray=ray, parts=99)  # the shards asked for, not ``parts``
+    assert dist is not None and dist.part_files == single.part_files and len(dist.part_files) == 3
+    assert dist.rows == single.rows == 2900 and not (two.root / "index" / "images.faiss").exists()
+    a, b = load_index(Store.open(one.root), "images"), load_index(Store.open(two.root), "images")
+    for pa, pb in zip(a.parts, b.parts):
+        if factory.startswith("IVF"):
+            assert _inverted_lists(pa._index) == _inverted_lists(pb._index)
+        else:  # each part holds the same ids (an HNSW graph itself depends on the order threads insert)
+            assert sorted(unwrap_ids(pa._index)[1]) == sorted(unwrap_ids(pb._index)[1])
+    if factory.startswith("IVF"):
+        assert dist.params == single.params
+        np.testing.assert_array_equal(a.search(queries, 10)[1], b.search(queries, 10)[1])
+    assert dist.target_met and single.target_met
+    hits = mmsearch.open(two.root).search(vector=queries[0], k=5)
+    deleted = set(Store.open(two.root).manifest.deleted["images"])
+    assert len(hits) == 5 and not deleted & {h.id for h in hits}  # deleted rows never come back
+
+
 def test_ray_engine_builds_its_ivf_index_with_tasks(tmp_path: Path, colour_model: str) -> None:
     src = _corpus(tmp_path / "src")
     kw = dict(model=colour_model, shard_rows=5, batch_size=4, index_factory="IVF2,Flat")
@@ -243,6 +271,18 @@ def test_ray_engine_builds_its_ivf_index_with_tasks(tmp_path: Path, colour_model
     dist = index_with_ray(src, out=tmp_path / "ray.mms", workers=2, worker_setup=register_colour, **kw)
     assert dist.indexes["images"].factory == single.indexes["images"].factory == "IVF2,Flat"
     assert dist.indexes["images"].rows == single.indexes["images"].rows == 25
+    a, b = mmsearch.open(single.path, model=colour_model), mmsearch.open(dist.path, model=colour_model)
+    for query in ("red", "a blue square"):
+        ha, hb = a.search(query, k=6), b.search(query, k=6)
+        assert [(h.id, round(h.score, 4)) for h in ha] == [(h.id, round(h.score, 4)) for h in hb]
+
+
+def test_ray_engine_keeps_a_sharded_index(tmp_path: Path, colour_model: str) -> None:
+    src = _corpus(tmp_path / "src")
+    kw = dict(model=colour_model, shard_rows=5, batch_size=4, index_factory="IVF2,Flat", index_shards=2)
+    single = mmsearch.index(src, out=tmp_path / "single.mms", workers=0, **kw)
+    dist = index_with_ray(src, out=tmp_path / "ray.mms", workers=2, worker_setup=register_colour, **kw)
+    assert len(dist.indexes["images"].part_files) == len(single.indexes["images"].part_files) == 2
     a, b = mmsearch.open(single.path, model=colour_model), mmsearch.open(dist.path, model=colour_model)
     for query in ("red", "a blue square"):
         ha, hb = a.search(query, k=6), b.search(query, k=6)

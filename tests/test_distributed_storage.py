@@ -79,3 +79,18 @@ def test_urls_and_paths() -> None:
         RemoteMirror("/not/a/url")
     with pytest.raises(ConfigError):
         filesystem_for("nosuchscheme-xyz://bucket/x")
+
+
+def test_a_sharded_index_travels_part_by_part(tmp_path: Path) -> None:
+    url = f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
+    store, *_ = make_store(tmp_path / "stage", images=300, texts=30, dim=8, shards=3)
+    info = build_index(store, "images", IndexOptions(factory="Flat", index_shards=3))
+    assert RemoteMirror(url, tmp_path / "stage").push() == 3 + 1 + 3 + 1  # shards, the 3 parts + the index json
+    fresh = RemoteMirror(url, tmp_path / "elsewhere").pull()
+    for rel in info.part_files:
+        assert (fresh / rel).read_bytes() == (store.root / rel).read_bytes()
+    from mmsearch.indexes import load_index
+
+    queries = np.eye(8, dtype=np.float32)
+    np.testing.assert_array_equal(load_index(Store.open(fresh), "images").search(queries, 5)[1],
+                                  load_index(store, "images").search(queries, 5)[1])

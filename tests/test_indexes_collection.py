@@ -67,7 +67,7 @@ def test_generic_text_probes_are_encoded_only_for_an_index_with_something_to_tun
     has nothing to tune, so the probes are not encoded (that cost dominated small builds)."""
     from fakes import ColourEncoder
 
-    from mmsearch.api import _with_probes
+    from mmsearch.api import with_probe_queries
     from mmsearch.indexes import resolve_options
     from mmsearch.store import Store
 
@@ -83,7 +83,7 @@ def test_generic_text_probes_are_encoded_only_for_an_index_with_something_to_tun
     store, encoder = Store.open(out), Counting()
     assert store.manifest.indexes["images"]["factory"] == "Flat"
     flat = resolve_options(store, "images")
-    assert _with_probes(flat, store, "images", encoder).probe_queries is None and Counting.texts == 0
+    assert with_probe_queries(flat, store, "images", encoder).probe_queries is None and Counting.texts == 0
     ivf = resolve_options(store, "images", factory="IVF2,Flat")
-    probed = _with_probes(ivf, store, "images", encoder).probe_queries
+    probed = with_probe_queries(ivf, store, "images", encoder).probe_queries
     assert probed is not None and len(probed) == Counting.texts > 0

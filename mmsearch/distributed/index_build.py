@@ -12,6 +12,9 @@ Because training is the single-machine training and the parts are merged in shar
 inverted list holds the same ids in the same order as an index built on one machine: searches give
 the same results. Only IVF indexes (optionally behind an OPQ/PCA pre-transform) merge this way;
 Flat, HNSW and refine (``Refine(...)``) indexes are built on the driver as before.
+
+A sharded index (``IndexOptions.index_shards`` > 1, any index kind) is not merged: the task parts are
+the index's parts, saved apart and searched together, exactly the parts the single-machine build makes.
 """
 
 from __future__ import annotations
@@ -24,14 +27,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..api import _with_probes
+from ..api import with_probe_queries
 from ..encoders.base import Encoder
 from ..errors import CorruptShardError
 from ..indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
 from ..indexes.build import add_batches, new_index, train_on_sample
 from ..indexes.choice import AUTO, choose_factory, estimate_memory_bytes
-from ..indexes.faiss_index import INDEX_DIR, _finish, _parse_info, _rebuild_reason
-from ..indexes.source import sample
+from ..indexes.faiss_index import INDEX_DIR, finish_index, full_build_reason, with_ids
+from ..indexes.source import plan_parts, sample
 from ..indexes.structure import find_layer, layers
 from ..ingest import IngestReport
 from ..store import MODALITIES, ShardInfo, Store
@@ -45,22 +48,24 @@ __all__ = ["build_index_distributed", "build_indexes_distributed", "is_mergeable
 def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encoder, *, ray: Any, parts: int,
                               index_factory: str | None = None, max_index_memory_bytes: int | None = None,
                               target_recall: float | None = None, merge_memory_bytes: int | None = None,
-                              shard_root: str | None = None, num_cpus_per_task: float = 1) -> dict[str, IndexInfo]:
+                              shard_root: str | None = None, num_cpus_per_task: float = 1,
+                              index_shards: int | None = None) -> dict[str, IndexInfo]:
     """:func:`mmsearch.api.build_indexes` with full (re)builds of IVF indexes done by Ray tasks.
 
     Incremental updates (new shards added to a saved index, deletions applied) and non-IVF indexes run
     on the driver exactly as on one machine. ``shard_root``: where the tasks read the shards (a path or
-    fsspec URL they all see; default the store's own directory).
+    fsspec URL they all see; default the store's own directory). ``index_shards``: keep the index as that many
+    parts (one Ray task each) searched together instead of one merged index (default: the collection's, else 1).
     """
     built = {}
     for modality in MODALITIES:
         opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
-                               target_recall=target_recall)
+                               target_recall=target_recall, index_shards=index_shards)
         if modality not in report.changed and not needs_update(store, modality, opts):
             continue
-        opts = _with_probes(opts, store, modality, encoder)
+        opts = with_probe_queries(opts, store, modality, encoder)
         result = None
-        why = _full_build_reason(store, modality, opts)
+        why = full_build_reason(store, modality, opts) if store.manifest.live_rows(modality) else None
         if why is not None:
             result = build_index_distributed(store, modality, opts, ray=ray, parts=parts, update=why,
                                              merge_memory_bytes=merge_memory_bytes, shard_root=shard_root,
@@ -74,34 +79,9 @@ def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encod
     return built
 
 
-def _full_build_reason(store: Store, modality: str, opts: IndexOptions) -> str | None:
-    """"built" / "rebuilt: <why>" when :func:`update_index` would build from scratch; None when it would update."""
-    if store.manifest.live_rows(modality) == 0:
-        return None
-    raw = store.manifest.indexes.get(modality)
-    if not raw or not (store.root / raw["file"]).is_file():
-        return "built"
-    reason = _rebuild_reason(store, modality, _parse_info(raw), opts)
-    return f"rebuilt: {reason}" if reason else None
-
-
 def is_mergeable(index: Any) -> bool:
     """True for an (empty, trained or not) index whose parts can be merged: IVF, no refine layer."""
     return find_layer(index, "IndexIVF") is not None and find_layer(index, "IndexRefine") is None
-
-
-def plan_parts(shards: Sequence[ShardInfo], parts: int) -> list[list[ShardInfo]]:
-    """Split ``shards`` into at most ``parts`` contiguous runs of about equal row counts (order kept)."""
-    total = sum(s.rows for s in shards)
-    parts = max(1, min(parts, len(shards)))
-    out: list[list[ShardInfo]] = [[]]
-    done = 0
-    for shard in shards:
-        if out[-1] and len(out) < parts and done >= total * len(out) / parts:
-            out.append([])
-        out[-1].append(shard)
-        done += shard.rows
-    return [group for group in out if group]
 
 
 def build_index_distributed(store: Store, modality: str, options: IndexOptions, *, ray: Any, parts: int,
@@ -109,10 +89,12 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
                             shard_root: str | None = None, num_cpus_per_task: float = 1) -> IndexInfo | None:
     """Build, tune, save and register the index of ``modality`` with its vectors added by Ray tasks.
 
-    Returns None (nothing done) when the index kind cannot be merged (Flat, HNSW, refine): build it on
-    the driver then. ``merge_memory_bytes``: when the merged index is estimated above it (and is a plain
-    IVF, no pre-transform), the parts are written as files beside the index and merged into on-disk
-    inverted lists (``index/<modality>.ivfdata``, referred to by its absolute path).
+    Returns None (nothing done) when the index kind cannot be merged (Flat, HNSW, refine) and one index
+    is asked for: build it on the driver then. A sharded index (``options.index_shards`` > 1) of any kind
+    keeps the tasks' parts as its parts (``parts`` is then ``options.index_shards``).
+    ``merge_memory_bytes``: when the merged index is estimated above it (and is a plain IVF, no
+    pre-transform), the parts are written as files beside the index and merged into on-disk inverted
+    lists (``index/<modality>.ivfdata``, referred to by its absolute path).
     """
     import faiss
 
@@ -123,13 +105,18 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
         return None
     factory = choose_factory(rows, dim, opts.max_index_memory_bytes) if opts.factory == AUTO else opts.factory
     index = new_index(factory, dim)
-    if not is_mergeable(index):
+    sharded = opts.index_shards > 1
+    if not sharded and not is_mergeable(index):
         return None
     trained = train_on_sample(index, lambda n: sample(store, modality, n, seed=opts.seed)[1], rows,
                               max_sample_bytes=opts.max_index_memory_bytes // 4)
+    state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
+    if sharded:
+        return _build_sharded(store, modality, opts, with_ids(index), factory, ray=ray, started=started, state=state,
+                              update=update, shard_root=shard_root, num_cpus_per_task=num_cpus_per_task)
     top_ivf = isinstance(faiss.downcast_index(index), faiss.IndexIVF)
     if not top_ivf:
-        index = faiss.IndexIDMap2(index)  # as faiss_index._with_ids wraps a pre-transformed IVF
+        index = faiss.IndexIDMap2(index)  # as faiss_index.with_ids wraps a pre-transformed IVF
     ondisk = bool(merge_memory_bytes) and top_ivf and estimate_memory_bytes(factory, rows, dim) > merge_memory_bytes
     groups = plan_parts(store.manifest.shards[modality], parts)
     trained_ref = ray.put(faiss.serialize_index(index))
@@ -150,14 +137,32 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
         index = _merge_in_memory(ray, refs)
     del trained_ref, deleted_ref
     if top_ivf:
-        faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)  # ids removable, as _with_ids
+        faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)  # ids removable, as with_ids
     if part_dir is not None:
         for p in part_dir.glob("part-*.faiss"):
             p.unlink()
         part_dir.rmdir()
     log.info("merged %d parts into the %s index %s over %d vectors", len(groups), modality, factory, index.ntotal)
-    state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
-    return _finish(store, modality, index, opts, factory, started, state, update)
+    return finish_index(store, modality, [index], opts, factory, started, state, update)
+
+
+def _build_sharded(store: Store, modality: str, opts: IndexOptions, index: Any, factory: str, *, ray: Any,
+                   started: float, state: dict[str, int], update: str, shard_root: str | None,
+                   num_cpus_per_task: float) -> IndexInfo:
+    """One Ray task per part of a sharded index (the single-machine build's parts), kept apart, not merged."""
+    import faiss
+
+    groups = plan_parts(store.manifest.shards[modality], opts.index_shards)
+    trained_ref = ray.put(faiss.serialize_index(index))
+    deleted_ref = ray.put(np.asarray(store.manifest.deleted[modality], dtype=np.int64))
+    task = ray.remote(num_cpus=num_cpus_per_task, max_retries=3)(add_part)
+    root = shard_root or str(store.root)
+    refs = [task.remote(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, store.manifest.model.dim,
+                        opts.add_batch_rows, None) for group in groups]
+    log.info("filling the %d parts of the sharded %s index %s in Ray tasks", len(groups), modality, factory)
+    parts = [faiss.deserialize_index(ray.get(ref)) for ref in refs]
+    del trained_ref, deleted_ref
+    return finish_index(store, modality, parts, opts, factory, started, state, update)
 
 
 def _merge_in_memory(ray: Any, refs: list[Any]) -> Any:

@@ -74,7 +74,7 @@ def index_with_ray(
     text_column: str | None = None, id_column: str | None = None, path_column: str | None = None,
     worker_setup: Callable[[], None] | None = None, max_retries: int = 3, distributed_index: bool = True,
     index_parts: int | None = None, merge_memory_bytes: int | None = None, staging: str | Path | None = None,
-    pipeline: str = "actors",
+    pipeline: str = "actors", index_shards: int | None = None,
 ) -> IndexResult:
     """:func:`mmsearch.index` with decoding and encoding on a Ray cluster.
 
@@ -92,7 +92,9 @@ def index_with_ray(
 
     Index: full builds of IVF indexes (``distributed_index``) train once on the driver and add the
     shards in ``index_parts`` Ray tasks (default ``workers``), merged on the driver, on disk when the
-    merged index is estimated above ``merge_memory_bytes`` (see :mod:`.index_build`).
+    merged index is estimated above ``merge_memory_bytes`` (see :mod:`.index_build`). ``index_shards`` > 1
+    (any index kind): the index is kept as that many parts, one Ray task each, saved apart and searched
+    together, not merged (default: the collection's, else 1).
     ``pipeline``: ``"actors"`` (default): each actor reads, decodes and encodes a task of images in one
     process. ``"data"``: a Ray Data job: decoding runs as CPU tasks (1 CPU each, anywhere in the
     cluster) feeding an actor pool of ``workers`` encoders (``num_gpus_per_worker`` / ``num_cpus_per_worker``
@@ -160,10 +162,12 @@ def index_with_ray(
                 store, job.report, encoder, ray=ray, parts=index_parts or workers,  # type: ignore[arg-type]
                 index_factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
                 target_recall=target_recall, merge_memory_bytes=merge_memory_bytes,
-                shard_root=mirror.url if remote_shards else None, num_cpus_per_task=num_cpus_per_worker)
+                shard_root=mirror.url if remote_shards else None, num_cpus_per_task=num_cpus_per_worker,
+                index_shards=index_shards)
         else:
             built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
-                                  max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall)
+                                  max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
+                                  index_shards=index_shards)
     finally:
         pool.close()
         if we_started:

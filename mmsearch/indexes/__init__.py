@@ -1,5 +1,5 @@
 """FAISS indexes over a collection's shards: automatic choice, training, streaming add, recall tuning,
-incremental updates, deletions, id-filtered search, memory-mapped loading."""
+incremental updates, deletions, id-filtered search, memory-mapped loading, sharded indexes searched together."""
 
 from .choice import AUTO, DEFAULT_MAX_INDEX_MEMORY_BYTES, choose_factory, estimate_memory_bytes, parse_bytes
 from .faiss_index import (
@@ -7,6 +7,7 @@ from .faiss_index import (
     IndexInfo,
     build_index,
     fingerprint,
+    index_files,
     is_current,
     load_index,
     needs_update,
@@ -14,7 +15,7 @@ from .faiss_index import (
     update_index,
 )
 from .options import IndexOptions
-from .searching import SearchIndex
+from .searching import SearchIndex, ShardedSearchIndex
 
 __all__ = [
     "AUTO",
@@ -23,10 +24,12 @@ __all__ = [
     "IndexInfo",
     "IndexOptions",
     "SearchIndex",
+    "ShardedSearchIndex",
     "build_index",
     "choose_factory",
     "estimate_memory_bytes",
     "fingerprint",
+    "index_files",
     "is_current",
     "load_index",
     "needs_update",

@@ -5,6 +5,11 @@ batches, tunes the search parameters to the target recall (:mod:`.tuning`), and 
 the manifest and ``index/<modality>.json``. An update adds new shards and applies new deletions to the
 saved index, or rebuilds it (and says why) when the index would drift: too many vectors added after
 training, too many deleted vectors only filtered at query time, or a collection that outgrew its kind.
+
+A sharded index (``IndexOptions.index_shards`` > 1) is trained once and filled as that many parts, each
+over a contiguous run of Parquet shards, saved as ``index/<modality>.shards/part-NNNNN.faiss`` and
+searched together (:class:`~.searching.ShardedSearchIndex`). Updates add new rows to the last part and
+apply deletions to every part; the manifest entry lists the part files (``part_files``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,8 +32,8 @@ from ..store.atomic import write_bytes_atomic, write_with_atomic
 from .build import add_batches, new_index, train_on_sample
 from .choice import AUTO, choose_factory
 from .options import IndexOptions
-from .searching import SearchIndex
-from .source import iter_batches, read_vectors, sample, shard_key
+from .searching import SearchIndex, ShardedSearchIndex
+from .source import iter_batches, plan_parts, read_vectors, sample, shard_key
 from .structure import knob_limits, removes_ids, unwrap_ids
 from .tuning import Tuning, drop_self, exact_neighbours, tune
 
@@ -70,6 +76,22 @@ class IndexInfo:
     shards: list[str] = field(default_factory=list)  # shard_key of every shard added
     file_bytes: int = 0
     update: str = "built"  # "built", "updated: ...", or "rebuilt: <why>"
+    index_shards: int = 1  # the parts asked for (1: one index file)
+    part_files: list[str] = field(default_factory=list)  # a sharded index's part files; empty: ``file`` alone
+
+
+def index_files(info: IndexInfo | dict[str, Any]) -> list[str]:
+    """The files (relative to the collection) an index is saved in: its parts, or its one file."""
+    raw = asdict(info) if isinstance(info, IndexInfo) else info
+    return list(raw.get("part_files") or [raw["file"]])
+
+
+def _saved(store: Store, modality: str) -> dict[str, Any] | None:
+    """The manifest entry of ``modality``'s index when every file of it is there."""
+    raw = store.manifest.indexes.get(modality)
+    if not raw or not all((store.root / f).is_file() for f in index_files(raw)):
+        return None
+    return raw
 
 
 def fingerprint(store: Store, modality: str) -> str:
@@ -84,14 +106,13 @@ def fingerprint(store: Store, modality: str) -> str:
 
 def is_current(store: Store, modality: str) -> bool:
     """True when the saved index of ``modality`` matches the collection's current rows."""
-    info = store.manifest.indexes.get(modality)
-    if not info:
-        return False
-    return info.get("fingerprint") == fingerprint(store, modality) and (store.root / info["file"]).is_file()
+    info = _saved(store, modality)
+    return info is not None and info.get("fingerprint") == fingerprint(store, modality)
 
 
 def resolve_options(store: Store, modality: str, *, factory: str | None = None,
-                    max_index_memory_bytes: int | None = None, target_recall: float | None = None) -> IndexOptions:
+                    max_index_memory_bytes: int | None = None, target_recall: float | None = None,
+                    index_shards: int | None = None) -> IndexOptions:
     """Options for ``modality``: what is given, else what its saved index was built with, else defaults."""
     saved = store.manifest.indexes.get(modality) or {}
     defaults = IndexOptions()
@@ -100,6 +121,7 @@ def resolve_options(store: Store, modality: str, *, factory: str | None = None,
         max_index_memory_bytes=max_index_memory_bytes or saved.get("max_index_memory_bytes")
         or defaults.max_index_memory_bytes,
         target_recall=target_recall or saved.get("target_recall") or defaults.target_recall,
+        index_shards=index_shards or saved.get("index_shards") or defaults.index_shards,
     )
 
 
@@ -108,8 +130,14 @@ def needs_update(store: Store, modality: str, options: IndexOptions) -> bool:
     saved = store.manifest.indexes.get(modality)
     if not saved or not is_current(store, modality):
         return store.manifest.live_rows(modality) > 0 or bool(saved)
-    return (saved.get("requested"), saved.get("max_index_memory_bytes"), saved.get("target_recall")) != (
-        options.factory, options.max_index_memory_bytes, options.target_recall)
+    return _option_key(saved) != _option_key(options)
+
+
+def _option_key(options: IndexOptions | IndexInfo | dict[str, Any]) -> tuple[Any, ...]:
+    """What a saved index must have been built with to be updated in place rather than rebuilt."""
+    get = options.get if isinstance(options, dict) else lambda name: getattr(options, name)
+    factory = get("factory") if isinstance(options, IndexOptions) else get("requested")
+    return factory, get("max_index_memory_bytes"), get("target_recall"), get("index_shards") or 1
 
 
 def build_index(store: Store, modality: str, options: IndexOptions | None = None, *,
@@ -137,15 +165,22 @@ def update_index(store: Store, modality: str, options: IndexOptions | None = Non
     if store.manifest.live_rows(modality) == 0:
         _forget(store, modality)
         return None
-    raw = store.manifest.indexes.get(modality)
-    if not raw or not (store.root / raw["file"]).is_file():
-        return _build(store, modality, opts, "built")
-    info = _parse_info(raw)
-    reason = _rebuild_reason(store, modality, info, opts)
-    if reason:
-        log.warning("rebuilding the %s index: %s", modality, reason)
-        return _build(store, modality, opts, f"rebuilt: {reason}")
-    return _apply_changes(store, modality, info, opts)
+    why = full_build_reason(store, modality, opts)
+    if why is None:
+        return _apply_changes(store, modality, _parse_info(store.manifest.indexes[modality]), opts)
+    if why != "built":
+        log.warning("rebuilding the %s index: %s", modality, why.removeprefix("rebuilt: "))
+    return _build(store, modality, opts, why)
+
+
+def full_build_reason(store: Store, modality: str, options: IndexOptions) -> str | None:
+    """``"built"`` (no saved index) or ``"rebuilt: <why>"`` when :func:`update_index` would build ``modality``'s
+    index from scratch; None when it would update the saved one in place."""
+    raw = _saved(store, modality)
+    if raw is None:
+        return "built"
+    reason = _rebuild_reason(store, modality, _parse_info(raw), options)
+    return f"rebuilt: {reason}" if reason else None
 
 
 def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> SearchIndex:
@@ -156,20 +191,32 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
     """
     import faiss
 
-    raw = store.manifest.indexes.get(modality)
-    if not raw or not (store.root / raw["file"]).is_file():
+    raw = _saved(store, modality)
+    if raw is None:
         raise IndexNotFoundError(modality.rstrip("s"), str(store.root))
     info = _parse_info(raw)
     if info.model_spec != store.manifest.model.spec or info.dim != store.manifest.model.dim:
         raise StoreError(f"index {info.file} was built for model {info.model_spec!r}; rebuild it with `mmsearch index`")
-    path = store.root / info.file
-    use_mmap = mmap if mmap is not None else path.stat().st_size >= MMAP_MIN_BYTES
-    try:
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if use_mmap else 0)
-    except RuntimeError as exc:
-        raise StoreError(f"cannot read index {info.file}: {exc}; rebuild it with `mmsearch index`") from exc
+    indexes = []
+    for rel in index_files(info):
+        path = store.root / rel
+        use_mmap = mmap if mmap is not None else path.stat().st_size >= MMAP_MIN_BYTES
+        try:
+            indexes.append(faiss.read_index(str(path), faiss.IO_FLAG_MMAP if use_mmap else 0))
+        except RuntimeError as exc:
+            raise StoreError(f"cannot read index {rel}: {exc}; rebuild it with `mmsearch index`") from exc
     masked = None if info.removes_ids else np.asarray(store.manifest.deleted[modality], dtype=np.int64)
-    return SearchIndex(index, info, masked_ids=masked, vector_reader=lambda ids: read_vectors(store, modality, ids))
+    return searcher(indexes, info, masked_ids=masked, vector_reader=lambda ids: read_vectors(store, modality, ids),
+                    sharded=bool(info.part_files))
+
+
+def searcher(indexes: list[Any], info: IndexInfo, *, sharded: bool, masked_ids: np.ndarray | None = None,
+             vector_reader: Any = None) -> SearchIndex | ShardedSearchIndex:
+    """One index, or the parts of a sharded one searched together."""
+    if not sharded:
+        return SearchIndex(indexes[0], info, masked_ids=masked_ids, vector_reader=vector_reader)
+    parts = [SearchIndex(index, info, masked_ids=masked_ids) for index in indexes]
+    return ShardedSearchIndex(parts, info, masked_ids=masked_ids, vector_reader=vector_reader)
 
 
 # -- building --------------------------------------------------------------------------------------
@@ -180,14 +227,26 @@ def _build(store: Store, modality: str, opts: IndexOptions, update: str) -> Inde
     index = new_index(factory, dim)
     trained = train_on_sample(index, lambda n: sample(store, modality, n, seed=opts.seed)[1], rows,
                               max_sample_bytes=opts.max_index_memory_bytes // 4)
-    index = _with_ids(index)
-    add_batches(index, iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows))
-    log.info("built the %s index %s over %d vectors", modality, factory, index.ntotal)
+    index = with_ids(index)
+    shards = store.manifest.shards[modality]
+    if opts.index_shards == 1:
+        parts = [index]
+        add_batches(index, iter_batches(store, shards, opts.add_batch_rows))
+    else:  # every part starts as a copy of the trained, empty index
+        import faiss
+
+        empty = faiss.serialize_index(index)
+        parts = []
+        for group in plan_parts(shards, opts.index_shards):
+            parts.append(faiss.deserialize_index(empty))
+            add_batches(parts[-1], iter_batches(store, group, opts.add_batch_rows))
+    log.info("built the %s index %s over %d vectors%s", modality, factory, sum(p.ntotal for p in parts),
+             f" in {len(parts)} parts" if opts.index_shards > 1 else "")
     state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
-    return _finish(store, modality, index, opts, factory, started, state, update)
+    return finish_index(store, modality, parts, opts, factory, started, state, update)
 
 
-def _with_ids(index: Any) -> Any:
+def with_ids(index: Any) -> Any:
     """IVF indexes keep collection ids themselves (hash direct map: removal + reconstruction); others get an IDMap2."""
     import faiss
 
@@ -201,29 +260,32 @@ def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOpti
     import faiss
 
     started = time.perf_counter()
-    index = faiss.read_index(str(store.root / info.file))
+    parts = [faiss.read_index(str(store.root / rel)) for rel in index_files(info)]
     indexed = set(info.shards)
     new_shards = [s for s in store.manifest.shards[modality] if shard_key(s) not in indexed]
-    added = add_batches(index, iter_batches(store, new_shards, opts.add_batch_rows))
+    added = add_batches(parts[-1], iter_batches(store, new_shards, opts.add_batch_rows))  # new rows: the last part
     deleted = np.asarray(store.manifest.deleted[modality][info.deletions_applied:], dtype=np.int64)
     masked = info.masked_rows
-    if len(deleted) and info.removes_ids:
-        index.remove_ids(deleted)
-    elif len(deleted):
+    touched = {len(parts) - 1} if added else set()
+    for i, index in enumerate(parts if len(deleted) else []):
+        if info.removes_ids:
+            if index.remove_ids(deleted):  # ids a part does not hold are skipped
+                touched.add(i)
+            continue
         _, labels = unwrap_ids(index)
         masked += int(np.isin(deleted, labels).sum()) if labels is not None else len(deleted)
     state = {"trained_rows": info.trained_rows, "masked_rows": masked,
              "rows_since_training": info.rows_since_training + (added if info.trained_rows else 0)}
     update = f"updated: +{added} vectors, {len(deleted)} deletions"
     log.info("%s index %s", modality, update)
-    return _finish(store, modality, index, opts, info.factory, started, state, update)
+    return finish_index(store, modality, parts, opts, info.factory, started, state, update,
+                        unchanged=set(range(len(parts))) - touched)
 
 
 def _rebuild_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOptions) -> str:
     """Why the saved index cannot simply be updated ("" when it can)."""
     m = store.manifest
-    if (info.requested, info.max_index_memory_bytes, info.target_recall) != (
-            opts.factory, opts.max_index_memory_bytes, opts.target_recall):
+    if _option_key(info) != _option_key(opts):
         return "the index options changed"
     if info.model_spec != m.model.spec or info.dim != m.model.dim:
         return "the model changed"
@@ -255,22 +317,33 @@ def _family(factory: str) -> str:
 
 
 # -- tuning, saving, registering --------------------------------------------------------------------
-def _finish(store: Store, modality: str, index: Any, opts: IndexOptions, factory: str, started: float,
-            state: dict[str, int], update: str) -> IndexInfo:
+def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptions, factory: str, started: float,
+                 state: dict[str, int], update: str, unchanged: set[int] = frozenset()) -> IndexInfo:
+    """Tune the filled index (its parts, when ``opts.index_shards`` > 1; else ``parts == [index]``), save it,
+    and register it in the manifest and ``index/<modality>.json`` (then drop files of an earlier layout).
+
+    ``state``: ``trained_rows``, ``rows_since_training`` and ``masked_rows`` of the index. ``unchanged``: parts
+    (by position) that are still as saved, in the same layout: their files are not written again.
+    """
     model = store.manifest.model
-    rel = f"{INDEX_DIR}/{modality}.faiss"
+    sharded = opts.index_shards > 1
+    rel = f"{INDEX_DIR}/{modality}.shards" if sharded else f"{INDEX_DIR}/{modality}.faiss"
+    part_files = [f"{rel}/part-{i:05d}.faiss" for i in range(len(parts))] if sharded else []
     info = IndexInfo(
-        modality=modality, factory=factory, rows=int(index.ntotal) - state["masked_rows"], dim=model.dim,
+        modality=modality, factory=factory, rows=sum(int(p.ntotal) for p in parts) - state["masked_rows"], dim=model.dim,
         metric=model.metric, model_spec=model.spec, file=rel, fingerprint=fingerprint(store, modality),
         requested=opts.factory, max_index_memory_bytes=opts.max_index_memory_bytes, target_recall=opts.target_recall,
-        recall_at_k=opts.recall_at_k, removes_ids=removes_ids(index), deletions_applied=len(store.manifest.deleted[modality]),
-        shards=[shard_key(s) for s in store.manifest.shards[modality]], update=update, **state,
+        recall_at_k=opts.recall_at_k, removes_ids=removes_ids(parts[0]), deletions_applied=len(store.manifest.deleted[modality]),
+        shards=[shard_key(s) for s in store.manifest.shards[modality]], update=update, index_shards=opts.index_shards,
+        part_files=part_files, **state,
     )
-    tuning, tuned_on = _tune(store, modality, index, info, opts)
-    _save(store, index, rel)
+    tuning, tuned_on = _tune(store, modality, parts, info, opts)
+    for i, (index, file) in enumerate(zip(parts, index_files(info))):
+        if i not in unchanged:
+            _save(store, index, file)
     info = dataclasses.replace(
         info, params=tuning.params, recall=tuning.recall, target_met=tuning.target_met, latency_ms=tuning.latency_ms,
-        tuned_on=tuned_on, file_bytes=(store.root / rel).stat().st_size,
+        tuned_on=tuned_on, file_bytes=sum((store.root / f).stat().st_size for f in index_files(info)),
         build_seconds=round(time.perf_counter() - started, 4))
     if not tuning.target_met:
         log.warning("the %s index %s reaches recall@%d %.3f at most, below the target %.3f", modality, factory,
@@ -278,22 +351,38 @@ def _finish(store: Store, modality: str, index: Any, opts: IndexOptions, factory
     write_bytes_atomic(store.root / INDEX_DIR / f"{modality}.json", json.dumps(asdict(info), indent=2).encode())
     store.manifest.indexes[modality] = asdict(info)
     store.commit()
+    _drop_other_layout(store, modality, info)
     return info
 
 
-def _tune(store: Store, modality: str, index: Any, info: IndexInfo, opts: IndexOptions) -> tuple[Tuning, str]:
+def _drop_other_layout(store: Store, modality: str, info: IndexInfo) -> None:
+    """After the commit: remove the files of ``modality``'s index the manifest no longer lists."""
+    keep = set(index_files(info))
+    single = store.root / INDEX_DIR / f"{modality}.faiss"
+    if f"{INDEX_DIR}/{modality}.faiss" not in keep:
+        single.unlink(missing_ok=True)
+    parts = store.root / INDEX_DIR / f"{modality}.shards"
+    if not info.part_files:
+        shutil.rmtree(parts, ignore_errors=True)
+    elif parts.is_dir():
+        for path in parts.iterdir():
+            if f"{INDEX_DIR}/{modality}.shards/{path.name}" not in keep:
+                path.unlink(missing_ok=True)
+
+
+def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: IndexOptions) -> tuple[Tuning, str]:
     """Tune on held-out queries of the other modality when there are enough, else of this one."""
     queries, exclude, tuned_on = _tuning_queries(store, modality, opts)
     k = opts.recall_at_k
     batches = iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows)
     truth = drop_self(exact_neighbours(batches, queries, k + (exclude is not None)), exclude, k)
     masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
-    searcher = SearchIndex(index, info, masked_ids=masked)
+    index = searcher(parts, info, masked_ids=masked, sharded=bool(info.part_files))
 
     def search(q: np.ndarray, n: int, params: dict) -> np.ndarray:
-        return searcher.search(q, n, params=params)[1]
+        return index.search(q, n, params=params)[1]
 
-    limits = knob_limits(index)
+    limits = knob_limits(parts[0])
     return tune(search, queries, truth, k=k, target_recall=opts.target_recall, limits=limits, exclude=exclude), tuned_on
 
 
@@ -324,5 +413,6 @@ def _parse_info(raw: dict[str, Any]) -> IndexInfo:
 def _forget(store: Store, modality: str) -> None:
     for suffix in (".faiss", ".json"):
         (store.root / INDEX_DIR / f"{modality}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(store.root / INDEX_DIR / f"{modality}.shards", ignore_errors=True)
     if store.manifest.indexes.pop(modality, None) is not None:
         store.commit()

@@ -17,6 +17,8 @@ class IndexOptions:
     factory string without ``IDMap`` (mmsearch maps ids itself), e.g. ``"HNSW32"``, ``"IVF1024,Flat"``,
     ``"OPQ64_256,IVF4096,PQ64x8,Refine(SQ8)"``. Search parameters (nprobe, efSearch, k_factor) are tuned
     to reach ``target_recall`` at ``recall_at_k`` on ``tuning_queries`` held-out queries.
+    ``index_shards`` > 1 keeps the index as that many parts (each over a contiguous run of the
+    collection's Parquet shards, all sharing one trained quantizer) saved apart and searched together.
     """
 
     factory: str = AUTO
@@ -28,6 +30,7 @@ class IndexOptions:
     max_deleted_share: float = 0.2  # deleted ids still in the index / its rows, before a rebuild
     max_untrained_share: float = 0.5  # rows added after training / index rows, before a rebuild
     seed: int = 0
+    index_shards: int = 1  # 1: one index; N: N parts searched together (at most one per Parquet shard)
     #: query vectors from the other modality's encoder (e.g. generic text queries for an image index),
     #: used for tuning when the collection holds too few rows of the other modality; not persisted
     probe_queries: Any = field(default=None, compare=False, repr=False)
@@ -41,7 +44,7 @@ class IndexOptions:
             raise ConfigError("max_index_memory_bytes must be positive")
         if not 0.0 < self.target_recall <= 1.0:
             raise ConfigError(f"target_recall must be in (0, 1], not {self.target_recall}")
-        if self.recall_at_k < 1 or self.tuning_queries < 1 or self.add_batch_rows < 1:
-            raise ConfigError("recall_at_k, tuning_queries and add_batch_rows must be at least 1")
+        if self.recall_at_k < 1 or self.tuning_queries < 1 or self.add_batch_rows < 1 or self.index_shards < 1:
+            raise ConfigError("recall_at_k, tuning_queries, add_batch_rows and index_shards must be at least 1")
         if not (0.0 <= self.max_deleted_share <= 1.0 and 0.0 <= self.max_untrained_share <= 1.0):
             raise ConfigError("max_deleted_share and max_untrained_share must be in [0, 1]")

@@ -4,10 +4,16 @@ Filters are pre-filters: a FAISS ``IDSelectorBitmap`` restricts the search itsel
 still returns ``k`` results. When an approximate search finds fewer (a selective filter leaves few
 candidates in the probed lists or graph neighbourhood), it is widened (nprobe / efSearch x4) and, for
 small allowed sets, answered exactly over their vectors.
+
+A sharded index (:class:`ShardedSearchIndex`) is several such indexes over disjoint rows, sharing one
+trained quantizer: each part is searched with the same parameters and filter (in threads, as FAISS's own
+``IndexShards`` does), the per-part top-k are merged with FAISS's ``merge_knn_results``, and widening and
+the exact fallback are decided once over the merged result.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -20,28 +26,17 @@ WIDEN_FACTOR = 4
 VectorReader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-class SearchIndex:
-    """A loaded FAISS index of one modality. ``info`` is its :class:`IndexInfo`.
+class _Searcher:
+    """What every searcher shares: query checks, tuned defaults, the pre-filter with widening, exact search."""
 
-    ``masked_ids`` are deleted ids still inside an index that cannot remove them (HNSW, refine): they are
-    filtered out of every result. ``vector_reader`` reads stored vectors by id when the index cannot
-    reconstruct them (memory-mapped lists, compressed codes).
-    """
-
-    def __init__(self, index: Any, info: Any, *, masked_ids: np.ndarray | None = None,
-                 vector_reader: VectorReader | None = None) -> None:
-        self._index = index
-        self._inner, self._labels = unwrap_ids(index)
-        self.info = info
-        self._masked = np.unique(np.asarray(masked_ids if masked_ids is not None else [], dtype=np.int64))
-        self._reader = vector_reader
-        self._defaults = {k: v for k, v in dict(info.params).items() if k in knob_values(index)}
-        self._exact = _is_exact(self._inner)
+    info: Any
+    _masked: np.ndarray
+    _defaults: dict[str, float]
+    _exact: bool
 
     @property
-    def ntotal(self) -> int:
-        """Vectors in the index (deleted-but-masked ones included)."""
-        return int(self._index.ntotal)
+    def ntotal(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     @property
     def search_params(self) -> dict[str, float]:
@@ -70,12 +65,27 @@ class SearchIndex:
         if allowed is not None and (len(allowed) == 0 or (not self._exact and len(allowed) <= EXACT_FILTER_MAX_ROWS)):
             return self._exact_search(q, k, allowed)
         if allowed is None and not len(self._masked):
-            return self._run(q, k, values, None)
+            return self._search_with(q, k, values, None)
         return self._filtered(q, k, values, allowed)
 
-    # -- internals -------------------------------------------------------------------------------
+    # -- what a searcher provides ------------------------------------------------------------------
+    def _limits(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _search_with(self, q: np.ndarray, k: int, values: dict[str, float], filt: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One search at ``values``; ``filt`` is what :meth:`_filter` made (None: no filter)."""
+        raise NotImplementedError
+
+    def _filter(self, allowed: np.ndarray | None) -> tuple[Any, int]:
+        """(the filter the search applies, how many indexed vectors it admits)."""
+        raise NotImplementedError
+
+    def _vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------------
     def _check_params(self, params: dict[str, float]) -> dict[str, float]:
-        limits = knob_limits(self._index)
+        limits = self._limits()
         unknown = sorted(set(params) - set(limits))
         if unknown:
             raise QueryError(f"search parameters {unknown} do not apply to a {self.info.factory!r} index; "
@@ -85,9 +95,64 @@ class SearchIndex:
                 raise QueryError(f"{name} must be from 1 to {limits[name]}, not {value}")
         return dict(params)
 
-    def _run(self, q: np.ndarray, k: int, values: dict[str, float], selector: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered(self, q: np.ndarray, k: int, values: dict[str, float],
+                  allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        filt, available = self._filter(allowed)
+        want = min(k, available)
+        limits = self._limits()
+        while True:
+            scores, ids = self._search_with(q, k, values, filt)
+            if (ids >= 0).sum(axis=1).min() >= want:
+                break
+            wider = {n: min(v * WIDEN_FACTOR, limits[n]) for n, v in values.items() if n != "k_factor"}
+            if wider == {n: v for n, v in values.items() if n != "k_factor"}:
+                if allowed is not None and len(allowed) <= EXACT_FILTER_MAX_ROWS * 8:
+                    return self._exact_search(q, k, allowed)
+                break
+            values = {**values, **wider}
+        del filt  # the search read it until here
+        return scores, ids
+
+    def _exact_search(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = self._vectors(allowed)
+        scores = q @ vectors.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(q), k), -1, dtype=np.int64)
+        out_scores[:, :top.shape[1]] = np.take_along_axis(scores, top, axis=1)
+        out_ids[:, :top.shape[1]] = ids[top]
+        return out_scores, out_ids
+
+
+class SearchIndex(_Searcher):
+    """A loaded FAISS index of one modality. ``info`` is its :class:`IndexInfo`.
+
+    ``masked_ids`` are deleted ids still inside an index that cannot remove them (HNSW, refine): they are
+    filtered out of every result. ``vector_reader`` reads stored vectors by id when the index cannot
+    reconstruct them (memory-mapped lists, compressed codes).
+    """
+
+    def __init__(self, index: Any, info: Any, *, masked_ids: np.ndarray | None = None,
+                 vector_reader: VectorReader | None = None) -> None:
+        self._index = index
+        self._inner, self._labels = unwrap_ids(index)
+        self.info = info
+        self._masked = np.unique(np.asarray(masked_ids if masked_ids is not None else [], dtype=np.int64))
+        self._reader = vector_reader
+        self._defaults = {k: v for k, v in dict(info.params).items() if k in knob_values(index)}
+        self._exact = _is_exact(self._inner)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the index (deleted-but-masked ones included)."""
+        return int(self._index.ntotal)
+
+    def _limits(self) -> dict[str, float]:
+        return knob_limits(self._index)
+
+    def _search_with(self, q: np.ndarray, k: int, values: dict[str, float], filt: Any) -> tuple[np.ndarray, np.ndarray]:
         keep: list[Any] = []
-        params = search_parameters(self._inner, values, selector, keep)
+        params = search_parameters(self._inner, values, None if filt is None else filt[0], keep)
         try:
             scores, ids = self._inner.search(q, k, params=params)
         except RuntimeError as exc:
@@ -97,26 +162,9 @@ class SearchIndex:
             ids = np.where(ids >= 0, self._labels[np.clip(ids, 0, None)], -1)
         return scores, ids
 
-    def _filtered(self, q: np.ndarray, k: int, values: dict[str, float],
-                  allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        selector, bits, available = self._selector(allowed)
-        want = min(k, available)
-        limits = knob_limits(self._index)
-        while True:
-            scores, ids = self._run(q, k, values, selector)
-            if (ids >= 0).sum(axis=1).min() >= want:
-                break
-            wider = {n: min(v * WIDEN_FACTOR, limits[n]) for n, v in values.items() if n != "k_factor"}
-            if wider == {n: v for n, v in values.items() if n != "k_factor"}:
-                if allowed is not None and len(allowed) <= EXACT_FILTER_MAX_ROWS * 8:
-                    return self._exact_search(q, k, allowed)
-                break
-            values = {**values, **wider}
-        del bits  # the selector read it until here
-        return scores, ids
-
-    def _selector(self, allowed: np.ndarray | None) -> tuple[Any, np.ndarray, int]:
-        """An IDSelectorBitmap over the label space the searched index sees, and how many it admits."""
+    def _filter(self, allowed: np.ndarray | None) -> tuple[Any, int]:
+        """An IDSelectorBitmap over the label space the searched index sees (with the bits it reads), and
+        how many it admits."""
         import faiss
 
         if self._labels is not None:
@@ -129,29 +177,87 @@ class SearchIndex:
             mask = np.zeros(int(allowed.max(initial=-1)) + 1, dtype=bool)
             mask[allowed] = True
         bits = np.packbits(mask, bitorder="little")
-        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits, int(mask.sum())
+        return (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits), int(mask.sum())
 
-    def _exact_search(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = self._vectors(allowed)
-        scores = q @ vectors.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        out_ids = np.full((len(q), k), -1, dtype=np.int64)
-        out_scores[:, :top.shape[1]] = np.take_along_axis(scores, top, axis=1)
-        out_ids[:, :top.shape[1]] = ids[top]
-        return out_scores, out_ids
-
-    def _vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(found ids, vectors) for ``wanted``: reconstructed by the index, else read from the shards."""
-        wanted = np.setdiff1d(wanted, self._masked)
+    def _index_vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(found ids, vectors) reconstructed by the index itself; None when it cannot (ids it lacks, codes)."""
         try:
             if self._labels is not None:
                 wanted = wanted[np.isin(wanted, self._labels)]
             return wanted, np.asarray(self._index.reconstruct_batch(wanted), dtype=np.float32).reshape(-1, self.info.dim)
         except RuntimeError:
-            if self._reader is None:
-                raise StoreError(f"the {self.info.modality} index cannot return stored vectors") from None
-            return self._reader(wanted)
+            return None
+
+    def _vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids, vectors) for ``wanted``: reconstructed by the index, else read from the shards."""
+        wanted = np.setdiff1d(wanted, self._masked)
+        found = self._index_vectors(wanted)
+        if found is not None:
+            return found
+        if self._reader is None:
+            raise StoreError(f"the {self.info.modality} index cannot return stored vectors")
+        return self._reader(wanted)
+
+
+class ShardedSearchIndex(_Searcher):
+    """Several :class:`SearchIndex` parts over disjoint rows of one modality, searched as one index.
+
+    The parts share the trained quantizer (so one set of tuned parameters fits all) and ``info``. Each
+    search runs on every part with the same parameters and filter, one thread per part (FAISS releases
+    the GIL), and the per-part top-k are merged; results equal a single index holding the same vectors.
+    """
+
+    def __init__(self, parts: list[SearchIndex], info: Any, *, masked_ids: np.ndarray | None = None,
+                 vector_reader: VectorReader | None = None) -> None:
+        if not parts:
+            raise StoreError(f"the {info.modality} index has no parts")
+        self.parts = parts
+        self.info = info
+        self._masked = np.unique(np.asarray(masked_ids if masked_ids is not None else [], dtype=np.int64))
+        self._reader = vector_reader
+        self._defaults = parts[0].search_params
+        self._exact = parts[0]._exact
+        self._pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="mmsearch-shard") if len(parts) > 1 else None
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in all parts (deleted-but-masked ones included)."""
+        return sum(p.ntotal for p in self.parts)
+
+    def _limits(self) -> dict[str, float]:
+        return self.parts[0]._limits()
+
+    def _map(self, fn: Callable[[SearchIndex, Any], Any], args: list[Any]) -> list[Any]:
+        if self._pool is None:
+            return [fn(p, a) for p, a in zip(self.parts, args)]
+        return list(self._pool.map(fn, self.parts, args))
+
+    def _search_with(self, q: np.ndarray, k: int, values: dict[str, float], filt: Any) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        results = self._map(lambda part, f: part._search_with(q, k, values, f), filt or [None] * len(self.parts))
+        scores = np.stack([r[0] for r in results]).astype(np.float32)
+        ids = np.stack([r[1] for r in results]).astype(np.int64)
+        scores[ids < 0] = -np.inf  # empty slots last, whatever a part filled them with
+        return faiss.merge_knn_results(scores, ids, keep_max=True)
+
+    def _filter(self, allowed: np.ndarray | None) -> tuple[Any, int]:
+        made = [p._filter(allowed) for p in self.parts]
+        available = sum(n for _, n in made)
+        if allowed is not None:  # parts holding ids admit every allowed id, theirs or not
+            available = min(available, len(allowed))
+        return [f for f, _ in made], available
+
+    def _vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstructed by the part that holds them all (one id: the usual case), else read from the shards."""
+        wanted = np.setdiff1d(wanted, self._masked)
+        for part in self.parts:
+            found = part._index_vectors(wanted)
+            if found is not None and len(found[0]) == len(wanted):
+                return found
+        if self._reader is None:
+            raise StoreError(f"the {self.info.modality} index cannot return stored vectors")
+        return self._reader(wanted)
 
 
 def _is_exact(index: Any) -> bool:

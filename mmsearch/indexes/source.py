@@ -56,6 +56,20 @@ def iter_batches(store: Store, shards: Sequence[ShardInfo], batch_rows: int) -> 
             yield ids[start:start + batch_rows], vectors[start:start + batch_rows]
 
 
+def plan_parts(shards: Sequence[ShardInfo], parts: int) -> list[list[ShardInfo]]:
+    """Split ``shards`` into at most ``parts`` contiguous runs of about equal row counts (order kept)."""
+    total = sum(s.rows for s in shards)
+    parts = max(1, min(parts, len(shards)))
+    out: list[list[ShardInfo]] = [[]]
+    done = 0
+    for shard in shards:
+        if out[-1] and len(out) < parts and done >= total * len(out) / parts:
+            out.append([])
+        out[-1].append(shard)
+        done += shard.rows
+    return [group for group in out if group]
+
+
 def read_vectors(store: Store, modality: str, wanted: np.ndarray) -> Batch:
     """The stored vectors of the live ``wanted`` ids of ``modality`` (ids not found are left out)."""
     wanted = np.asarray(wanted, dtype=np.int64)

@@ -142,11 +142,12 @@ def _listed_files(manifest: dict[str, Any]) -> dict[str, str | None]:
         extra = manifest.get("extra", {}).get(modality)
         if extra:
             files[extra["file"]] = extra.get("sha256")
-    for info in manifest.get("indexes", {}).values():
+    for modality, info in manifest.get("indexes", {}).items():
         # an index file is rewritten in place; its manifest entry (fingerprint, build time) identifies it
         tag = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
-        files[info["file"]] = tag
-        files[info["file"].rsplit(".", 1)[0] + ".json"] = tag
+        for rel in info.get("part_files") or [info["file"]]:
+            files[rel] = tag
+        files[f"{info['file'].rsplit('/', 1)[0]}/{modality}.json"] = tag  # index/<modality>.json
     files[QUARANTINE_NAME] = None
     return files
 
