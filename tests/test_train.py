@@ -8,6 +8,7 @@ recur across caption groups, so an adapter trained on some groups can align the 
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -320,11 +321,20 @@ def test_base_features_are_cached_as_parquet_and_reused(trained) -> None:
     assert images.schema.field("embedding").type.list_size == 16 and images.num_rows == len({p.image for p in pairs})
     from mmsearch.encoders import load_encoder
 
+    base = load_encoder("halves:v1")
+
     class _NoEncode:  # a cache hit must not touch the encoder
-        spec = load_encoder("halves:v1").spec
+        spec, preprocess_id = base.spec, base.preprocess_id
 
     again = base_features(pairs, _NoEncode(), cache.parent, batch_size=8, workers=0)
     assert again.image_uris == images.column("uri").to_pylist()
+    # an image edited in place (same path) is a cache miss: the encoder is asked again
+    edited = Path(pairs[0].image)
+    edited.write_bytes(edited.read_bytes())
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AttributeError):
+        base_features(pairs, _NoEncode(), cache.parent, batch_size=8, workers=0)
+    assert base_features(pairs, base, cache.parent, batch_size=8, workers=0).image_uris == again.image_uris
 
 
 def test_train_cli(tmp_path: Path) -> None:

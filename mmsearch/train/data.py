@@ -112,7 +112,7 @@ def base_features(pairs: Sequence[Pair], encoder: Any, cache_dir: Path, *, batch
     """Embed unique images and texts with the frozen base model, reusing ``cache_dir``'s cache when it matches."""
     uris = sorted({p.image for p in pairs})
     texts = sorted({p.text for p in pairs})
-    key = _cache_key(encoder.spec, uris, texts)
+    key = _cache_key(encoder, uris, texts)
     path = cache_dir / CACHE_NAME
     cached = _read_cache(path, key)
     if cached is not None:
@@ -129,9 +129,24 @@ def base_features(pairs: Sequence[Pair], encoder: Any, cache_dir: Path, *, batch
     return feats
 
 
-def _cache_key(spec: str, uris: list[str], texts: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([spec, uris, texts]).encode())
+def _cache_key(encoder: Any, uris: list[str], texts: list[str]) -> str:
+    """Changes with the model (spec, preprocessing, a local weights file's size and mtime), the texts, and
+    each image's path, size and mtime: an edited image or replaced weights file is embedded again."""
+    spec = str(encoder.spec)
+    weights = spec.rsplit("@", 1)[1] if "@" in spec else None
+    stamp = [_stat(weights)] if weights else []
+    h = hashlib.sha256(json.dumps([spec, getattr(encoder, "preprocess_id", ""), stamp, texts]).encode())
+    for uri in uris:
+        h.update(json.dumps([uri, _stat(uri)]).encode())
     return h.hexdigest()
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = Path(path).expanduser().stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _read_cache(path: Path, key: str) -> Features | None:
