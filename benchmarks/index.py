@@ -71,13 +71,13 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return images(n), texts(TUNING_TEXTS), texts(EVAL_QUERIES)
 
 
-def write_collection(root: Path, images: np.ndarray, tuning_texts: np.ndarray) -> None:
+def write_collection(root: Path, images: np.ndarray, tuning_texts: np.ndarray, shard_rows: int = SHARD_ROWS) -> None:
     """The vectors as an mmsearch collection (float16 shards), as `mmsearch index` would leave them."""
     from mmsearch.store import ModelInfo, Store
 
-    store = Store.open_or_create(root, ModelInfo("bench:synthetic", "none", DIM))
-    for s in range(0, len(images), SHARD_ROWS):
-        chunk = images[s:s + SHARD_ROWS]
+    store = Store.open_or_create(root, ModelInfo("bench:synthetic", "none", images.shape[1]))
+    for s in range(0, len(images), shard_rows):
+        chunk = images[s:s + shard_rows]
         ids = store.reserve_ids(len(chunk))
         n = len(ids)
         store.append("images", {"id": ids, "uri": [f"/img/{i}.jpg" for i in ids], "sha256": [None] * n, "bytes": [0] * n,

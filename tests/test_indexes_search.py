@@ -50,3 +50,8 @@ def test_mmap_load_answers_like_a_full_load_and_reconstructs_from_shards(store_d
     np.testing.assert_array_equal(full.search(queries, 10)[1], mapped.search(queries, 10)[1])
     np.testing.assert_allclose(mapped.reconstruct(int(ids[7])), vectors[7], atol=1e-6)
     assert mapped.search_params == full.search_params and "nprobe" in mapped.search_params
+    # mapped lists are read through the page cache: no prefetch threads started on every search
+    import faiss
+
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped._index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.prefetch_nthread == 0

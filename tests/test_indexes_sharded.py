@@ -42,6 +42,8 @@ def test_sharded_index_answers_like_one_index(tmp_path: Path, factory: str) -> N
         db, ib = b.search(queries, 10, params=params)
         np.testing.assert_array_equal(ia, ib)  # each list is split between the parts, searched alike
         np.testing.assert_allclose(da, db, atol=1e-5)
+    for i in range(3):  # one query at a time: the parts are searched in threads
+        np.testing.assert_array_equal(a.search(queries[i], 10)[1], b.search(queries[i], 10)[1])
     # filters: a large allowed set goes through the id selectors of every part, a small one is exact
     for allowed in (ids[::2], ids[::50]):
         np.testing.assert_array_equal(a.search(queries[:30], 10, allowed_ids=allowed)[1],

@@ -34,7 +34,7 @@ from .choice import AUTO, choose_factory
 from .options import IndexOptions
 from .searching import SearchIndex, ShardedSearchIndex
 from .source import iter_batches, plan_parts, read_vectors, sample, shard_key
-from .structure import knob_limits, removes_ids, unwrap_ids
+from .structure import find_layer, knob_limits, removes_ids, unwrap_ids
 from .tuning import Tuning, drop_self, exact_neighbours, tune
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
     """Load the saved index of ``modality``; checks it was built under the collection's model.
 
     ``mmap`` memory-maps the inverted lists of IVF indexes (read-only, fast start, little RAM); by
-    default it is on for index files of at least ``MMAP_MIN_BYTES``.
+    default it is on for indexes (all parts together) of at least ``MMAP_MIN_BYTES``.
     """
     import faiss
 
@@ -197,17 +197,31 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
     info = _parse_info(raw)
     if info.model_spec != store.manifest.model.spec or info.dim != store.manifest.model.dim:
         raise StoreError(f"index {info.file} was built for model {info.model_spec!r}; rebuild it with `mmsearch index`")
+    files = index_files(info)
+    use_mmap = mmap if mmap is not None else sum((store.root / f).stat().st_size for f in files) >= MMAP_MIN_BYTES
     indexes = []
-    for rel in index_files(info):
-        path = store.root / rel
-        use_mmap = mmap if mmap is not None else path.stat().st_size >= MMAP_MIN_BYTES
+    for rel in files:
         try:
-            indexes.append(faiss.read_index(str(path), faiss.IO_FLAG_MMAP if use_mmap else 0))
+            indexes.append(_no_prefetch(faiss.read_index(str(store.root / rel), faiss.IO_FLAG_MMAP if use_mmap else 0)))
         except RuntimeError as exc:
             raise StoreError(f"cannot read index {rel}: {exc}; rebuild it with `mmsearch index`") from exc
     masked = None if info.removes_ids else np.asarray(store.manifest.deleted[modality], dtype=np.int64)
     return searcher(indexes, info, masked_ids=masked, vector_reader=lambda ids: read_vectors(store, modality, ids),
                     sharded=bool(info.part_files))
+
+
+def _no_prefetch(index: Any) -> Any:
+    """Memory-mapped (and on-disk) inverted lists start 32 prefetch threads on every search by default. For
+    pages already cached that is pure overhead: one query took 2.7x, a batch 1.85x as long (100k x 512,
+    IVF256, nprobe 16). Reading is left to the page cache."""
+    import faiss
+
+    ivf = find_layer(index, "IndexIVF")
+    if ivf is not None:
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if isinstance(lists, faiss.OnDiskInvertedLists):
+            lists.prefetch_nthread = 0
+    return index
 
 
 def searcher(indexes: list[Any], info: IndexInfo, *, sharded: bool, masked_ids: np.ndarray | None = None,

@@ -13,6 +13,8 @@ the exact fallback are decided once over the merged result.
 
 from __future__ import annotations
 
+import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -203,8 +205,10 @@ class ShardedSearchIndex(_Searcher):
     """Several :class:`SearchIndex` parts over disjoint rows of one modality, searched as one index.
 
     The parts share the trained quantizer (so one set of tuned parameters fits all) and ``info``. Each
-    search runs on every part with the same parameters and filter, one thread per part (FAISS releases
-    the GIL), and the per-part top-k are merged; results equal a single index holding the same vectors.
+    search runs on every part with the same parameters and filter, and the per-part top-k are merged;
+    results equal a single index holding the same vectors. A batch of at least as many queries as CPUs
+    runs part after part (FAISS already spreads the queries over the cores); fewer queries (FAISS searches
+    one query on one core) run one thread per part (FAISS releases the GIL).
     """
 
     def __init__(self, parts: list[SearchIndex], info: Any, *, masked_ids: np.ndarray | None = None,
@@ -217,7 +221,10 @@ class ShardedSearchIndex(_Searcher):
         self._reader = vector_reader
         self._defaults = parts[0].search_params
         self._exact = parts[0]._exact
-        self._pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="mmsearch-shard") if len(parts) > 1 else None
+        self._pool = None
+        if len(parts) > 1:
+            self._pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="mmsearch-shard")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
 
     @property
     def ntotal(self) -> int:
@@ -227,15 +234,17 @@ class ShardedSearchIndex(_Searcher):
     def _limits(self) -> dict[str, float]:
         return self.parts[0]._limits()
 
-    def _map(self, fn: Callable[[SearchIndex, Any], Any], args: list[Any]) -> list[Any]:
-        if self._pool is None:
-            return [fn(p, a) for p, a in zip(self.parts, args)]
-        return list(self._pool.map(fn, self.parts, args))
-
     def _search_with(self, q: np.ndarray, k: int, values: dict[str, float], filt: Any) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        results = self._map(lambda part, f: part._search_with(q, k, values, f), filt or [None] * len(self.parts))
+        def one(part: SearchIndex, f: Any) -> tuple[np.ndarray, np.ndarray]:
+            return part._search_with(q, k, values, f)
+
+        filters = filt or [None] * len(self.parts)
+        if self._pool is None or len(q) >= (os.cpu_count() or 1):
+            results = [one(p, f) for p, f in zip(self.parts, filters)]
+        else:
+            results = list(self._pool.map(one, self.parts, filters))
         scores = np.stack([r[0] for r in results]).astype(np.float32)
         ids = np.stack([r[1] for r in results]).astype(np.int64)
         scores[ids < 0] = -np.inf  # empty slots last, whatever a part filled them with
