@@ -292,7 +292,11 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no plot at {path} (the table and JSON are written)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
