@@ -35,7 +35,7 @@ from .options import IndexOptions
 from .searching import SearchIndex, ShardedSearchIndex
 from .source import iter_batches, plan_parts, read_vectors, sample, shard_key
 from .structure import find_layer, knob_limits, removes_ids, unwrap_ids
-from .tuning import Tuning, drop_self, exact_neighbours, tune
+from .tuning import ExactNeighbours, Tuning, drop_self, tune
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +243,10 @@ def _build(store: Store, modality: str, opts: IndexOptions, update: str) -> Inde
                               max_sample_bytes=opts.max_index_memory_bytes // 4)
     index = with_ids(index)
     shards = store.manifest.shards[modality]
+    truth = _TruthOnTheWay(store, modality, opts)  # the tuning's exact neighbours, from the same read as the add
     if opts.index_shards == 1:
         parts = [index]
-        add_batches(index, iter_batches(store, shards, opts.add_batch_rows))
+        add_batches(index, truth.seen(iter_batches(store, shards, opts.add_batch_rows)))
     else:  # every part starts as a copy of the trained, empty index
         import faiss
 
@@ -253,11 +254,40 @@ def _build(store: Store, modality: str, opts: IndexOptions, update: str) -> Inde
         parts = []
         for group in plan_parts(shards, opts.index_shards):
             parts.append(faiss.deserialize_index(empty))
-            add_batches(parts[-1], iter_batches(store, group, opts.add_batch_rows))
+            add_batches(parts[-1], truth.seen(iter_batches(store, group, opts.add_batch_rows)))
     log.info("built the %s index %s over %d vectors%s", modality, factory, sum(p.ntotal for p in parts),
              f" in {len(parts)} parts" if opts.index_shards > 1 else "")
     state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
-    return finish_index(store, modality, parts, opts, factory, started, state, update)
+    return finish_index(store, modality, parts, opts, factory, started, state, update, tuning_set=truth.result())
+
+
+@dataclass(frozen=True)
+class TuningSet:
+    """The queries an index is tuned on, their exact top-k ids among the collection's live rows, and where
+    they come from (``exclude``: each held-out query's own id, dropped from its neighbours)."""
+
+    queries: np.ndarray
+    exclude: np.ndarray | None
+    tuned_on: str
+    truth: np.ndarray
+
+
+class _TruthOnTheWay:
+    """The tuning set's exact neighbours, computed from the batches a build adds as they pass."""
+
+    def __init__(self, store: Store, modality: str, opts: IndexOptions) -> None:
+        self.queries, self.exclude, self.tuned_on = _tuning_queries(store, modality, opts)
+        self.k = opts.recall_at_k
+        self._exact = ExactNeighbours(self.queries, self.k + (self.exclude is not None))
+
+    def seen(self, batches: Any) -> Any:
+        for ids, vectors in batches:
+            self._exact.add(ids, vectors)
+            yield ids, vectors
+
+    def result(self) -> TuningSet:
+        truth = drop_self(self._exact.result(), self.exclude, self.k)
+        return TuningSet(self.queries, self.exclude, self.tuned_on, truth)
 
 
 def with_ids(index: Any) -> Any:
@@ -332,12 +362,15 @@ def _family(factory: str) -> str:
 
 # -- tuning, saving, registering --------------------------------------------------------------------
 def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptions, factory: str, started: float,
-                 state: dict[str, int], update: str, unchanged: set[int] = frozenset()) -> IndexInfo:
+                 state: dict[str, int], update: str, unchanged: set[int] = frozenset(),
+                 tuning_set: TuningSet | None = None) -> IndexInfo:
     """Tune the filled index (its parts, when ``opts.index_shards`` > 1; else ``parts == [index]``), save it,
     and register it in the manifest and ``index/<modality>.json`` (then drop files of an earlier layout).
 
     ``state``: ``trained_rows``, ``rows_since_training`` and ``masked_rows`` of the index. ``unchanged``: parts
     (by position) that are still as saved, in the same layout: their files are not written again.
+    ``tuning_set``: the tuning queries with their exact neighbours, when the caller computed them on its way
+    (else they are computed here, reading the shards once more).
     """
     model = store.manifest.model
     sharded = opts.index_shards > 1
@@ -351,7 +384,7 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
         shards=[shard_key(s) for s in store.manifest.shards[modality]], update=update, index_shards=opts.index_shards,
         part_files=part_files, **state,
     )
-    tuning, tuned_on = _tune(store, modality, parts, info, opts)
+    tuning, tuned_on = _tune(store, modality, parts, info, opts, tuning_set)
     for i, (index, file) in enumerate(zip(parts, index_files(info))):
         if i not in unchanged:
             _save(store, index, file)
@@ -384,12 +417,16 @@ def _drop_other_layout(store: Store, modality: str, info: IndexInfo) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: IndexOptions) -> tuple[Tuning, str]:
+def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: IndexOptions,
+          tuning_set: TuningSet | None) -> tuple[Tuning, str]:
     """Tune on held-out queries of the other modality when there are enough, else of this one."""
-    queries, exclude, tuned_on = _tuning_queries(store, modality, opts)
+    if tuning_set is None:
+        on_the_way = _TruthOnTheWay(store, modality, opts)
+        for _ in on_the_way.seen(iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows)):
+            pass
+        tuning_set = on_the_way.result()
+    queries, exclude, tuned_on, truth = tuning_set.queries, tuning_set.exclude, tuning_set.tuned_on, tuning_set.truth
     k = opts.recall_at_k
-    batches = iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows)
-    truth = drop_self(exact_neighbours(batches, queries, k + (exclude is not None)), exclude, k)
     masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
     index = searcher(parts, info, masked_ids=masked, sharded=bool(info.part_files))
 

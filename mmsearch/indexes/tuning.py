@@ -32,19 +32,40 @@ class Tuning:
     queries: int = 0
 
 
+class ExactNeighbours:
+    """Exact inner-product top-k collection ids of ``queries``, fed (ids, vectors) batches as they stream by
+    (so a build can compute them on its add pass). FAISS's brute-force ``knn`` per batch, merged in a
+    ``ResultHeap``; rows hold -1 where the collection has fewer than ``k`` vectors."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        import faiss
+
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        self._heap = faiss.ResultHeap(len(self.queries), k, keep_max=True)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        import faiss
+
+        if not len(ids) or not len(self.queries):
+            return
+        n = min(self.k, len(ids))
+        scores, pos = faiss.knn(self.queries, np.ascontiguousarray(vectors, dtype=np.float32), n,
+                                metric=faiss.METRIC_INNER_PRODUCT)
+        self._heap.add_result(scores, np.where(pos >= 0, np.asarray(ids, np.int64)[np.clip(pos, 0, None)], -1))
+
+    def result(self) -> np.ndarray:
+        """(queries, k) ids, best first."""
+        self._heap.finalize()
+        return self._heap.I
+
+
 def exact_neighbours(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
     """Exact inner-product top-k collection ids of ``queries`` over streamed (ids, vectors) batches."""
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    exact = ExactNeighbours(queries, k)
     for ids, vectors in batches:
-        if not len(ids):
-            continue
-        scores = np.concatenate([best_scores, queries @ vectors.T], axis=1)
-        all_ids = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
-        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores, axis=1)
-        best_scores, best_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(all_ids, keep, 1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_ids, order, 1)
+        exact.add(ids, vectors)
+    return exact.result()
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
