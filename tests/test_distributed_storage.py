@@ -94,3 +94,14 @@ def test_a_sharded_index_travels_part_by_part(tmp_path: Path) -> None:
     queries = np.eye(8, dtype=np.float32)
     np.testing.assert_array_equal(load_index(Store.open(fresh), "images").search(queries, 5)[1],
                                   load_index(store, "images").search(queries, 5)[1])
+
+
+def test_deletion_files_travel_with_the_collection(tmp_path: Path) -> None:
+    url = f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
+    store, ids, *_ = make_store(tmp_path / "stage", images=100, texts=0, dim=8, shards=2)
+    store.mark_deleted("images", ids[:7].tolist())
+    store.commit()
+    assert RemoteMirror(url, tmp_path / "stage").push() == 2 + 1  # the shards and the deletion file
+    fresh = Store.open(RemoteMirror(url, tmp_path / "elsewhere").pull())
+    assert fresh.manifest.deleted["images"] == ids[:7].tolist() and fresh.manifest.live_rows("images") == 93
+    fresh.verify()

@@ -84,7 +84,8 @@ def test_updates_add_to_the_last_part_and_remove_from_every_part(tmp_path: Path)
     mtimes = [(two.root / f).stat().st_mtime_ns for f in first.part_files]
     # options not given again: the saved index's, sharding included
     assert resolve_options(two, "images").index_shards == 3
-    ua, ub = update_index(one, "images", resolve_options(one, "images")), update_index(two, "images", resolve_options(two, "images"))
+    ua = update_index(one, "images", resolve_options(one, "images"))
+    ub = update_index(two, "images", resolve_options(two, "images"))
     assert ub.update == ua.update == "updated: +200 vectors, 15 deletions" and ub.rows == ua.rows == 3185
     assert ub.part_files == first.part_files and is_current(two, "images")
     parts = load_index(two, "images").parts

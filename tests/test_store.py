@@ -57,6 +57,66 @@ def test_deletions_hide_rows(tmp_path) -> None:
     assert next(reopened.iter_embeddings("texts"))[0].tolist() == [0, 2]
 
 
+def test_deleted_ids_are_saved_in_files_a_commit_writing_only_the_new_ones(tmp_path) -> None:
+    root = tmp_path / "c.mms"
+    store = Store.open_or_create(root, MODEL)
+    _texts(store, [str(i) for i in range(40)])
+    store.mark_deleted("texts", [3, 1, 4])
+    store.commit()
+    store.commit()  # nothing new: no new file
+    store.mark_deleted("texts", [1, 5, 9])  # 1 is already deleted
+    store.commit()
+    assert sorted(p.name for p in (root / "deleted").iterdir()) == ["texts-00000.parquet", "texts-00001.parquet"]
+    assert pq.read_table(root / "deleted" / "texts-00001.parquet").column("id").to_pylist() == [5, 9]
+    entry = json.loads((root / "manifest.json").read_text())["deleted"]["texts"]
+    assert entry["count"] == 5 and [f["rows"] for f in entry["files"]] == [3, 2]
+    reopened = Store.open(root)
+    assert reopened.manifest.deleted["texts"] == [3, 1, 4, 5, 9] and reopened.manifest.live_rows("texts") == 35
+    reopened.verify()
+    # past MAX_DELETION_FILES files, the next commit writes them as one, in the same order
+    from mmsearch.store.manifest import MAX_DELETION_FILES
+
+    more = MAX_DELETION_FILES - 1  # 2 files + 14 commits = 16 files; the 15th commit writes one
+    for i in range(more):
+        reopened.mark_deleted("texts", [10 + i])
+        reopened.commit()
+    files = sorted(p.name for p in (root / "deleted").iterdir())
+    assert len(files) == 1 and Store.open(root).manifest.deleted["texts"] == [3, 1, 4, 5, 9, *range(10, 10 + more)]
+    assert pq.read_table(root / "deleted" / files[0]).num_rows == 5 + more
+
+
+def test_a_manifest_with_inline_deleted_ids_is_read_and_moves_them_to_a_file(tmp_path) -> None:
+    root = tmp_path / "c.mms"
+    store = Store.open_or_create(root, MODEL)
+    _texts(store, ["a", "b", "c"])
+    data = json.loads((root / "manifest.json").read_text())
+    data["deleted"] = {"images": [], "texts": [1]}  # as manifests were written before deletion files
+    (root / "manifest.json").write_text(json.dumps(data))
+    old = Store.open(root)
+    assert old.scan("texts").column("text").to_pylist() == ["a", "c"]
+    old.mark_deleted("texts", [2])
+    old.commit()
+    assert json.loads((root / "manifest.json").read_text())["deleted"]["texts"]["count"] == 2
+    assert Store.open(root).scan("texts").column("text").to_pylist() == ["a"]
+
+
+def test_a_killed_commit_leaves_no_deletions_behind(tmp_path) -> None:
+    root = tmp_path / "c.mms"
+    store = Store.open_or_create(root, MODEL)
+    _texts(store, ["a", "b", "c"])
+    store.mark_deleted("texts", [0])
+    store.commit()
+    # a run killed after writing its deletion file, before the manifest: the file does not count, and goes
+    pq.write_table(pq.read_table(root / "deleted" / "texts-00000.parquet"), root / "deleted" / "texts-00001.parquet")
+    assert Store.open(root).manifest.deleted["texts"] == [0]
+    Store.open_or_create(root, MODEL)
+    assert sorted(p.name for p in (root / "deleted").iterdir()) == ["texts-00000.parquet"]
+    # a deletion file that lost rows is reported, not read as fewer deletions
+    pq.write_table(pq.read_table(root / "deleted" / "texts-00000.parquet").slice(0, 0), root / "deleted" / "texts-00000.parquet")
+    with pytest.raises(CorruptShardError, match="deleted ids"):
+        Store.open(root)
+
+
 def test_uncommitted_shard_does_not_count_and_is_removed(tmp_path) -> None:
     store = Store.open_or_create(tmp_path / "c.mms", MODEL)
     _texts(store, ["a"])

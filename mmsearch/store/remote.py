@@ -142,6 +142,9 @@ def _listed_files(manifest: dict[str, Any]) -> dict[str, str | None]:
         extra = manifest.get("extra", {}).get(modality)
         if extra:
             files[extra["file"]] = extra.get("sha256")
+        deleted = manifest.get("deleted", {}).get(modality)
+        for entry in deleted.get("files", []) if isinstance(deleted, dict) else []:
+            files[entry["file"]] = entry["sha256"]
     for modality, info in manifest.get("indexes", {}).items():
         # an index file is rewritten in place; its manifest entry (fingerprint, build time) identifies it
         tag = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()

@@ -18,7 +18,17 @@ import pyarrow.parquet as pq
 
 from ..errors import CollectionNotFoundError, CorruptShardError, EncoderMismatchError, StoreError
 from .atomic import file_sha256, remove_stale_temporaries, write_with_atomic
-from .manifest import MANIFEST_NAME, MODALITIES, Manifest, ModelInfo, ShardInfo, read_manifest, write_manifest
+from .manifest import (
+    DELETED_DIR,
+    MANIFEST_NAME,
+    MODALITIES,
+    Manifest,
+    ModelInfo,
+    ShardInfo,
+    read_manifest,
+    remove_unlisted_deletion_files,
+    write_manifest,
+)
 from .schema import embedding_array, embeddings_to_numpy, shard_schema
 
 log = logging.getLogger(__name__)
@@ -30,6 +40,7 @@ class Store:
     def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        self._deleted_sets: dict[str, set[int]] = {}  # mark_deleted's lookups, kept beside the append-only lists
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -94,9 +105,16 @@ class Store:
     def mark_deleted(self, modality: str, ids: Sequence[int]) -> int:
         """Tombstone rows in the in-memory manifest (:meth:`commit` persists); returns how many were new."""
         _check_modality(modality)
-        known = set(self.manifest.deleted[modality])
-        new = [int(i) for i in ids if int(i) not in known]
-        self.manifest.deleted[modality].extend(new)
+        listed = self.manifest.deleted[modality]
+        known = self._deleted_sets.get(modality)
+        if known is None or len(known) != len(listed):
+            known = self._deleted_sets[modality] = set(listed)
+        new = []
+        for i in map(int, ids):
+            if i not in known:
+                known.add(i)
+                new.append(i)
+        listed.extend(new)
         return len(new)
 
     def remove_orphans(self) -> None:
@@ -109,6 +127,8 @@ class Store:
                 if f"{modality}/{p.name}" not in listed:
                     log.info("removing uncommitted shard %s", p)
                     p.unlink()
+        remove_stale_temporaries(self.root / DELETED_DIR)
+        remove_unlisted_deletion_files(self.root, self.manifest)
         remove_stale_temporaries(self.root)
 
     def _next_shard_number(self, modality: str) -> int:
@@ -197,11 +217,13 @@ class Store:
         return table  # "id" is always read: deletions filter on it
 
     def verify(self) -> None:
-        """Check every shard's checksum against the manifest."""
+        """Check every shard's and deletion file's checksum against the manifest."""
         for modality in MODALITIES:
-            for shard in self.manifest.shards[modality]:
-                if file_sha256(self.root / shard.file) != shard.sha256:
-                    raise CorruptShardError(str(self.root / shard.file), "checksum mismatch")
+            files = [(s.file, s.sha256) for s in self.manifest.shards[modality]]
+            files += [(f["file"], f["sha256"]) for f in self.manifest.deletion_files[modality]]
+            for rel, sha in files:
+                if file_sha256(self.root / rel) != sha:
+                    raise CorruptShardError(str(self.root / rel), "checksum mismatch")
 
 
 def _check_modality(modality: str) -> None:
