@@ -26,6 +26,11 @@ def shard_key(shard: ShardInfo) -> str:
 
 def read_shard(store: Store, shard: ShardInfo, *, ids: np.ndarray | None = None) -> Batch:
     """Live rows of one shard (optionally only ``ids``) as (ids, float32 vectors)."""
+    return _as_batch(_live_table(store, shard, ids), store.manifest.model.dim)
+
+
+def _live_table(store: Store, shard: ShardInfo, ids: np.ndarray | None = None) -> pa.Table:
+    """The id and embedding columns of one shard's live rows (optionally only ``ids``), not yet converted."""
     path = store.root / shard.file
     try:
         table = pq.read_table(path, columns=["id", "embedding"])
@@ -33,18 +38,22 @@ def read_shard(store: Store, shard: ShardInfo, *, ids: np.ndarray | None = None)
         raise CorruptShardError(str(path), str(exc)) from exc
     if table.num_rows != shard.rows:
         raise CorruptShardError(str(path), f"{table.num_rows} rows, manifest says {shard.rows}")
-    return _filter(table, store.manifest.deleted[_modality_of(shard)], ids, store.manifest.model.dim)
+    return _filter(table, store.manifest.deleted[_modality_of(shard)], ids)
 
 
 def _modality_of(shard: ShardInfo) -> str:
     return shard.file.split("/", 1)[0]
 
 
-def _filter(table: pa.Table, deleted: Sequence[int], ids: np.ndarray | None, dim: int) -> Batch:
+def _filter(table: pa.Table, deleted: Sequence[int], ids: np.ndarray | None) -> pa.Table:
     if deleted:
         table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(deleted, pa.int64()))))
     if ids is not None:
         table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
+    return table
+
+
+def _as_batch(table: pa.Table, dim: int) -> Batch:
     return table.column("id").to_numpy().astype(np.int64), embeddings_to_numpy(table.column("embedding"), dim)
 
 
@@ -87,9 +96,9 @@ def sample(store: Store, modality: str, rows: int, *, seed: int) -> Batch:
     rng = np.random.default_rng(seed)
     parts = []
     for shard in shards:
-        ids, vectors = read_shard(store, shard)
-        keep = rng.random(len(ids)) < share
-        parts.append((ids[keep], vectors[keep]))
+        table = _live_table(store, shard)
+        keep = rng.random(table.num_rows) < share
+        parts.append(_as_batch(table.filter(pa.array(keep)), store.manifest.model.dim))  # converts the kept rows only
     ids, vectors = _concat(parts, store.manifest.model.dim)
     return ids[:rows], vectors[:rows]
 
