@@ -44,6 +44,11 @@ def test_shard_is_plain_parquet_with_fixed_size_embeddings_and_contract(tmp_path
     assert emb_type.list_size == 4 and str(emb_type.value_type) == "halffloat"
     meta = json.loads(pf.schema.metadata[b"mmsearch"])
     assert meta["model"] == "colour:v1" and meta["dim"] == 4
+    # vectors never repeat: the embedding column is not dictionary-encoded (that only slows reads), the others are
+    group = pq.ParquetFile(tmp_path / "c.mms" / "texts" / "part-00000.parquet").metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    embedding = next(e for name, e in encodings.items() if name.startswith("embedding"))
+    assert not any("DICTIONARY" in e for e in embedding) and any("DICTIONARY" in e for e in encodings["text"])
 
 
 def test_deletions_hide_rows(tmp_path) -> None:

@@ -29,7 +29,7 @@ from .manifest import (
     remove_unlisted_deletion_files,
     write_manifest,
 )
-from .schema import embedding_array, embeddings_to_numpy, shard_schema
+from .schema import embedding_array, embeddings_to_numpy, shard_schema, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Store:
         arrays.append(embedding_array(embeddings, self.manifest.embedding_dtype))
         table = pa.Table.from_arrays(arrays, schema=schema)
         rel = f"{modality}/part-{self._next_shard_number(modality):05d}.parquet"
-        write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        write_with_atomic(self.root / rel, lambda tmp: write_parquet(table, tmp))
         info = ShardInfo(file=rel, rows=table.num_rows, sha256=file_sha256(self.root / rel), created_at=time.time())
         self.manifest.shards[modality].append(info)
         log.debug("committed %s (%d rows)", rel, info.rows)
