@@ -119,23 +119,17 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
         index = faiss.IndexIDMap2(index)  # as faiss_index.with_ids wraps a pre-transformed IVF
     ondisk = bool(merge_memory_bytes) and top_ivf and estimate_memory_bytes(factory, rows, dim) > merge_memory_bytes
     groups = plan_parts(store.manifest.shards[modality], parts)
-    trained_ref = ray.put(faiss.serialize_index(index))
-    deleted_ref = ray.put(np.asarray(store.manifest.deleted[modality], dtype=np.int64))
     part_dir = store.root / INDEX_DIR / f".parts-{modality}" if ondisk else None
     if part_dir is not None:
         part_dir.mkdir(parents=True, exist_ok=True)
-    task = ray.remote(num_cpus=num_cpus_per_task, max_retries=3)(add_part)
-    root = shard_root or str(store.root)
-    refs = [task.remote(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, dim, opts.add_batch_rows,
-                        str(part_dir / f"part-{i:05d}.faiss") if part_dir is not None else None)
-            for i, group in enumerate(groups)]
+    refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, num_cpus_per_task=num_cpus_per_task,
+                       part_dir=part_dir)
     log.info("adding the %d %s shards in %d Ray tasks (%s, trained on %d rows)", len(store.manifest.shards[modality]),
              modality, len(groups), factory, trained)
     if ondisk:
         index = _merge_ondisk(ray, index, refs, store.root / INDEX_DIR / f"{modality}.ivfdata")
     else:
         index = _merge_in_memory(ray, refs)
-    del trained_ref, deleted_ref
     if top_ivf:
         faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)  # ids removable, as with_ids
     if part_dir is not None:
@@ -153,16 +147,25 @@ def _build_sharded(store: Store, modality: str, opts: IndexOptions, index: Any, 
     import faiss
 
     groups = plan_parts(store.manifest.shards[modality], opts.index_shards)
+    refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, num_cpus_per_task=num_cpus_per_task)
+    log.info("filling the %d parts of the sharded %s index %s in Ray tasks", len(groups), modality, factory)
+    parts = [faiss.deserialize_index(ray.get(ref)) for ref in refs]
+    return finish_index(store, modality, parts, opts, factory, started, state, update)
+
+
+def _fill_parts(ray: Any, store: Store, modality: str, index: Any, groups: list[list[ShardInfo]], opts: IndexOptions, *,
+                shard_root: str | None, num_cpus_per_task: float, part_dir: Path | None = None) -> list[Any]:
+    """One :func:`add_part` Ray task per group of shards, each filling a copy of the trained empty ``index``
+    (shipped once, with the deleted ids); their refs, in group order. With ``part_dir`` the parts are files there."""
+    import faiss
+
     trained_ref = ray.put(faiss.serialize_index(index))
     deleted_ref = ray.put(np.asarray(store.manifest.deleted[modality], dtype=np.int64))
     task = ray.remote(num_cpus=num_cpus_per_task, max_retries=3)(add_part)
     root = shard_root or str(store.root)
-    refs = [task.remote(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, store.manifest.model.dim,
-                        opts.add_batch_rows, None) for group in groups]
-    log.info("filling the %d parts of the sharded %s index %s in Ray tasks", len(groups), modality, factory)
-    parts = [faiss.deserialize_index(ray.get(ref)) for ref in refs]
-    del trained_ref, deleted_ref
-    return finish_index(store, modality, parts, opts, factory, started, state, update)
+    return [task.remote(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, store.manifest.model.dim,
+                        opts.add_batch_rows, str(part_dir / f"part-{i:05d}.faiss") if part_dir is not None else None)
+            for i, group in enumerate(groups)]
 
 
 def _merge_in_memory(ray: Any, refs: list[Any]) -> Any:

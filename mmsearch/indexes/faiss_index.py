@@ -273,7 +273,7 @@ class TuningSet:
 
 
 class _TruthOnTheWay:
-    """The tuning set's exact neighbours, computed from the batches a build adds as they pass."""
+    """The tuning set's exact neighbours: from the batches a build adds as they pass (``seen``), or a read of their own."""
 
     def __init__(self, store: Store, modality: str, opts: IndexOptions) -> None:
         self.queries, self.exclude, self.tuned_on = _tuning_queries(store, modality, opts)
@@ -281,9 +281,16 @@ class _TruthOnTheWay:
         self._exact = ExactNeighbours(self.queries, self.k + (self.exclude is not None))
 
     def seen(self, batches: Any) -> Any:
+        """``batches``, passed on unchanged once counted in."""
         for ids, vectors in batches:
             self._exact.add(ids, vectors)
             yield ids, vectors
+
+    def over(self, batches: Any) -> TuningSet:
+        """The tuning set over ``batches`` read for this alone."""
+        for ids, vectors in batches:
+            self._exact.add(ids, vectors)
+        return self.result()
 
     def result(self) -> TuningSet:
         truth = drop_self(self._exact.result(), self.exclude, self.k)
@@ -421,10 +428,8 @@ def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: 
           tuning_set: TuningSet | None) -> tuple[Tuning, str]:
     """Tune on held-out queries of the other modality when there are enough, else of this one."""
     if tuning_set is None:
-        on_the_way = _TruthOnTheWay(store, modality, opts)
-        for _ in on_the_way.seen(iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows)):
-            pass
-        tuning_set = on_the_way.result()
+        batches = iter_batches(store, store.manifest.shards[modality], opts.add_batch_rows)
+        tuning_set = _TruthOnTheWay(store, modality, opts).over(batches)
     queries, exclude, tuned_on, truth = tuning_set.queries, tuning_set.exclude, tuning_set.tuned_on, tuning_set.truth
     k = opts.recall_at_k
     masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -58,14 +58,6 @@ class ExactNeighbours:
         """(queries, k) ids, best first."""
         self._heap.finalize()
         return self._heap.I
-
-
-def exact_neighbours(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact inner-product top-k collection ids of ``queries`` over streamed (ids, vectors) batches."""
-    exact = ExactNeighbours(queries, k)
-    for ids, vectors in batches:
-        exact.add(ids, vectors)
-    return exact.result()
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
