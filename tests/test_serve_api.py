@@ -325,3 +325,73 @@ def test_cli_serve_passes_flags_to_the_library(monkeypatch: pytest.MonkeyPatch, 
     paths, kw = calls[0]
     assert paths == [str(corpus["main"])] and kw["port"] == 9001 and kw["host"] == "0.0.0.0"
     assert kw["worker_threads"] == 3 and kw["max_upload_bytes"] == 1024 * 1024 and kw["api_key"] is None
+
+
+# -- the web page's needs: thumbnails of transparent images, plain error words, offline docs ----------------
+def test_thumbnails_put_transparency_on_white(tmp_path: Path) -> None:
+    """Transparent pixels come out white (as the embeddings see them), not black, whatever the PNG's mode."""
+    folder = tmp_path / "flags"
+    folder.mkdir()
+    rgba = Image.new("RGBA", (60, 30), (0, 0, 0, 0))  # transparent bands over RGB 0: black if alpha is dropped
+    rgba.paste(Image.new("RGBA", (60, 10), (*COLOURS["red"], 255)), (0, 10))
+    rgba.save(folder / "rgba.png")
+    rgba.convert("LA").save(folder / "grey_alpha.png")
+    palette = Image.new("P", (60, 30), 0)
+    palette.putpalette([0, 0, 0, *COLOURS["blue"]] + [0] * 762)
+    palette.paste(1, (0, 10, 60, 20))
+    palette.save(folder / "palette.png", transparency=0)
+    col = mmsearch.index(folder, out=tmp_path / "flags.mms", model=COLOUR, workers=0).path
+    with live_server(create_app([col], **LIMITS)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        hits = c.get("/api/collections/flags/search", params={"q": "anything", "k": 10}).json()["hits"]
+        assert len(hits) == 3
+        for hit in hits:
+            for size in (32, 640):
+                response = c.get(f"/api/collections/flags/items/{hit['id']}/thumbnail", params={"size": size})
+                thumb = Image.open(io.BytesIO(response.content)).convert("RGB")
+                assert thumb.size == ((32, 16) if size == 32 else (60, 30))  # never enlarged
+                w, h = thumb.size
+                top, middle = thumb.getpixel((w // 2, 1)), thumb.getpixel((w // 2, h // 2))
+                assert min(top) > 240, (hit["uri"], top)
+                assert max(middle) - min(middle) > 100 or "grey" in hit["uri"], (hit["uri"], middle)
+
+
+def test_upload_errors_name_no_object_reprs(client: httpx.Client) -> None:
+    url = "/api/collections/main/search/image"
+    for data in (b"GIF89a not really", b"hello", b"\x00" * 64):
+        message = error_of(client.post(url, files={"file": ("a.png", data, "image/png")}), 400)["message"]
+        assert "0x" not in message and "<" not in message and "BytesIO" not in message, message
+        assert "not an image" in message
+
+
+def test_plain_message_says_object_reprs_in_words() -> None:
+    from mmsearch.serve.errors import ApiError, error_body, plain_message
+
+    assert plain_message(f"cannot identify image file {io.BytesIO()!r}") == "cannot identify image file the uploaded data"
+    assert plain_message(f"bad value {object()!r}") == "bad value an object"
+    assert plain_message("keeps <tags> and 0x10 as they are") == "keeps <tags> and 0x10 as they are"
+    assert "0x" not in ApiError(400, f"x {io.BytesIO()!r}").message
+    assert "0x" not in error_body(500, f"y {io.BytesIO()!r}")["error"]["message"]
+
+
+def test_docs_are_served_from_installed_files(client: httpx.Client) -> None:
+    """/docs and /redoc need no CDN: Swagger UI and ReDoc come from the installed fastapi-offline package."""
+    for page, assets in (("/docs", ("/static/docs/swagger-ui-bundle.js", "/static/docs/swagger-ui.css")),
+                         ("/redoc", ("/static/docs/redoc.standalone.js",))):
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert "http://" not in html.text and "https://" not in html.text, page
+        for asset in assets:
+            assert asset in html.text
+            response = client.get(asset)
+            assert response.status_code == 200 and len(response.content) > 100_000, asset
+    assert "oauth2" in client.get("/docs/oauth2-redirect").text.lower()
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(icon.content)).format == "ICO"
+    assert client.get("/static/favicon.svg").headers["content-type"].startswith("image/svg+xml")
+    assert 'rel="icon"' in client.get("/").text
+
+
+def test_page_addresses_with_search_state_serve_the_page(client: httpx.Client) -> None:
+    page = client.get("/", params={"collection": "main", "q": "a red square", "modality": "text", "k": "12"})
+    assert page.status_code == 200 and "/static/app.js" in page.text

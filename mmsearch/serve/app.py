@@ -20,7 +20,8 @@ from typing import Any, AsyncIterator, Callable, Literal, Mapping, Sequence, Typ
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, File, Query, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
@@ -87,7 +88,11 @@ def create_app(collections: Mapping[str, CollectionLike] | Sequence[CollectionLi
     opts = options or ServeOptions(**settings)
     state = ServerState(build_catalog(collections, media_roots=opts.media_roots), opts,
                         ThumbnailCache(opts.thumbnail_cache_items))
-    app = FastAPI(title="mmsearch", version=__version__, lifespan=_lifespan(state),
+    docs_assets = _docs_assets()
+    # with the Swagger UI files installed (mmsearch[serve] brings them) /docs works offline; without, FastAPI's
+    # default pages load them from a CDN
+    default_docs = {} if docs_assets is None else {"docs_url": None, "redoc_url": None}
+    app = FastAPI(title="mmsearch", version=__version__, lifespan=_lifespan(state), **default_docs,
                   description="Search image and text collections by text, image or item id. Scores are cosine "
                               "similarities: higher is more similar, 1.0 is identical.")
     app.state.mmsearch = state
@@ -95,8 +100,53 @@ def create_app(collections: Mapping[str, CollectionLike] | Sequence[CollectionLi
     app.add_middleware(BodyLimit, max_body_bytes=opts.max_upload_bytes + 64 * 1024)
     app.include_router(_public_routes(state))
     app.include_router(_api_routes(state), dependencies=[Depends(_auth(opts.api_key))])
+    if docs_assets is not None:
+        app.include_router(_docs_routes(app))
+        app.mount(DOCS_ASSETS_URL, StaticFiles(directory=docs_assets), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+DOCS_ASSETS_URL = "/static/docs"
+
+
+def _docs_assets() -> Path | None:
+    """The folder of Swagger UI and ReDoc files shipped by the ``fastapi-offline`` package, if installed."""
+    try:
+        folder = Path(str(resources.files("fastapi_offline") / "static"))
+    except (ImportError, TypeError):
+        return None
+    needed = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+    return folder if all((folder / name).is_file() for name in needed) else None
+
+
+def _docs_routes(app: FastAPI) -> APIRouter:
+    """FastAPI's recipe for self-hosted docs: /docs and /redoc from files on this server, no CDN."""
+    router = APIRouter(include_in_schema=False)
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @router.get("/docs")
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+                                   oauth2_redirect_url=oauth2_redirect,
+                                   swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   # no validator badge: it would ask validator.swagger.io about the schema
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    @router.get(oauth2_redirect)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @router.get("/redoc")
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+                              redoc_favicon_url="/static/favicon.svg", with_google_fonts=False)
+
+    return router
 
 
 def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
@@ -142,7 +192,13 @@ def _public_routes(state: ServerState) -> APIRouter:
 
     @router.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        # the page keeps its state in the query string (?collection=&q=&modality=&k=): every such URL is this page
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    @router.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @router.get("/api/health", tags=["server"])
     async def health() -> dict[str, Any]:

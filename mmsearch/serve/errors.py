@@ -7,6 +7,7 @@ collection or model is the server's (5xx), and nothing escapes as an HTML page o
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -25,6 +26,21 @@ from ..errors import (
 
 log = logging.getLogger(__name__)
 
+# a Python object's default repr, "<_io.BytesIO object at 0x7f...>": an address means nothing to a client
+_OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*)(?: object)? at 0x[0-9A-Fa-f]+>")
+_FILE_LIKE = ("BytesIO", "BufferedReader", "SpooledTemporaryFile", "TextIOWrapper", "StringIO")
+
+
+def plain_message(message: object) -> str:
+    """``message`` as text with object reprs (``<_io.BytesIO object at 0x…>``) said in words."""
+    def words(match: re.Match[str]) -> str:
+        name = match.group(1).rsplit(".", 1)[-1]
+        if name in _FILE_LIKE:
+            return "the uploaded data"
+        return "an object" if name == "object" else f"a {name} object"
+
+    return _OBJECT_REPR.sub(words, str(message))
+
 
 class ApiError(Exception):
     """An error with an HTTP status and a message that says what to do."""
@@ -32,13 +48,13 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, *, code: str | None = None) -> None:
         self.status = status
         self.code = code or _slug(status)
-        self.message = message
-        super().__init__(message)
+        self.message = plain_message(message)
+        super().__init__(self.message)
 
 
 def error_body(status: int, message: str, code: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The one JSON form of an error."""
-    return {"error": {"status": status, "code": code or _slug(status), "message": message, **extra}}
+    """The one JSON form of an error (object reprs in the message said in words)."""
+    return {"error": {"status": status, "code": code or _slug(status), "message": plain_message(message), **extra}}
 
 
 def status_for(exc: MMSearchError) -> int:

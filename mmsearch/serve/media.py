@@ -14,20 +14,24 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..ingest.decode import to_rgb
 from .catalog import Item
-from .errors import ApiError
+from .errors import ApiError, plain_message
 
 THUMBNAIL_QUALITY = 82
 
 
 def decode_upload(data: bytes, *, max_image_pixels: int) -> Image.Image:
-    """An uploaded query image as RGB (400 when it is not an image, 413 when it has too many pixels)."""
+    """An uploaded query image as RGB (400 when it is not an image, 413 when it has too many pixels).
+
+    Transparency is composited over white, as at indexing, so a transparent query matches its indexed self.
+    """
     if not data:
         raise ApiError(400, "the uploaded file is empty", code="not_an_image")
     image = _decode(data, max_image_pixels, what="the uploaded file")
-    return image.convert("RGB")
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def read_member(item: Item, roots: tuple[Path, ...], *, max_bytes: int) -> tuple[bytes, str]:
@@ -56,10 +60,13 @@ def read_member(item: Item, roots: tuple[Path, ...], *, max_bytes: int) -> tuple
 
 
 def make_thumbnail(data: bytes, size: int, *, max_image_pixels: int) -> bytes:
-    """A JPEG no larger than ``size`` x ``size`` of the image in ``data``."""
+    """A JPEG no larger than ``size`` x ``size`` of the image in ``data``.
+
+    Transparent pixels are composited over white (the same as the embeddings see them), not dropped to black.
+    """
     image = _decode(data, max_image_pixels, what="the file", draft=(size, size), bad_status=404)
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    image.thumbnail((size, size))
+    image = to_rgb(ImageOps.exif_transpose(image))
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=THUMBNAIL_QUALITY)
     return out.getvalue()
@@ -82,8 +89,11 @@ def _decode(data: bytes, max_image_pixels: int, *, what: str, draft: tuple[int, 
             raise
         except Image.DecompressionBombError as exc:
             raise ApiError(413, f"{what} has too many pixels: {exc}", code="image_too_large") from exc
+        except UnidentifiedImageError as exc:  # its message holds the repr of our BytesIO: say it plainly
+            raise ApiError(bad_status, f"{what} is not an image in a format this server reads (JPEG, PNG, WebP, GIF, "
+                           "BMP, TIFF...)", code="not_an_image") from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error... on bad bytes
-            raise ApiError(bad_status, f"{what} is not a readable image ({type(exc).__name__}: {exc})",
+            raise ApiError(bad_status, f"{what} is not a readable image ({type(exc).__name__}: {plain_message(exc)})",
                            code="not_an_image") from exc
 
 
