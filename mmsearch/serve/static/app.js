@@ -396,7 +396,7 @@ function openViewer(index, opener = null) {
     img.removeAttribute("src");
     original.hidden = true;
   }
-  $("viewer-name").textContent = hit.modality === "image" ? baseName(hit.uri) || `item ${hit.id}` : `text #${hit.id}`;
+  $("viewer-name").textContent = baseName(hit.uri) || (hit.modality === "image" ? `item ${hit.id}` : `text ${hit.id}`);
   $("viewer-caption").textContent = hit.modality === "image" ? hit.caption || "" : "";
   $("viewer-path").textContent = hit.uri || "";
   const weak = hit.good_match === false ? " · weak match" : hit.good_match === true ? " · good match" : "";
