@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -24,8 +25,37 @@ def _library_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except MMSearchError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a full disk, a permission, a vanished directory: one line, the last version stays
+            where = f" ({exc.filename})" if exc.filename else ""
+            hint = " (free some space and run it again: the collection is as it was before this run)" \
+                if exc.errno == errno.ENOSPC else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}{hint}") from exc
 
     return wrapper
+
+
+class Duration(click.ParamType):
+    """A duration: seconds, or a number with s, m, h or d (``90s``, ``30m``, ``1h``, ``7d``)."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = self.UNITS.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 90s, 30m, 1h, 7d)", param, ctx)
+        if seconds < 0:
+            self.fail("a duration cannot be negative", param, ctx)
+        return seconds
+
+
+WAIT_OPTION = click.option("--wait", "wait_s", type=Duration(), default="10s", show_default=True,
+                           help="How long to wait for another process writing the collection (0: fail at once).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,6 +102,9 @@ def main(verbose: int) -> None:
               help="--engine ray: actors decode + encode; data: Ray Data CPU decode tasks feeding encoder actors.")
 @click.option("--staging", type=click.Path(file_okay=False),
               help="--engine ray with a URL --out: the local working copy [default: under $MMSEARCH_HOME/staging].")
+@WAIT_OPTION
+@click.option("--retention", "retention_s", type=Duration(), default="1h", show_default=True,
+              help="Keep superseded versions this long for readers that hold none (see docs/sharing.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_library_errors
 def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_size: int,
@@ -174,6 +207,57 @@ def info_cmd(collection: str | None, as_json: bool) -> None:
 
     info = mmsearch.open(resolve_collection(collection)).info()
     click.echo(json.dumps(info, indent=2) if as_json else render.info_text(info))
+
+
+@main.command("verify")
+@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@click.option("--deep", is_flag=True, help="Also read every shard: row counts, unique ids, embedding norms.")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@_library_errors
+def verify_cmd(collection: str | None, deep: bool, as_json: bool) -> None:
+    """Check every file of the collection's current version (presence, size, checksum); exit 1 naming each problem."""
+    import mmsearch
+    from mmsearch.config import resolve_collection
+
+    path = resolve_collection(collection)
+    problems = mmsearch.verify(path, deep=deep)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "problems": problems}, indent=2))
+    else:
+        click.echo("\n".join(problems) if problems else f"{path}: no problems found{' (deep)' if deep else ''}")
+    if problems:
+        if not as_json:
+            click.echo(f"{len(problems)} problem(s): `mmsearch index` repairs what it can (see docs/sharing.md)", err=True)
+        sys.exit(1)
+
+
+@main.command("versions")
+@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_library_errors
+def versions_cmd(collection: str | None, as_json: bool) -> None:
+    """List the versions a collection keeps (the current one marked)."""
+    import mmsearch
+    from mmsearch.config import resolve_collection
+
+    rows = mmsearch.versions(resolve_collection(collection))
+    click.echo(json.dumps(rows, indent=2) if as_json else render.versions_text(rows))
+
+
+@main.command("vacuum")
+@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@click.option("--retention", "retention_s", type=Duration(), default="0s", show_default=True,
+              help="Keep versions superseded less than this long ago.")
+@WAIT_OPTION
+@_library_errors
+def vacuum_cmd(collection: str | None, retention_s: float, wait_s: float) -> None:
+    """Remove old versions no reader holds, and files no version lists."""
+    import mmsearch
+    from mmsearch.config import resolve_collection
+
+    done = mmsearch.vacuum(resolve_collection(collection), retention_s=retention_s, wait_s=wait_s)
+    kept = f"; {done['leased']} kept: a reader holds them" if done["leased"] else ""
+    click.echo(f"removed {done['versions']} old version(s) and {done['files']} file(s){kept}")
 
 
 @main.command("quarantine")

@@ -135,7 +135,21 @@ def info_text(info: dict[str, Any]) -> str:
     for modality, idx in sorted(info["indexes"].items()):
         lines.append(f"index       {modality}: {index_line(idx)}")
     updated = dt.datetime.fromtimestamp(info["updated_at"]).isoformat(timespec="seconds")
-    lines.append(f"updated     {updated}")
+    lines.append(f"version     {info.get('version', 0)}, published {updated} (`mmsearch versions` lists them)")
+    return "\n".join(lines)
+
+
+def versions_text(rows: list[dict[str, Any]]) -> str:
+    """The version list, oldest first, the current one marked with *."""
+    lines = [f"  {'version':>7}  {'published':<19}  {'operation':<13}{'images':>8}{'texts':>8}"]
+    for r in rows:
+        if not r.get("readable", True):
+            lines.append(f"  {r['version']:>7}  (unreadable: `mmsearch verify` says why)")
+            continue
+        when = dt.datetime.fromtimestamp(r["published_at"]).isoformat(sep=" ", timespec="seconds")
+        mark = "*" if r["current"] else " "
+        held = "  (held by a reader)" if r.get("held_by_reader") else ""
+        lines.append(f"{mark} {r['version']:>7}  {when:<19}  {r['operation']:<13}{r['images']:>8}{r['texts']:>8}{held}")
     return "\n".join(lines)
 
 

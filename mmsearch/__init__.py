@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import (
+    CollectionBusyError,
     CollectionNotFoundError,
+    CommitConflictError,
     ConfigError,
     CorruptShardError,
     EncoderError,
@@ -28,13 +30,16 @@ from .errors import (
     QueryError,
     SchemaVersionError,
     StoreError,
+    VersionGoneError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Collection",
+    "CollectionBusyError",
     "CollectionNotFoundError",
+    "CommitConflictError",
     "ConfigError",
     "CorruptShardError",
     "EncoderError",
@@ -54,14 +59,19 @@ __all__ = [
     "QueryError",
     "SchemaVersionError",
     "StoreError",
+    "VersionGoneError",
     "__version__",
     "evaluate",
     "index",
     "open",
+    "vacuum",
+    "verify",
+    "versions",
 ]
 
 _LAZY = {
     "Collection": "search", "Hit": "search", "IndexResult": "api", "index": "api", "open": "api",
+    "vacuum": "api", "verify": "api", "versions": "api",
     "evaluate": "evaluation", "EvalReport": "evaluation",
     "Filter": "query.filters", "Q": "query.combine", "EvidenceBundle": "query.evidence",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
 from .ingest import IngestOptions, IngestReport, Progress, ingest
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
+from .store.lock import DEFAULT_WAIT_S
 from .store.manifest import MANIFEST_NAME
+from .store.store import DEFAULT_RETENTION_S
 
 
 @dataclass
@@ -41,6 +44,7 @@ def index(
     progress: Progress | None = None, decode_timeout_s: float | None = 30.0, max_image_pixels: int | None = None,
     dedup: bool = True, captions: str | Path | Sequence[str | Path] = (), text_column: str | None = None,
     id_column: str | None = None, path_column: str | None = None, index_shards: int | None = None,
+    wait_s: float | None = DEFAULT_WAIT_S, retention_s: float = DEFAULT_RETENTION_S,
 ) -> IndexResult:
     """Embed image folders / images / text corpora into a collection and (re)build its indexes.
 
@@ -59,6 +63,11 @@ def index(
     image content once; ``captions`` are caption manifests (.jsonl/.csv/.parquet: image path -> caption);
     ``text_column`` / ``id_column`` choose the columns of text corpora (``text_column`` / ``path_column``
     those of caption manifests).
+
+    Sharing: the run holds the collection's writer lock (waiting up to ``wait_s`` seconds for another writer;
+    None: for ever) and publishes one new version at its end, so readers never see it half done; a killed run
+    resumes where it stopped. Versions superseded more than ``retention_s`` seconds ago, and not held by a
+    reader, are removed afterwards (see docs/sharing.md).
     """
     started = time.perf_counter()
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -67,19 +76,31 @@ def index(
     if batch_size < 1 or shard_rows < 1:
         raise ConfigError("batch_size and shard_rows must be at least 1")
     root = Path(out).expanduser() if out else default_collection_for(path_list[0])
-    spec = model_for_collection(root, model)
-    encoder = load_encoder(spec, device=device)
-    info = ModelInfo(spec=encoder.spec, preprocess_id=encoder.preprocess_id, dim=encoder.dim)
-    store = Store.open_or_create(root, info, embedding_dtype=embedding_dtype)
+    if retention_s < 0:
+        raise ConfigError("retention_s must be >= 0")
     options = _ingest_options(
         batch_size=batch_size, workers=_workers(workers), shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
         max_image_pixels=max_image_pixels, dedup=dedup, captions=captions, text_column=text_column,
         id_column=id_column, path_column=path_column,
     )
-    report = ingest(store, encoder, path_list, options=options, progress=progress)
-    built = build_indexes(store, report, encoder, index_factory=index_factory,
-                          max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
-                          index_shards=index_shards)
+    spec = model_for_collection(root, model)
+    created = not root.exists()
+    lock = Store.lock(root, wait_s)  # before the model loads: a busy collection is said at once
+    try:
+        encoder = load_encoder(spec, device=device)
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(root, ignore_errors=True)  # nothing was written but the lock file
+        raise
+    info = ModelInfo(spec=encoder.spec, preprocess_id=encoder.preprocess_id, dim=encoder.dim)
+    with Store.open_or_create(root, info, embedding_dtype=embedding_dtype, lock=lock) as store:
+        with store.transaction("index"):
+            report = ingest(store, encoder, path_list, options=options, progress=progress)
+            built = build_indexes(store, report, encoder, index_factory=index_factory,
+                                  max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
+                                  index_shards=index_shards)
+        store.vacuum(retention_s)
     remember_collection(root)
     return IndexResult(root, encoder.spec, report, built, time.perf_counter() - started)
 
@@ -131,7 +152,7 @@ def model_for_collection(root: str | Path, model: str | None = None) -> str:
     """The model spec :func:`index` will use for ``root``: the collection's own, else ``model`` or the default."""
     root = Path(root).expanduser()
     if (root / MANIFEST_NAME).is_file():
-        existing = Store.open(root).manifest.model.spec
+        existing = Store.open(root, lenient=True).manifest.model.spec
         if model is not None and canonical_spec(model) != existing:
             raise EncoderMismatchError(existing, canonical_spec(model))
         return existing
@@ -156,3 +177,52 @@ def _workers(workers: int | None) -> int:
             raise ConfigError("workers must be >= 0")
         return workers
     return max(1, min(4, (os.cpu_count() or 2)))
+
+
+def versions(path: str | Path) -> list[dict[str, Any]]:
+    """The versions a collection keeps, oldest first: number, time, operation, live rows, whether it is the
+    current one and whether a reader holds it."""
+    from .store.versions import is_leased
+
+    current = Store.open(path)
+    try:
+        return [{**summary, "current": summary["version"] == current.version,
+                 "held_by_reader": summary["version"] != current.version and is_leased(current.root, summary["version"])}
+                for summary in list_version_summaries(current.root)]
+    finally:
+        current.close()
+
+
+def list_version_summaries(root: Path) -> list[dict[str, Any]]:
+    """One dict per version file (unreadable ones say so)."""
+    from .store.store import read_version
+    from .store.versions import list_versions
+
+    out = []
+    for number in list_versions(root):
+        manifest = read_version(root, number)
+        if manifest is None:
+            out.append({"version": number, "readable": False})
+            continue
+        out.append({"version": number, "readable": True, "published_at": manifest.updated_at,
+                    "operation": manifest.operation, "images": manifest.live_rows("images"),
+                    "texts": manifest.live_rows("texts")})
+    return out
+
+
+def verify(path: str | Path, *, deep: bool = False) -> list[str]:
+    """Every problem in the collection's current version (missing files, wrong sizes or checksums; ``deep``: rows,
+    ids and embedding norms of every shard), one line each. Empty: sound. Reads only; ``index`` repairs."""
+    store = Store.open(path, lenient=True)
+    try:
+        return store.check(deep=deep)
+    finally:
+        store.close()
+
+
+def vacuum(path: str | Path, *, retention_s: float = 0.0, wait_s: float | None = DEFAULT_WAIT_S) -> dict[str, int]:
+    """Remove versions superseded more than ``retention_s`` ago that no reader holds, and files no version lists."""
+    if retention_s < 0:
+        raise ConfigError("retention_s must be >= 0")
+    with Store.open_for_writing(path, wait_s=wait_s) as store:
+        return store.vacuum(retention_s)

@@ -108,3 +108,41 @@ class MissingExtraError(MMSearchError, ImportError):
         self.module = module
         self.extra = extra
         super().__init__(f"{module} is not installed; run: pip install 'mmsearch[{extra}]'")
+
+
+class CollectionBusyError(StoreError):
+    """Another process holds the collection's writer lock (and did not let go within the wait)."""
+
+    def __init__(self, path: str, holder: str, waited_s: float) -> None:
+        self.path = path
+        self.holder = holder
+        self.waited_s = waited_s
+        waited = f" after waiting {waited_s:g} s" if waited_s > 0 else ""
+        super().__init__(
+            f"collection {path!r} is being written by {holder}{waited}; "
+            "wait longer with --wait SECONDS, or try again when it is done"
+        )
+
+
+class CommitConflictError(StoreError):
+    """Another writer published a version after this one opened the collection (nothing was lost)."""
+
+    def __init__(self, path: str, version: int) -> None:
+        self.path = path
+        self.version = version
+        super().__init__(
+            f"collection {path!r} gained version {version} from another writer while this one was writing; "
+            "nothing of either was lost: run the command again"
+        )
+
+
+class VersionGoneError(StoreError):
+    """A file of the version a reader holds was removed (its retention ran out); refresh to the newest."""
+
+    def __init__(self, path: str, version: int, file: str) -> None:
+        self.path = path
+        self.version = version
+        super().__init__(
+            f"version {version} of {path!r} was cleaned up ({file} is gone); "
+            "call Collection.refresh() (or open the collection again) to read the newest version"
+        )

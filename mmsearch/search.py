@@ -103,6 +103,34 @@ class Collection:
                 raise EncoderMismatchError(self.model, f"{self.model} (dim {self._encoder.dim})")
         return self._encoder
 
+    @property
+    def version(self) -> int:
+        """The version of the collection this handle reads (see :meth:`refresh`)."""
+        return self._store.version
+
+    def refresh(self) -> bool:
+        """Move this handle to the collection's newest version; True when there was a newer one.
+
+        A handle keeps reading the version it opened, whole and consistent, whatever writers do meanwhile,
+        until it refreshes (or the version is cleaned up, after the retention: see docs/sharing.md).
+        """
+        store = Store.open(self.path)
+        if store.version == self._store.version:
+            store.close()
+            return False
+        old, self._store = self._store, store
+        self._indexes, self._rows, self._thresholds = {}, {}, {}
+        old.close()
+        return True
+
+    def close(self) -> None:
+        """Let go of this handle's lease on its version (clean-up may then remove that version once superseded)."""
+        self._store.close()
+
+    def metadata(self, modality: str = "image") -> tuple[pa.Table, np.ndarray]:
+        """The stored metadata of live items (no embeddings; user columns joined), sorted by id, with the ids."""
+        return self._table(_modality(modality))
+
     def __len__(self) -> int:
         return sum(self._store.manifest.live_rows(m) for m in ("images", "texts"))
 
@@ -206,8 +234,9 @@ class Collection:
             if len(values) != len(ids):
                 raise QueryError(f"column {name!r} has {len(values)} values for {len(ids)} ids")
         update = pa.table({"id": pa.array(ids, pa.int64()), **{k: pa.array(list(v)) for k, v in columns.items()}})
-        self._store.write_extra(target, _merge_extra(self._store.read_extra(target), update))
-        self._rows.pop(target, None)
+        with Store.open_for_writing(self.path) as writer, writer.transaction("set_metadata"):
+            writer.write_extra(target, _merge_extra(writer.read_extra(target), update))
+        self.refresh()
 
     # -- embeddings for pipelines ------------------------------------------------------------------
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
@@ -275,6 +304,7 @@ class Collection:
             "shards": {k: len(v) for k, v in m.shards.items()},
             "indexes": m.indexes,
             "updated_at": m.updated_at,
+            "version": self._store.version,
         }
 
     def quarantine(self) -> list[dict[str, Any]]:

@@ -29,8 +29,9 @@ def test_sharded_index_answers_like_one_index(tmp_path: Path, factory: str) -> N
     single = build_index(one, "images", IndexOptions(factory=factory))
     sharded = build_index(two, "images", IndexOptions(factory=factory, index_shards=3))
     assert sharded.rows == single.rows == 3000 and sharded.trained_rows == single.trained_rows
-    assert sharded.part_files == [f"index/images.shards/part-{i:05d}.faiss" for i in range(3)]
-    assert all((two.root / f).is_file() for f in sharded.part_files) and not (two.root / "index/images.faiss").exists()
+    stem = f"index/images.v{two.version:08d}"  # named for the version they were built for (and published as)
+    assert sharded.part_files == [f"{stem}.shards/part-{i:05d}.faiss" for i in range(3)]
+    assert all((two.root / f).is_file() for f in sharded.part_files) and not (two.root / f"{stem}.faiss").exists()
     assert sharded.params == single.params and sharded.recall == single.recall  # one quantizer: the same tuning
     a, b = load_index(one, "images"), load_index(two, "images")
     assert isinstance(b, ShardedSearchIndex) and len(b.parts) == 3 and b.ntotal == 3000
@@ -87,9 +88,10 @@ def test_updates_add_to_the_last_part_and_remove_from_every_part(tmp_path: Path)
     ua = update_index(one, "images", resolve_options(one, "images"))
     ub = update_index(two, "images", resolve_options(two, "images"))
     assert ub.update == ua.update == "updated: +200 vectors, 15 deletions" and ub.rows == ua.rows == 3185
-    assert ub.part_files == first.part_files and is_current(two, "images")
+    assert len(ub.part_files) == 3 and is_current(two, "images")
     parts = load_index(two, "images").parts
-    assert [(two.root / f).stat().st_mtime_ns for f in first.part_files] != mtimes  # every part lost a row
+    assert set(ub.part_files).isdisjoint(first.part_files)  # every part lost a row: each was saved anew
+    assert [(two.root / f).stat().st_mtime_ns for f in first.part_files] == mtimes  # published files never rewritten
     assert [p.ntotal for p in parts][:2] == [before[0] - 5, before[1] - 5] and parts[2].ntotal == before[2] - 5 + 200
     a, b = load_index(one, "images"), load_index(two, "images")
     for nprobe in (2, 32):
@@ -97,27 +99,35 @@ def test_updates_add_to_the_last_part_and_remove_from_every_part(tmp_path: Path)
                                       b.search(queries, 10, params={"nprobe": nprobe})[1])
     assert not np.isin(b.search(queries, 100, params={"nprobe": 32})[1], gone).any()
     # a later update that only adds rows rewrites only the last part
-    mtimes = [(two.root / f).stat().st_mtime_ns for f in first.part_files]
+    mtimes = [(two.root / f).stat().st_mtime_ns for f in ub.part_files]
     add_rows(two, "images", clustered(10, 32, seed=11))
-    assert update_index(two, "images", resolve_options(two, "images")).update == "updated: +10 vectors, 0 deletions"
-    after = [(two.root / f).stat().st_mtime_ns for f in first.part_files]
-    assert after[:2] == mtimes[:2] and after[2] != mtimes[2]
+    later = update_index(two, "images", resolve_options(two, "images"))
+    assert later.update == "updated: +10 vectors, 0 deletions"
+    assert later.part_files[:2] == ub.part_files[:2] and later.part_files[2] != ub.part_files[2]
+    assert [(two.root / f).stat().st_mtime_ns for f in ub.part_files] == mtimes
     assert load_index(two, "images").ntotal == 3195
+
+
+def _index_files(store: Store) -> list[str]:
+    return sorted(p.relative_to(store.root).as_posix() for p in (store.root / "index").rglob("*.faiss"))
 
 
 def test_changing_the_number_of_shards_rebuilds_and_drops_the_old_files(tmp_path: Path) -> None:
     store, *_ = make_store(tmp_path / "c.mms", images=2000, shards=4)
-    build_index(store, "images", IndexOptions(factory="IVF16,Flat", index_shards=4))
-    assert len(list((store.root / "index/images.shards").iterdir())) == 4
+    info = build_index(store, "images", IndexOptions(factory="IVF16,Flat", index_shards=4))
+    assert len(info.part_files) == 4 and _index_files(store) == sorted(info.part_files)
     info = update_index(store, "images", IndexOptions(factory="IVF16,Flat", index_shards=2))
     assert info.update == "rebuilt: the index options changed" and len(info.part_files) == 2
-    assert sorted(p.name for p in (store.root / "index/images.shards").iterdir()) == ["part-00000.faiss", "part-00001.faiss"]
+    store.vacuum(retention_s=0)  # the old layout's files go with the versions that listed them
+    assert _index_files(store) == sorted(info.part_files)
     info = update_index(store, "images", IndexOptions(factory="IVF16,Flat"))
-    assert info.part_files == [] and info.file == "index/images.faiss" and (store.root / info.file).is_file()
-    assert not (store.root / "index/images.shards").exists()
+    assert info.part_files == [] and info.file.endswith(".faiss") and (store.root / info.file).is_file()
+    store.vacuum(retention_s=0)
+    assert _index_files(store) == [info.file]
     assert load_index(store, "images").ntotal == 2000
     info = update_index(store, "images", IndexOptions(factory="IVF16,Flat", index_shards=2))
-    assert len(info.part_files) == 2 and not (store.root / "index/images.faiss").exists()
+    store.vacuum(retention_s=0)
+    assert len(info.part_files) == 2 and _index_files(store) == sorted(info.part_files)
 
 
 def test_more_shards_than_parquet_shards_gives_one_part_per_shard(tmp_path: Path) -> None:
@@ -134,7 +144,7 @@ def test_a_missing_part_means_no_index(tmp_path: Path) -> None:
     (store.root / info.part_files[1]).unlink()
     assert not is_current(store, "images")
     rebuilt = update_index(store, "images", IndexOptions(factory="Flat", index_shards=2))
-    assert rebuilt.update == "built" and (store.root / info.part_files[1]).is_file()
+    assert rebuilt.update == "built" and all((store.root / f).is_file() for f in rebuilt.part_files)
 
 
 def test_index_and_cli_keep_a_sharded_collection(tmp_path: Path, colour_model: str, monkeypatch) -> None:

@@ -94,7 +94,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
     keeps the tasks' parts as its parts (``parts`` is then ``options.index_shards``).
     ``merge_memory_bytes``: when the merged index is estimated above it (and is a plain IVF, no
     pre-transform), the parts are written as files beside the index and merged into on-disk inverted
-    lists (``index/<modality>.ivfdata``, referred to by its absolute path).
+    lists (``index/<modality>.vN.ivfdata``, referred to by its absolute path).
     """
     import faiss
 
@@ -126,8 +126,10 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
                        part_dir=part_dir)
     log.info("adding the %d %s shards in %d Ray tasks (%s, trained on %d rows)", len(store.manifest.shards[modality]),
              modality, len(groups), factory, trained)
-    if ondisk:
-        index = _merge_ondisk(ray, index, refs, store.root / INDEX_DIR / f"{modality}.ivfdata")
+    data_files = []
+    if ondisk:  # named for the version it is built for, like the index file: never rewritten under a reader
+        data_files = [f"{INDEX_DIR}/{modality}.v{store.next_version():08d}.ivfdata"]
+        index = _merge_ondisk(ray, index, refs, store.root / data_files[0])
     else:
         index = _merge_in_memory(ray, refs)
     if top_ivf:
@@ -137,7 +139,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
             p.unlink()
         part_dir.rmdir()
     log.info("merged %d parts into the %s index %s over %d vectors", len(groups), modality, factory, index.ntotal)
-    return finish_index(store, modality, [index], opts, factory, started, state, update)
+    return finish_index(store, modality, [index], opts, factory, started, state, update, data_files=data_files)
 
 
 def _build_sharded(store: Store, modality: str, opts: IndexOptions, index: Any, factory: str, *, ray: Any,

@@ -48,7 +48,9 @@ from ..ingest.pipeline import _caption_manifests
 from ..ingest.texts import ingest_corpus
 from ..query.probes import PROBE_TEXTS
 from ..store import ModelInfo, Store
+from ..store.lock import DEFAULT_WAIT_S
 from ..store.remote import RemoteMirror, is_url
+from ..store.store import DEFAULT_RETENTION_S
 from .index_build import build_indexes_distributed
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ def index_with_ray(
     text_column: str | None = None, id_column: str | None = None, path_column: str | None = None,
     worker_setup: Callable[[], None] | None = None, max_retries: int = 3, distributed_index: bool = True,
     index_parts: int | None = None, merge_memory_bytes: int | None = None, staging: str | Path | None = None,
-    pipeline: str = "actors", index_shards: int | None = None,
+    pipeline: str = "actors", index_shards: int | None = None, wait_s: float | None = DEFAULT_WAIT_S,
+    retention_s: float = DEFAULT_RETENTION_S,
 ) -> IndexResult:
     """:func:`mmsearch.index` with decoding and encoding on a Ray cluster.
 
@@ -131,45 +134,50 @@ def index_with_ray(
                       batch_size=batch_size, max_retries=max_retries, setup=worker_setup)
     encode_stage = dict(spec=spec, workers=workers, num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
                         device=device, batch_size=batch_size, setup=worker_setup, max_retries=max_retries)
+    store = None
     try:
         model_spec, preprocess_id, dim = pool.get(pool.call("model_info"))
         info = ModelInfo(spec=model_spec, preprocess_id=preprocess_id, dim=dim)
-        store = _MirroredStore.open_or_create(root, info, embedding_dtype=embedding_dtype)
+        store = _MirroredStore.open_or_create(root, info, embedding_dtype=embedding_dtype, wait_s=wait_s)
         if mirror is not None:
             store.mirror = mirror
-            store.commit()  # the URL holds a (possibly empty) collection from now on
-        encoder = _RemoteEncoder(model_spec, dim, preprocess_id, pool)
-        job = Job(store, encoder, options, IngestReport(), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
-                  captions=_caption_manifests(options))
-        for raw in path_list:
-            path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
-            if classify(path) == "images":
-                kind = _DataImageIngest if data else _RayImageIngest
-                kind(job, path, pool, task_rows or 4 * batch_size, max_image_pixels=options.max_image_pixels,
-                     timeout_s=decode_timeout_s, encode_stage=encode_stage).run()
+            mirror.push()  # the URL holds a (possibly empty) collection from now on
+        with store.transaction("index"):  # one version at the end; shard commits are resumable checkpoints
+            encoder = _RemoteEncoder(model_spec, dim, preprocess_id, pool)
+            job = Job(store, encoder, options, IngestReport(), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
+                      captions=_caption_manifests(options))
+            for raw in path_list:
+                path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
+                if classify(path) == "images":
+                    kind = _DataImageIngest if data else _RayImageIngest
+                    kind(job, path, pool, task_rows or 4 * batch_size, max_image_pixels=options.max_image_pixels,
+                         timeout_s=decode_timeout_s, encode_stage=encode_stage).run()
+                else:
+                    ingest_corpus(job, path)  # texts are encoded by the actors through the batcher
+            job.report.seconds = time.perf_counter() - job.started
+            if distributed_index:
+                # the index tasks need the CPUs the actors hold: embed the generic tuning probes, then let the actors go
+                encoder = _FixedTextEncoder(encoder, PROBE_TEXTS)  # type: ignore[assignment]
+                pool.close()
+                remote_shards = mirror is not None and "memory" not in _protocols(mirror.fs)
+                if mirror is not None and merge_memory_bytes:
+                    log.warning("on-disk inverted lists are not carried to %s: merging the index in memory", mirror.url)
+                    merge_memory_bytes = None
+                built = build_indexes_distributed(
+                    store, job.report, encoder, ray=ray, parts=index_parts or workers,  # type: ignore[arg-type]
+                    index_factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
+                    target_recall=target_recall, merge_memory_bytes=merge_memory_bytes,
+                    shard_root=mirror.url if remote_shards else None, num_cpus_per_task=num_cpus_per_worker,
+                    index_shards=index_shards)
             else:
-                ingest_corpus(job, path)  # texts are encoded by the actors through the batcher
-        job.report.seconds = time.perf_counter() - job.started
-        if distributed_index:
-            # the index tasks need the CPUs the actors hold: embed the generic tuning probes, then let the actors go
-            encoder = _FixedTextEncoder(encoder, PROBE_TEXTS)  # type: ignore[assignment]
-            pool.close()
-            remote_shards = mirror is not None and "memory" not in _protocols(mirror.fs)
-            if mirror is not None and merge_memory_bytes:
-                log.warning("on-disk inverted lists are not carried to %s: merging the index in memory", mirror.url)
-                merge_memory_bytes = None
-            built = build_indexes_distributed(
-                store, job.report, encoder, ray=ray, parts=index_parts or workers,  # type: ignore[arg-type]
-                index_factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
-                target_recall=target_recall, merge_memory_bytes=merge_memory_bytes,
-                shard_root=mirror.url if remote_shards else None, num_cpus_per_task=num_cpus_per_worker,
-                index_shards=index_shards)
-        else:
-            built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
-                                  max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
-                                  index_shards=index_shards)
+                built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
+                                      max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
+                                      index_shards=index_shards)
+        store.vacuum(retention_s)
     finally:
         pool.close()
+        if store is not None:
+            store.close()
         if we_started:
             ray.shutdown()
     if mirror is None:
@@ -178,7 +186,8 @@ def index_with_ray(
 
 
 class _MirroredStore(Store):
-    """A Store whose every commit is also pushed to its remote mirror (when it has one)."""
+    """A Store whose every commit (a checkpoint inside the run's transaction, or the version it publishes) is
+    also pushed to its remote mirror (when it has one): a restarted driver resumes from the staging copy."""
 
     mirror: RemoteMirror | None = None
 
@@ -186,6 +195,12 @@ class _MirroredStore(Store):
         super().commit()
         if self.mirror is not None:
             self.mirror.push()
+
+    def publish(self, operation: str = "") -> int:
+        number = super().publish(operation)
+        if self.mirror is not None:
+            self.mirror.push()
+        return number
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 
 from ..errors import IndexBuildError, IndexNotFoundError, StoreError
 from ..store import Store
-from ..store.atomic import write_bytes_atomic, write_with_atomic
+from ..store.atomic import file_sha256, write_bytes_atomic, write_with_atomic
 from .build import add_batches, new_index, train_on_sample
 from .choice import AUTO, choose_factory
 from .options import IndexOptions
@@ -78,6 +77,8 @@ class IndexInfo:
     update: str = "built"  # "built", "updated: ...", or "rebuilt: <why>"
     index_shards: int = 1  # the parts asked for (1: one index file)
     part_files: list[str] = field(default_factory=list)  # a sharded index's part files; empty: ``file`` alone
+    data_files: list[str] = field(default_factory=list)  # files the index refers to (on-disk inverted lists)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # each file's bytes, mtime_ns, sha256
 
 
 def index_files(info: IndexInfo | dict[str, Any]) -> list[str]:
@@ -167,7 +168,10 @@ def update_index(store: Store, modality: str, options: IndexOptions | None = Non
         return None
     why = full_build_reason(store, modality, opts)
     if why is None:
-        return _apply_changes(store, modality, _parse_info(store.manifest.indexes[modality]), opts)
+        try:
+            return _apply_changes(store, modality, _parse_info(store.manifest.indexes[modality]), opts)
+        except RuntimeError as exc:  # FAISS cannot read the saved file: damage its record had no checksum to show
+            why = f"rebuilt: the saved index cannot be read ({str(exc).strip().splitlines()[-1][:80]})"
     if why != "built":
         log.warning("rebuilding the %s index: %s", modality, why.removeprefix("rebuilt: "))
     return _build(store, modality, opts, why)
@@ -204,7 +208,8 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
         try:
             indexes.append(_no_prefetch(faiss.read_index(str(store.root / rel), faiss.IO_FLAG_MMAP if use_mmap else 0)))
         except RuntimeError as exc:
-            raise StoreError(f"cannot read index {rel}: {exc}; rebuild it with `mmsearch index`") from exc
+            reason = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else "unreadable"
+            raise StoreError(f"index file {rel} is damaged ({reason}); `mmsearch index` rebuilds it") from exc
     masked = None if info.removes_ids else np.asarray(store.manifest.deleted[modality], dtype=np.int64)
     return searcher(indexes, info, masked_ids=masked, vector_reader=lambda ids: read_vectors(store, modality, ids),
                     sharded=bool(info.part_files))
@@ -311,7 +316,7 @@ def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOpti
     import faiss
 
     started = time.perf_counter()
-    parts = [faiss.read_index(str(store.root / rel)) for rel in index_files(info)]
+    parts = [faiss.read_index(str(store.root / rel)) for rel in index_files(info)]  # checked readable by the caller
     indexed = set(info.shards)
     new_shards = [s for s in store.manifest.shards[modality] if shard_key(s) not in indexed]
     added = add_batches(parts[-1], iter_batches(store, new_shards, opts.add_batch_rows))  # new rows: the last part
@@ -330,7 +335,7 @@ def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOpti
     update = f"updated: +{added} vectors, {len(deleted)} deletions"
     log.info("%s index %s", modality, update)
     return finish_index(store, modality, parts, opts, info.factory, started, state, update,
-                        unchanged=set(range(len(parts))) - touched)
+                        unchanged=set(range(len(parts))) - touched, previous=info, data_files=info.data_files)
 
 
 def _rebuild_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOptions) -> str:
@@ -370,58 +375,58 @@ def _family(factory: str) -> str:
 # -- tuning, saving, registering --------------------------------------------------------------------
 def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptions, factory: str, started: float,
                  state: dict[str, int], update: str, unchanged: set[int] = frozenset(),
-                 tuning_set: TuningSet | None = None) -> IndexInfo:
+                 tuning_set: TuningSet | None = None, previous: IndexInfo | None = None,
+                 data_files: list[str] | None = None) -> IndexInfo:
     """Tune the filled index (its parts, when ``opts.index_shards`` > 1; else ``parts == [index]``), save it,
     and register it in the manifest and ``index/<modality>.json`` (then drop files of an earlier layout).
 
     ``state``: ``trained_rows``, ``rows_since_training`` and ``masked_rows`` of the index. ``unchanged``: parts
     (by position) that are still as saved, in the same layout: their files are not written again.
     ``tuning_set``: the tuning queries with their exact neighbours, when the caller computed them on its way
-    (else they are computed here, reading the shards once more).
+    (else they are computed here, reading the shards once more). ``previous``: the saved index an update
+    started from (its unchanged parts keep their files). ``data_files``: files the index refers to.
     """
     model = store.manifest.model
     sharded = opts.index_shards > 1
-    rel = f"{INDEX_DIR}/{modality}.shards" if sharded else f"{INDEX_DIR}/{modality}.faiss"
+    # files get the name of the version they are built for: a published index file is never rewritten in place
+    stem = f"{INDEX_DIR}/{modality}.v{store.next_version():08d}"
+    rel = f"{stem}.shards" if sharded else f"{stem}.faiss"
     part_files = [f"{rel}/part-{i:05d}.faiss" for i in range(len(parts))] if sharded else []
+    if sharded and previous is not None and previous.part_files:  # parts kept as saved keep their names
+        part_files = [previous.part_files[i] if i in unchanged and i < len(previous.part_files) else f
+                      for i, f in enumerate(part_files)]
     info = IndexInfo(
         modality=modality, factory=factory, rows=sum(int(p.ntotal) for p in parts) - state["masked_rows"], dim=model.dim,
         metric=model.metric, model_spec=model.spec, file=rel, fingerprint=fingerprint(store, modality),
         requested=opts.factory, max_index_memory_bytes=opts.max_index_memory_bytes, target_recall=opts.target_recall,
         recall_at_k=opts.recall_at_k, removes_ids=removes_ids(parts[0]), deletions_applied=len(store.manifest.deleted[modality]),
         shards=[shard_key(s) for s in store.manifest.shards[modality]], update=update, index_shards=opts.index_shards,
-        part_files=part_files, **state,
+        part_files=part_files, data_files=list(data_files or []), **state,
     )
     tuning, tuned_on = _tune(store, modality, parts, info, opts, tuning_set)
-    for i, (index, file) in enumerate(zip(parts, index_files(info))):
-        if i not in unchanged:
+    for _i, (index, file) in enumerate(zip(parts, index_files(info))):
+        if not (sharded and file in (previous.part_files if previous is not None else [])):
             _save(store, index, file)
+    files = {f: _stamp(store, f, previous) for f in [*index_files(info), *info.data_files]}
     info = dataclasses.replace(
         info, params=tuning.params, recall=tuning.recall, target_met=tuning.target_met, latency_ms=tuning.latency_ms,
-        tuned_on=tuned_on, file_bytes=sum((store.root / f).stat().st_size for f in index_files(info)),
+        tuned_on=tuned_on, file_bytes=sum(f["bytes"] for f in files.values()), files=files,
         build_seconds=round(time.perf_counter() - started, 4))
     if not tuning.target_met:
         log.warning("the %s index %s reaches recall@%d %.3f at most, below the target %.3f", modality, factory,
                     opts.recall_at_k, tuning.recall, opts.target_recall)
     write_bytes_atomic(store.root / INDEX_DIR / f"{modality}.json", json.dumps(asdict(info), indent=2).encode())
     store.manifest.indexes[modality] = asdict(info)
-    store.commit()
-    _drop_other_layout(store, modality, info)
+    store.commit()  # files of an earlier layout or version go when no version lists them (Store.vacuum)
     return info
 
 
-def _drop_other_layout(store: Store, modality: str, info: IndexInfo) -> None:
-    """After the commit: remove the files of ``modality``'s index the manifest no longer lists."""
-    keep = set(index_files(info))
-    single = store.root / INDEX_DIR / f"{modality}.faiss"
-    if f"{INDEX_DIR}/{modality}.faiss" not in keep:
-        single.unlink(missing_ok=True)
-    parts = store.root / INDEX_DIR / f"{modality}.shards"
-    if not info.part_files:
-        shutil.rmtree(parts, ignore_errors=True)
-    elif parts.is_dir():
-        for path in parts.iterdir():
-            if f"{INDEX_DIR}/{modality}.shards/{path.name}" not in keep:
-                path.unlink(missing_ok=True)
+def _stamp(store: Store, rel: str, previous: IndexInfo | None) -> dict[str, Any]:
+    """Size, time and checksum of an index file (a kept part's from the saved record)."""
+    if previous is not None and rel in previous.files:
+        return previous.files[rel]
+    st = (store.root / rel).stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(store.root / rel)}
 
 
 def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: IndexOptions,
@@ -467,8 +472,7 @@ def _parse_info(raw: dict[str, Any]) -> IndexInfo:
 
 
 def _forget(store: Store, modality: str) -> None:
-    for suffix in (".faiss", ".json"):
-        (store.root / INDEX_DIR / f"{modality}{suffix}").unlink(missing_ok=True)
-    shutil.rmtree(store.root / INDEX_DIR / f"{modality}.shards", ignore_errors=True)
+    """No rows left: the index is dropped from the manifest (its files go with the versions that list them)."""
+    (store.root / INDEX_DIR / f"{modality}.json").unlink(missing_ok=True)
     if store.manifest.indexes.pop(modality, None) is not None:
         store.commit()

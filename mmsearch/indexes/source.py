@@ -1,6 +1,6 @@
 """Reading a collection's vectors for indexing: shard by shard, in bounded batches, or a seeded sample.
 
-Reads the Parquet shards the manifest lists (through the public schema helpers), never all at once.
+Reads the Parquet shards the manifest lists through the store's one shard reader, never all at once.
 """
 
 from __future__ import annotations
@@ -9,10 +9,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from ..errors import CorruptShardError
 from ..store import ShardInfo, Store
 from ..store.schema import embeddings_to_numpy
 
@@ -26,31 +23,7 @@ def shard_key(shard: ShardInfo) -> str:
 
 def read_shard(store: Store, shard: ShardInfo, *, ids: np.ndarray | None = None) -> Batch:
     """Live rows of one shard (optionally only ``ids``) as (ids, float32 vectors)."""
-    return _as_batch(_live_table(store, shard, ids), store.manifest.model.dim)
-
-
-def _live_table(store: Store, shard: ShardInfo, ids: np.ndarray | None = None) -> pa.Table:
-    """The id and embedding columns of one shard's live rows (optionally only ``ids``), not yet converted."""
-    path = store.root / shard.file
-    try:
-        table = pq.read_table(path, columns=["id", "embedding"])
-    except (OSError, pa.ArrowException) as exc:
-        raise CorruptShardError(str(path), str(exc)) from exc
-    if table.num_rows != shard.rows:
-        raise CorruptShardError(str(path), f"{table.num_rows} rows, manifest says {shard.rows}")
-    return _filter(table, store.manifest.deleted[_modality_of(shard)], ids)
-
-
-def _modality_of(shard: ShardInfo) -> str:
-    return shard.file.split("/", 1)[0]
-
-
-def _filter(table: pa.Table, deleted: Sequence[int], ids: np.ndarray | None) -> pa.Table:
-    if deleted:
-        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(deleted, pa.int64()))))
-    if ids is not None:
-        table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
-    return table
+    return _as_batch(store.read_shard(shard, ["id", "embedding"], ids=ids), store.manifest.model.dim)
 
 
 def _as_batch(table: pa.Table, dim: int) -> Batch:
@@ -96,7 +69,7 @@ def sample(store: Store, modality: str, rows: int, *, seed: int) -> Batch:
     rng = np.random.default_rng(seed)
     parts = []
     for shard in shards:
-        table = _live_table(store, shard)
+        table = store.read_shard(shard, ["id", "embedding"])
         keep = rng.random(table.num_rows) < share
         parts.append(_as_batch(table.filter(pa.array(keep)), store.manifest.model.dim))  # converts the kept rows only
     ids, vectors = _concat(parts, store.manifest.model.dim)

@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import quarantine as q
 
 DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow's error threshold (twice its warning threshold)
+DEFAULT_MAX_FILE_BYTES = 512 * 1024**2  # a larger "image" is quarantined as too-large before it is read
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK"})  # Image.reduce supports
@@ -51,6 +52,7 @@ class DecodeSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     timeout_s: float | None = 30.0
     skip_hashes: frozenset[str] = field(default_factory=frozenset)  # content already embedded
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger files are rejected from their size, unread
 
 
 @dataclass
@@ -93,7 +95,7 @@ def decode_image(path: str, settings: DecodeSettings, seq: int = 0) -> Decoded:
     """Read, hash, decode and transform one image file; never raises for bad data."""
     try:
         with _alarm(settings.timeout_s):
-            data = read_file(path)
+            data = read_file(path, max_bytes=settings.max_file_bytes)
             if not data:
                 return Decoded(seq, reason=q.EMPTY, error="the file is empty (0 bytes)")
             sha = hashlib.sha256(data).hexdigest()
@@ -133,14 +135,22 @@ def batched(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
         yield batch
 
 
-def read_file(path: str) -> bytes:
-    """The bytes of a regular file; never blocks on a FIFO or device (raises ``_NotAFile``)."""
+def read_file(path: str, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file; never blocks on a FIFO or device (raises :class:`NotAFileError`), never reads
+    more than ``max_bytes`` (raises :class:`FileTooLargeError` from the file's size, before reading any of it)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise NotAFileError(f"{path!r} is not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileTooLargeError(f"the file is {st.st_size / 1024**2:,.0f} MiB, more than the "
+                                    f"{max_bytes / 1024**2:,.0f} MiB an image may have")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:  # it grew while we read it
+            raise FileTooLargeError(f"the file grew past the {max_bytes / 1024**2:,.0f} MiB an image may have")
+        return data
     finally:
         os.close(fd)
 
@@ -149,11 +159,17 @@ class NotAFileError(OSError):
     """A path with an image name that is a FIFO, socket or device."""
 
 
+class FileTooLargeError(OSError):
+    """A file larger than an image may be (read bounded: it is never loaded into memory)."""
+
+
 def classify_error(exc: BaseException) -> tuple[str, str]:
     """(quarantine reason, message) of an exception raised while reading or decoding an input."""
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, NotAFileError):
         return q.NOT_A_FILE, str(exc)
+    if isinstance(exc, FileTooLargeError):
+        return q.TOO_LARGE, str(exc)
     if isinstance(exc, FileNotFoundError):
         return q.VANISHED, message
     if isinstance(exc, (PermissionError, IsADirectoryError)):

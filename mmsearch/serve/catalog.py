@@ -1,8 +1,8 @@
 """The collections a server holds, by name, and item lookups by id from their stored rows.
 
-A served collection follows its directory: when a re-run of ``mmsearch index`` commits a new manifest,
-the next request (checked at most every ``reload_check_s``) gets the new version, while requests already
-running finish on the old one.
+A served collection follows its directory: when a writer publishes a new version (``manifest.json`` is
+renamed into place last, once the version is whole), the next request (checked at most every
+``reload_check_s``) gets it, while requests already running finish on the old one, which stays readable.
 
 The server never accepts a path from a client: items, thumbnails and images are looked up by id in
 the collection's Parquet metadata (read once, cached), and a file is served only if it belongs to
@@ -25,9 +25,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, MMSearchError
 from ..search import Collection
-from ..store import Store
 from ..store.manifest import MANIFEST_NAME
-from ..store.schema import COLUMNS
 from .errors import ApiError
 
 CollectionLike = Union[Collection, str, Path]
@@ -105,12 +103,9 @@ class Served:
         return (Path(os.path.realpath(common)),)
 
     def _table(self, modality: str) -> tuple[pa.Table, np.ndarray]:
-        with self._lock:
+        with self._lock:  # the rows of the very version the collection searches: ids and items always agree
             if modality not in self._rows:
-                store = Store.open(self.collection.path)
-                columns = [f.name for f in COLUMNS[modality] if f.name != "embedding"]
-                table = store.scan(modality, columns).sort_by("id")
-                self._rows[modality] = (table, table.column("id").to_numpy())
+                self._rows[modality] = self.collection.metadata(MODALITY_OF[modality])
             return self._rows[modality]
 
     def warm_rows(self) -> None:

@@ -16,13 +16,23 @@ from typing import Callable, Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the process umask (``mkstemp`` gives 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success fsync it and rename it over ``final``."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _file_mode())  # collection files follow the umask, so a collection can be shared read-only
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -32,6 +42,27 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_path(final: Path) -> Iterator[Path]:
+    """Like :func:`atomic_path`, but the file appears only if ``final`` does not exist yet: a hard link, which
+    fails with :class:`FileExistsError` when another writer got there first (put-if-absent, as version logs do)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
+    try:
+        os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.link(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:

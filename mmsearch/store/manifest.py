@@ -9,6 +9,10 @@ listed in the manifest with their row counts and checksums, so a commit writes o
 since the last one, never the whole list (which grows with the collection). Past ``MAX_DELETION_FILES``
 files the next commit writes them as one. A manifest written before these files (ids inline, as a list)
 is still read, and moves to files on its next commit.
+
+Each committed manifest is one *version* (``version``, counted from 0; see :mod:`.versions`), and every
+file it lists carries its size and modification time beside its checksum, so a writer notices a damaged
+file from a ``stat`` and checks the checksum only then.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CorruptShardError, SchemaVersionError, StoreError
 from .atomic import file_sha256, write_bytes_atomic, write_with_atomic
@@ -48,6 +52,8 @@ class ShardInfo:
     rows: int
     sha256: str
     created_at: float
+    bytes: int = -1  # -1: written before sizes were recorded
+    mtime_ns: int = -1
 
 
 @dataclass
@@ -66,6 +72,17 @@ class Manifest:
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # user metadata columns per modality
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    version: int = 0  # which version of the collection this manifest is (0: the first, or written before versions)
+    operation: str = ""  # what made this version ("index", "set_metadata", "repair"...)
+
+    def files(self) -> list[str]:
+        """Every file (relative to the root) this version needs: shards, deletion files, index files, metadata."""
+        out = [s.file for m in MODALITIES for s in self.shards[m]]
+        out += [f["file"] for m in MODALITIES for f in self.deletion_files[m]]
+        for record in self.indexes.values():
+            out += list(record.get("part_files") or [record["file"]]) + list(record.get("data_files") or [])
+        out += [info["file"] for info in self.extra.values() if info]
+        return out
 
     def rows(self, modality: str) -> int:
         """Rows in committed shards of a modality, deleted ones included."""
@@ -101,6 +118,8 @@ class Manifest:
                 extra=dict(data.get("extra", {})),
                 created_at=float(data["created_at"]),
                 updated_at=float(data["updated_at"]),
+                version=int(data.get("version", 0)),
+                operation=str(data.get("operation", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"manifest is malformed: {exc!r}") from exc
@@ -119,21 +138,41 @@ def _listed_deletion_files(entry: Any) -> list[dict[str, Any]]:
     return files
 
 
-def read_manifest(root: Path) -> Manifest:
-    """Read ``root/manifest.json`` and the deleted ids it lists."""
-    path = Path(root) / MANIFEST_NAME
+class UnreadableManifestError(StoreError):
+    """A manifest (or version) file that is not a manifest at all: garbage, truncated, not JSON."""
+
+
+def read_manifest(root: Path, path: Path | None = None, *,
+                  on_damaged: Callable[[str, str], None] | None = None) -> Manifest:
+    """Read ``root/manifest.json`` (or the version file ``path``) and the deleted ids it lists.
+
+    A deletion file that cannot be read raises :class:`CorruptShardError`, or, with ``on_damaged``, is reported
+    to it as (file, reason) and left out (a writer's repair decides what to do)."""
+    path = path or Path(root) / MANIFEST_NAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{path} is not valid JSON: {exc}") from exc
-    manifest = Manifest.from_dict(data)
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableManifestError(f"{path} is not a manifest (not valid JSON: {str(exc)[:80]})") from exc
+    if not isinstance(data, dict):
+        raise UnreadableManifestError(f"{path} is not a manifest (JSON {type(data).__name__}, not an object)")
+    try:
+        manifest = Manifest.from_dict(data)
+    except StoreError as exc:
+        if isinstance(exc, SchemaVersionError):
+            raise
+        raise UnreadableManifestError(str(exc)) from exc
     for modality in MODALITIES:
         for entry in manifest.deletion_files[modality]:
-            manifest.deleted[modality].extend(_read_ids(Path(root), entry))
+            try:
+                manifest.deleted[modality].extend(read_deleted_ids(Path(root), entry))
+            except CorruptShardError as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(entry["file"], exc.reason)
     return manifest
 
 
-def _read_ids(root: Path, entry: dict[str, Any]) -> list[int]:
+def read_deleted_ids(root: Path, entry: dict[str, Any]) -> list[int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -147,14 +186,23 @@ def _read_ids(root: Path, entry: dict[str, Any]) -> list[int]:
     return ids
 
 
-def write_manifest(root: Path, manifest: Manifest) -> None:
-    """Atomically write ``root/manifest.json``: first the ids deleted since the last write (a new file of
-    them), then the manifest listing it; then remove deletion files it no longer lists."""
+def save_deletions(root: Path, manifest: Manifest) -> None:
+    """Write the ids deleted since the manifest was last saved as a new deletion file (listed in ``manifest``)."""
     for modality in MODALITIES:
         _save_new_deletions(Path(root), manifest, modality)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Atomically replace ``root/manifest.json`` with ``manifest`` (its deletions saved first)."""
+    save_deletions(root, manifest)
     manifest.updated_at = time.time()
     write_bytes_atomic(Path(root) / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
-    remove_unlisted_deletion_files(Path(root), manifest)
+
+
+def file_stamp(path: Path) -> dict[str, Any]:
+    """``{"bytes", "mtime_ns"}`` of a file as it is now."""
+    st = Path(path).stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _save_new_deletions(root: Path, manifest: Manifest, modality: str) -> None:
@@ -165,7 +213,10 @@ def _save_new_deletions(root: Path, manifest: Manifest, modality: str) -> None:
     saved = sum(int(f["rows"]) for f in files)
     if len(ids) == saved:
         return
-    number = 1 + max((int(Path(f["file"]).stem.rsplit("-", 1)[1]) for f in files), default=-1)
+    number = 1 + max((_number(Path(f["file"]).name) for f in files), default=-1)
+    on_disk = root / DELETED_DIR
+    if on_disk.is_dir():  # never reuse a name an older version (or a damaged file set aside) may still have
+        number = max([number, *(1 + _number(p.name) for p in on_disk.glob(f"{modality}-*"))])
     if len(ids) < saved or len(files) >= MAX_DELETION_FILES:  # rewritten, or in too many pieces: one file
         kept, new = [], ids
     else:
@@ -174,15 +225,10 @@ def _save_new_deletions(root: Path, manifest: Manifest, modality: str) -> None:
     table = pa.table({"id": pa.array(new, pa.int64())})
     (root / DELETED_DIR).mkdir(exist_ok=True)
     write_with_atomic(root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-    manifest.deletion_files[modality] = [*kept, {"file": rel, "rows": len(new), "sha256": file_sha256(root / rel)}]
+    manifest.deletion_files[modality] = [*kept, {"file": rel, "rows": len(new), "sha256": file_sha256(root / rel),
+                                                 **file_stamp(root / rel)}]
 
 
-def remove_unlisted_deletion_files(root: Path, manifest: Manifest) -> None:
-    """Remove deletion files the manifest does not list (merged into one, or a killed run's)."""
-    directory = Path(root) / DELETED_DIR
-    if not directory.is_dir():
-        return
-    listed = {f["file"] for m in MODALITIES for f in manifest.deletion_files[m]}
-    for path in directory.glob("*.parquet"):
-        if f"{DELETED_DIR}/{path.name}" not in listed:
-            path.unlink(missing_ok=True)
+def _number(name: str) -> int:
+    digits = name.split(".", 1)[0].rsplit("-", 1)[-1]
+    return int(digits) if digits.isdigit() else -1

@@ -1,12 +1,23 @@
-"""The on-disk collection: shards, manifest, deletions, atomic commits.
+"""The on-disk collection: a sequence of immutable versions of shards, deletions, indexes and metadata.
 
-A commit is: write the shard under a temporary name, rename it into place, then atomically rewrite
-the manifest that lists it. A run killed at any point leaves either the old manifest (the new shard
-is an orphan and is removed on the next open for writing) or the new one.
+Readers (:meth:`Store.open`) read the current version and hold a lease on it: they see it whole until they
+open again, whatever writers do meanwhile. Writers (:meth:`Store.open_or_create`, or a reader's first write)
+hold the writer lock (:mod:`.lock`) for as long as they write. Inside :meth:`Store.transaction` a writer's
+commits are checkpoints (``_draft.json``: a killed run resumes from its last one) and the transaction
+publishes one new version at its end; outside one, each :meth:`Store.commit` publishes a version.
+
+A publish is: every new file written under a new name, then the version file (put-if-absent: a second
+writer that raced us fails instead of overwriting), then ``manifest.json`` renamed into place. A run killed
+at any point leaves the previous version current and intact.
+
+The writer that opens a collection first repairs what it finds damaged (:mod:`.repair`) and removes files no
+version lists (a killed writer's); old versions go in :meth:`Store.vacuum` (:mod:`.vacuum`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,74 +27,228 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import CollectionNotFoundError, CorruptShardError, EncoderMismatchError, StoreError
-from .atomic import file_sha256, remove_stale_temporaries, write_with_atomic
+from ..errors import (
+    CollectionNotFoundError,
+    CommitConflictError,
+    CorruptShardError,
+    EncoderMismatchError,
+    StoreError,
+    VersionGoneError,
+)
+from .atomic import file_sha256, write_bytes_atomic, write_with_atomic
+from .lock import DEFAULT_WAIT_S, WriterLock
 from .manifest import (
-    DELETED_DIR,
     MANIFEST_NAME,
     MODALITIES,
     Manifest,
     ModelInfo,
     ShardInfo,
+    UnreadableManifestError,
+    file_stamp,
     read_manifest,
-    remove_unlisted_deletion_files,
-    write_manifest,
+    save_deletions,
 )
 from .schema import embedding_array, embeddings_to_numpy, shard_schema, write_parquet
+from .versions import DRAFT_NAME, Lease, highest_number, list_versions, take_lease, version_path, write_version
 
 log = logging.getLogger(__name__)
 
+#: how long a superseded version stays for readers that hold no lease (see docs/sharing.md)
+DEFAULT_RETENTION_S = 3600.0
+_NORM_TOLERANCE = 0.02
+
 
 class Store:
-    """A collection directory opened for reading or appending."""
+    """A collection directory opened at one version, for reading or (holding the writer lock) for writing."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, *, lease: Lease | None = None, lock: WriterLock | None = None,
+                 wait_s: float | None = DEFAULT_WAIT_S) -> None:
         self.root = Path(root)
         self.manifest = manifest
-        self._deleted_sets: dict[str, set[int]] = {}  # mark_deleted's lookups, kept beside the append-only lists
+        self._lease = lease
+        self._lock = lock
+        self._wait_s = wait_s
+        self._base = manifest.version  # the published version this store started from
+        self._transactions = 0
+        self._dirty = False  # changes not yet in a published version
+        self._deleted_sets: dict[str, tuple[int, set[int]]] = {}  # mark_deleted's lookups: (id of the list, its ids)
+        self._shard_numbers: dict[str, int] = {}
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        """Open an existing collection (raises :class:`CollectionNotFoundError`)."""
+    def open(cls, path: str | Path, *, lenient: bool = False) -> Store:
+        """Open the current version of an existing collection for reading (raises :class:`CollectionNotFoundError`).
+        ``lenient`` (for checking it): a damaged deletion file is left out instead of raised."""
         root = Path(path).expanduser()
-        if not (root / MANIFEST_NAME).is_file():
-            raise CollectionNotFoundError(str(root))
-        return cls(root, read_manifest(root))
+        for _ in range(20):
+            manifest = read_current(root, lenient=lenient)
+            lease = take_lease(root, manifest.version)
+            if lease is not None:
+                return cls(root, manifest, lease=lease)
+            time.sleep(0.01)  # the version went between reading and leasing it: read the newer one
+        raise StoreError(f"could not open a stable version of {str(root)!r}; is something removing its versions?")
 
     @classmethod
-    def open_or_create(cls, path: str | Path, model: ModelInfo, *, embedding_dtype: str = "float16") -> Store:
-        """Open a collection for appending, creating it if absent; the model must match."""
+    def lock(cls, path: str | Path, wait_s: float | None = DEFAULT_WAIT_S) -> WriterLock:
+        """Take the writer lock of the collection at ``path`` (creating its directory), waiting up to ``wait_s``;
+        hand it to :meth:`open_or_create` to write (a caller takes it first to learn it is busy before slow work)."""
         root = Path(path).expanduser()
-        if (root / MANIFEST_NAME).is_file():
-            store = cls.open(root)
-            if store.manifest.model.spec != model.spec:
-                raise EncoderMismatchError(store.manifest.model.spec, model.spec)
-            if store.manifest.model.dim != model.dim or store.manifest.model.preprocess_id != model.preprocess_id:
-                raise StoreError(
-                    f"model {model.spec!r} now has a dim or preprocessing different from the collection's; "
-                    "re-index into a new directory"
-                )
-        else:
+        try:
             root.mkdir(parents=True, exist_ok=True)
-            store = cls(root, Manifest(model=model, embedding_dtype=embedding_dtype))
-            store.commit()
-        store.remove_orphans()
+        except OSError as exc:
+            raise StoreError(f"cannot create collection {str(root)!r}: {exc.strerror}") from exc
+        return WriterLock(root).acquire(wait_s)
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, model: ModelInfo, *, embedding_dtype: str = "float16",
+                       wait_s: float | None = DEFAULT_WAIT_S, lock: WriterLock | None = None) -> Store:
+        """Open a collection for writing (taking the writer lock, waiting up to ``wait_s`` for it, unless ``lock``
+        from :meth:`lock` is given: the store then owns it), creating it if absent; the model must match.
+        Resumes an interrupted write, repairs damage, removes a killed run's files."""
+        root = Path(path).expanduser()
+        lock = lock if lock is not None and lock.held else cls.lock(root, wait_s)
+        try:
+            if exists(root):
+                store = cls(root, read_current(root, lenient=True), lock=lock, wait_s=wait_s)
+                _check_model(store.manifest.model, model)
+                store._prepare_for_writing(outermost=not lock.nested)
+            else:
+                store = cls(root, Manifest(model=model, embedding_dtype=embedding_dtype, operation="create"),
+                            lock=lock, wait_s=wait_s)
+                store._base = -1
+                store.publish("create")
+        except BaseException:
+            lock.release()
+            raise
         return store
 
-    # -- writing ---------------------------------------------------------------------------
-    def commit(self) -> None:
-        """Atomically write the manifest."""
-        write_manifest(self.root, self.manifest)
+    @classmethod
+    def open_for_writing(cls, path: str | Path, *, wait_s: float | None = DEFAULT_WAIT_S) -> Store:
+        """Open an existing collection for writing (its own model)."""
+        root = Path(path).expanduser()
+        if not exists(root):
+            raise CollectionNotFoundError(str(root))
+        return cls.open_or_create(root, read_current(root, lenient=True).model, wait_s=wait_s)
 
+    @property
+    def version(self) -> int:
+        """The published version this store reads (a writer's: the one it started from or last published)."""
+        return self._base
+
+    @property
+    def writing(self) -> bool:
+        """Whether this store holds the writer lock."""
+        return self._lock is not None and self._lock.held
+
+    def close(self) -> None:
+        """Let go of the writer lock and the reader lease (a transaction still open keeps its draft)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- versions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, operation: str) -> Iterator[Store]:
+        """Group writes into one version: commits inside are checkpoints, the end publishes (when anything
+        changed). An exception leaves the checkpointed work in the draft, for the next writer to resume."""
+        self._require_writer()
+        self._transactions += 1
+        try:
+            yield self
+        finally:
+            self._transactions -= 1
+        if self._transactions == 0:
+            if self._dirty:
+                self.publish(operation)
+            else:
+                (self.root / DRAFT_NAME).unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Make the in-memory manifest durable: a checkpoint inside a transaction, else a new version."""
+        self._require_writer()
+        self._dirty = True
+        if self._transactions:
+            save_deletions(self.root, self.manifest)
+            draft = json.loads(self.manifest.to_json())
+            draft["base_version"] = self._base
+            write_bytes_atomic(self.root / DRAFT_NAME, json.dumps(draft, indent=2, sort_keys=True).encode("utf-8"))
+        else:
+            self.publish()
+
+    def publish(self, operation: str = "") -> int:
+        """Publish the in-memory manifest as a new version; returns its number."""
+        self._require_writer()
+        save_deletions(self.root, self.manifest)
+        current = _pointer_version(self.root)
+        if current is not None and self._base >= 0 and current != self._base:
+            raise CommitConflictError(str(self.root), current)
+        number = max(highest_number(self.root), self._base) + 1
+        self.manifest.version = number
+        self.manifest.operation = operation or self.manifest.operation or "commit"
+        self.manifest.updated_at = time.time()
+        data = self.manifest.to_json().encode("utf-8")
+        try:
+            write_version(self.root, number, data)
+        except FileExistsError as exc:
+            self.manifest.version = self._base
+            raise CommitConflictError(str(self.root), number) from exc
+        write_bytes_atomic(self.root / MANIFEST_NAME, data)
+        (self.root / DRAFT_NAME).unlink(missing_ok=True)
+        self._base, self._dirty = number, False
+        if self._lease is not None:  # a reader that wrote now reads what it wrote
+            self._lease.release()
+            self._lease = take_lease(self.root, number)
+        log.debug("published version %d of %s", number, self.root)
+        return number
+
+    def next_version(self) -> int:
+        """The number the next publish will take (index files built for it are named after it)."""
+        return max(highest_number(self.root), self._base) + 1
+
+    def vacuum(self, retention_s: float = DEFAULT_RETENTION_S) -> dict[str, int]:
+        """Remove versions superseded more than ``retention_s`` ago that no reader holds, then every file no
+        remaining version lists. Returns counts: ``versions`` and ``files`` removed, ``leased`` kept for readers."""
+        from .vacuum import vacuum
+
+        self._require_writer()
+        return vacuum(self, retention_s)
+
+    def _require_writer(self) -> None:
+        """Writes need the writer lock: a store opened for reading takes it on its first write."""
+        if self.writing:
+            return
+        self._lock = WriterLock(self.root).acquire(self._wait_s)
+        current = _pointer_version(self.root)
+        if current is not None and current != self._base:
+            self._lock.release()
+            self._lock = None
+            raise CommitConflictError(str(self.root), current)
+
+    def _prepare_for_writing(self, *, outermost: bool) -> None:
+        from .repair import prepare_for_writing
+
+        if prepare_for_writing(self, outermost=outermost):
+            self._dirty = True
+
+    # -- writing ---------------------------------------------------------------------------
     def reserve_ids(self, n: int) -> np.ndarray:
         """Ids for ``n`` new rows; they become permanent when the shard holding them commits."""
+        self._require_writer()
         start = self.manifest.next_id
         self.manifest.next_id += n
         return np.arange(start, start + n, dtype=np.int64)
 
     def append(self, modality: str, columns: dict[str, Sequence | np.ndarray], embeddings: np.ndarray) -> ShardInfo:
-        """Write one shard of ``modality`` and commit it into the manifest."""
+        """Write one shard of ``modality`` and commit it."""
         info = self.write_shard(modality, columns, embeddings)
         self.commit()
         return info
@@ -91,78 +256,110 @@ class Store:
     def write_shard(self, modality: str, columns: dict[str, Sequence | np.ndarray], embeddings: np.ndarray) -> ShardInfo:
         """Write one shard file and list it in the in-memory manifest; :meth:`commit` makes it count."""
         _check_modality(modality)
+        self._require_writer()
         schema = shard_schema(modality, self.manifest.model, self.manifest.embedding_dtype)
         arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name != "embedding"]
         arrays.append(embedding_array(embeddings, self.manifest.embedding_dtype))
         table = pa.Table.from_arrays(arrays, schema=schema)
         rel = f"{modality}/part-{self._next_shard_number(modality):05d}.parquet"
         write_with_atomic(self.root / rel, lambda tmp: write_parquet(table, tmp))
-        info = ShardInfo(file=rel, rows=table.num_rows, sha256=file_sha256(self.root / rel), created_at=time.time())
+        stamp = file_stamp(self.root / rel)
+        info = ShardInfo(file=rel, rows=table.num_rows, sha256=file_sha256(self.root / rel), created_at=time.time(),
+                         bytes=stamp["bytes"], mtime_ns=stamp["mtime_ns"])
         self.manifest.shards[modality].append(info)
-        log.debug("committed %s (%d rows)", rel, info.rows)
+        self._dirty = True
+        log.debug("wrote %s (%d rows)", rel, info.rows)
         return info
 
     def mark_deleted(self, modality: str, ids: Sequence[int]) -> int:
         """Tombstone rows in the in-memory manifest (:meth:`commit` persists); returns how many were new."""
         _check_modality(modality)
         listed = self.manifest.deleted[modality]
-        known = self._deleted_sets.get(modality)
-        if known is None or len(known) != len(listed):
-            known = self._deleted_sets[modality] = set(listed)
+        cached = self._deleted_sets.get(modality)
+        if cached is None or cached[0] != id(listed) or len(cached[1]) != len(listed):
+            cached = self._deleted_sets[modality] = (id(listed), set(listed))
+        known = cached[1]
         new = []
         for i in map(int, ids):
             if i not in known:
                 known.add(i)
                 new.append(i)
+        if new:
+            self._require_writer()
+            self._dirty = True
         listed.extend(new)
         return len(new)
 
     def remove_orphans(self) -> None:
-        """Remove temporaries and shard files that no committed manifest lists (a killed run's)."""
-        for modality in MODALITIES:
-            directory = self.root / modality
-            remove_stale_temporaries(directory)
-            listed = {s.file for s in self.manifest.shards[modality]}
-            for p in directory.glob("part-*.parquet") if directory.is_dir() else []:
-                if f"{modality}/{p.name}" not in listed:
-                    log.info("removing uncommitted shard %s", p)
-                    p.unlink()
-        remove_stale_temporaries(self.root / DELETED_DIR)
-        remove_unlisted_deletion_files(self.root, self.manifest)
-        remove_stale_temporaries(self.root)
+        """Remove temporaries and files no version lists (a killed writer's); needs the writer lock."""
+        from .vacuum import remove_unreferenced
+
+        self._require_writer()
+        remove_unreferenced(self)
 
     def _next_shard_number(self, modality: str) -> int:
-        numbers = [int(Path(s.file).stem.split("-")[1]) for s in self.manifest.shards[modality]]
-        return max(numbers, default=-1) + 1
+        if modality not in self._shard_numbers:  # above every name listed or on disk: a name is never reused
+            listed = [_part_number(s.file) for s in self.manifest.shards[modality]]
+            directory = self.root / modality
+            on_disk = [_part_number(p.name) for p in directory.glob("part-*")] if directory.is_dir() else []
+            self._shard_numbers[modality] = max([*listed, *on_disk], default=-1) + 1
+        number = self._shard_numbers[modality]
+        self._shard_numbers[modality] += 1
+        return number
+
+    def write_extra(self, modality: str, table: pa.Table) -> None:
+        """Replace the user metadata columns of ``modality`` (an ``id`` column plus any others) and commit.
+
+        They live in ``extra/<modality>.vN.parquet``, apart from the shards, so the shards stay one schema.
+        """
+        _check_modality(modality)
+        self._require_writer()
+        rel = f"extra/{modality}.v{self.next_version():08d}.parquet"
+        write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self.manifest.extra[modality] = {"file": rel, "rows": table.num_rows, "sha256": file_sha256(self.root / rel),
+                                         "columns": [c for c in table.column_names if c != "id"],
+                                         **file_stamp(self.root / rel)}
+        self.commit()
 
     # -- reading ---------------------------------------------------------------------------
+    def read_shard(self, shard: ShardInfo, columns: Sequence[str], *, ids: np.ndarray | None = None,
+                   include_deleted: bool = False) -> pa.Table:
+        """The one shard reader: ``columns`` (plus ``id``) of one shard's live rows (all rows with
+        ``include_deleted``), optionally only ``ids``. Checks the row count against the manifest."""
+        path = self.root / shard.file
+        cols = list(columns)
+        if "id" not in cols:
+            cols = ["id", *cols]
+        try:
+            table = pq.read_table(path, columns=cols)
+        except FileNotFoundError as exc:
+            raise self._gone_or_corrupt(shard.file, exc) from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptShardError(str(path), str(exc)) from exc
+        if table.num_rows != shard.rows:
+            raise CorruptShardError(str(path), f"{table.num_rows} rows, manifest says {shard.rows}")
+        if not include_deleted:
+            table = self._drop_deleted(_modality_of(shard), table)
+        if ids is not None:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(ids, pa.int64())))
+        return table
+
     def scan(self, modality: str, columns: Sequence[str] | None = None, *, include_deleted: bool = False) -> pa.Table:
         """All rows of a modality as one Arrow table (live rows only unless asked)."""
         _check_modality(modality)
         schema = shard_schema(modality, self.manifest.model, self.manifest.embedding_dtype)
         cols = list(columns) if columns is not None else schema.names
-        tables = [self._read_shard(s, cols) for s in self.manifest.shards[modality]]
-        table = pa.concat_tables(tables) if tables else schema.empty_table().select(cols)
-        return table if include_deleted else self._drop_deleted(modality, table)
+        tables = [self.read_shard(s, cols, include_deleted=include_deleted) for s in self.manifest.shards[modality]]
+        return pa.concat_tables(tables) if tables else schema.empty_table().select(cols)
 
     def iter_embeddings(self, modality: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids int64, embeddings float32) per shard, live rows only; memory is one shard."""
         dim = self.manifest.model.dim
         for shard in self.manifest.shards[modality]:
-            table = self._drop_deleted(modality, self._read_shard(shard, ["id", "embedding"]))
+            table = self.read_shard(shard, ["id", "embedding"])
             yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), dim)
-
-    def write_extra(self, modality: str, table: pa.Table) -> None:
-        """Replace the user metadata columns of ``modality`` (an ``id`` column plus any others) and commit.
-
-        They live in ``extra/<modality>.parquet``, apart from the shards, so the shards stay one schema.
-        """
-        _check_modality(modality)
-        rel = f"extra/{modality}.parquet"
-        write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        self.manifest.extra[modality] = {"file": rel, "rows": table.num_rows, "sha256": file_sha256(self.root / rel),
-                                         "columns": [c for c in table.column_names if c != "id"]}
-        self.commit()
 
     def read_extra(self, modality: str) -> pa.Table | None:
         """The user metadata columns of ``modality`` (with ``id``), or None when there are none."""
@@ -171,28 +368,44 @@ class Store:
             return None
         try:
             return pq.read_table(self.root / info["file"])
+        except FileNotFoundError as exc:
+            raise self._gone_or_corrupt(info["file"], exc) from exc
         except (OSError, pa.ArrowException) as exc:
             raise CorruptShardError(str(self.root / info["file"]), str(exc)) from exc
 
     def iter_tables(self, modality: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         """Live rows of each shard in turn (only ``columns``, plus ``id``): memory is one shard."""
         for shard in self.manifest.shards[modality]:
-            yield self._drop_deleted(modality, self._read_shard(shard, columns))
+            yield self.read_shard(shard, columns)
 
     def embeddings_by_id(self, modality: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        """Stored embeddings (float32) of ``ids``, deleted rows included; reads only the shards holding them."""
+        """Stored embeddings (float32) of ``ids``, deleted rows included; reads only the shards holding them.
+
+        Vectors of a normalised model that are not unit length mean a damaged shard: that raises
+        :class:`CorruptShardError` rather than returning scores that are not cosines."""
         wanted = {int(i) for i in ids}
         found: dict[int, np.ndarray] = {}
         for shard in self.manifest.shards[modality]:
             if len(found) == len(wanted):
                 break
-            shard_ids = self._read_shard(shard, ["id"]).column("id").to_numpy()
+            shard_ids = self.read_shard(shard, ["id"], include_deleted=True).column("id").to_numpy()
             if not wanted.intersection(shard_ids.tolist()):
                 continue
-            table = self._read_shard(shard, ["id", "embedding"])
+            table = self.read_shard(shard, ["id", "embedding"], include_deleted=True)
             vectors = embeddings_to_numpy(table.column("embedding"), self.manifest.model.dim)
-            found.update((int(i), v) for i, v in zip(shard_ids, vectors) if int(i) in wanted)
+            hits = [(int(i), v) for i, v in zip(shard_ids, vectors) if int(i) in wanted]
+            self._check_norms(shard, np.stack([v for _, v in hits]) if hits else vectors[:0])
+            found.update(hits)
         return found
+
+    def _check_norms(self, shard: ShardInfo, vectors: np.ndarray) -> None:
+        if not self.manifest.model.normalized or not len(vectors):
+            return
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > _NORM_TOLERANCE)
+        if bad.any():
+            raise CorruptShardError(str(self.root / shard.file), f"{int(bad.sum())} embeddings are not unit length "
+                                    "(damaged bytes; `mmsearch verify` lists the damage")
 
     def _drop_deleted(self, modality: str, table: pa.Table) -> pa.Table:
         deleted = self.manifest.deleted[modality]
@@ -203,30 +416,111 @@ class Store:
         mask = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(deleted, pa.int64())))
         return table.filter(mask)
 
-    def _read_shard(self, shard: ShardInfo, columns: Sequence[str]) -> pa.Table:
-        path = self.root / shard.file
-        cols = list(columns)
-        if "id" not in cols:
-            cols = ["id", *cols]
-        try:
-            table = pq.read_table(path, columns=cols)
-        except (OSError, pa.ArrowException) as exc:
-            raise CorruptShardError(str(path), str(exc)) from exc
-        if table.num_rows != shard.rows:
-            raise CorruptShardError(str(path), f"{table.num_rows} rows, manifest says {shard.rows}")
-        return table  # "id" is always read: deletions filter on it
+    def _gone_or_corrupt(self, rel: str, exc: OSError) -> StoreError:
+        """A listed file is missing: cleaned up after this reader's version was superseded, or damage."""
+        if _pointer_version(self.root) not in (None, self._base):
+            return VersionGoneError(str(self.root), self._base, rel)
+        return CorruptShardError(str(self.root / rel), "the file is missing")
 
-    def verify(self) -> None:
-        """Check every shard's and deletion file's checksum against the manifest."""
-        for modality in MODALITIES:
-            files = [(s.file, s.sha256) for s in self.manifest.shards[modality]]
-            files += [(f["file"], f["sha256"]) for f in self.manifest.deletion_files[modality]]
-            for rel, sha in files:
-                if file_sha256(self.root / rel) != sha:
-                    raise CorruptShardError(str(self.root / rel), "checksum mismatch")
+    # -- checking --------------------------------------------------------------------------
+    def check(self, *, deep: bool = False) -> list[str]:
+        """Every problem found in this version's files (presence, size, checksum; ``deep``: also each shard's
+        rows, ids and embedding norms), one line each; empty when the collection is sound."""
+        from .verify import check
+
+        return check(self, deep=deep)
+
+    def verify(self, *, deep: bool = False) -> None:
+        """Raise :class:`CorruptShardError` naming the first problem :meth:`check` finds."""
+        problems = self.check(deep=deep)
+        if problems:
+            raise CorruptShardError(problems[0].split(":", 1)[0], problems[0].split(": ", 1)[-1])
+
+
+def exists(root: Path) -> bool:
+    """Whether ``root`` holds a collection (a manifest, or at least one version file)."""
+    return (Path(root) / MANIFEST_NAME).is_file() or bool(list_versions(root))
+
+
+def read_current(root: Path, *, lenient: bool = False) -> Manifest:
+    """The current version of the collection at ``root``: ``manifest.json``, or, when that is missing or is not a
+    manifest (damage), the newest version file that is one (saying so). ``lenient`` (writers): damaged deletion
+    files are reported and skipped rather than raised, for the repair to handle."""
+    root = Path(root)
+    on_damaged = _DamagedFiles() if lenient else None
+    failure: Exception | None = None
+    try:
+        manifest = read_manifest(root, on_damaged=on_damaged)
+        if not lenient:
+            return manifest
+        newest = _newest_readable(root, above=manifest.version, on_damaged=on_damaged)
+        return newest or manifest  # a writer rolls a version that was written but never pointed to forward
+    except FileNotFoundError as exc:
+        failure = exc
+    except UnreadableManifestError as exc:
+        failure = exc
+    fallback = _newest_readable(root, above=-1, on_damaged=on_damaged)
+    if fallback is None:
+        if isinstance(failure, FileNotFoundError):
+            raise CollectionNotFoundError(str(root))
+        raise failure  # type: ignore[misc]
+    log.warning("%s; using version %d, the newest one that is readable", failure, fallback.version)
+    return fallback
+
+
+class _DamagedFiles(list):
+    """Collects (file, reason) of deletion files that could not be read."""
+
+    def __call__(self, rel: str, reason: str) -> None:
+        self.append((rel, reason))
+
+
+def read_version(root: Path, number: int) -> Manifest | None:
+    """The manifest of version ``number`` (None when its file is gone or unreadable)."""
+    try:
+        return read_manifest(Path(root), version_path(root, number), on_damaged=lambda rel, why: None)
+    except (OSError, StoreError):
+        return None
+
+
+def _newest_readable(root: Path, *, above: int, on_damaged: object) -> Manifest | None:
+    for number in reversed(list_versions(root)):
+        if number <= above:
+            return None
+        try:
+            return read_manifest(root, version_path(root, number), on_damaged=on_damaged)  # type: ignore[arg-type]
+        except UnreadableManifestError as exc:
+            log.warning("%s", exc)
+    return None
+
+
+def _pointer_version(root: Path) -> int | None:
+    """The version ``manifest.json`` names now (None: none readable)."""
+    try:
+        return int(json.loads((Path(root) / MANIFEST_NAME).read_bytes()).get("version", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def _check_model(have: ModelInfo, want: ModelInfo) -> None:
+    if have.spec != want.spec:
+        raise EncoderMismatchError(have.spec, want.spec)
+    if have.dim != want.dim or have.preprocess_id != want.preprocess_id:
+        raise StoreError(
+            f"model {want.spec!r} now has a dim or preprocessing different from the collection's; "
+            "re-index into a new directory"
+        )
+
+
+def _part_number(name: str) -> int:
+    digits = Path(name).name.split(".", 1)[0].rsplit("-", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
+
+
+def _modality_of(shard: ShardInfo) -> str:
+    return shard.file.split("/", 1)[0]
 
 
 def _check_modality(modality: str) -> None:
     if modality not in MODALITIES:
         raise StoreError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-

@@ -1,0 +1,97 @@
+"""Clean-up: old versions that no reader needs any more, and files that no version lists.
+
+A version is removed only when it was superseded longer ago than the retention *and* no reader holds a
+lease on it (:mod:`.versions`); the current version is never removed. Then every file under the data
+folders that no remaining version (or the writer's draft) lists is removed: what a killed writer left, and
+what only removed versions used. Damaged files set aside by the repair (``*.damaged``) are left for the user.
+Runs only under the writer lock, so no live writer can be about to commit the files it removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from ..errors import MMSearchError
+from .atomic import TMP_PREFIX, remove_stale_temporaries
+from .manifest import DELETED_DIR, MODALITIES, Manifest
+from .versions import VERSIONS_DIR, list_versions, remove_if_unleased, version_path
+
+log = logging.getLogger(__name__)
+
+DATA_DIRS = (*MODALITIES, DELETED_DIR, "index", "extra")
+DAMAGED_SUFFIX = ".damaged"
+
+
+def vacuum(store, retention_s: float) -> dict[str, int]:  # noqa: ANN001 - a Store (imported lazily by it)
+    """See :meth:`mmsearch.store.Store.vacuum`."""
+    root, now = store.root, time.time()
+    versions = list_versions(root)
+    removed = leased = 0
+    for older, newer in zip(versions, versions[1:]):
+        if older >= store.version:
+            break
+        superseded_at = _published_at(root, newer)
+        if now - superseded_at < retention_s:
+            continue
+        if remove_if_unleased(root, older):
+            removed += 1
+        else:
+            leased += 1
+    files = remove_unreferenced(store)
+    if removed or files:
+        log.info("vacuum: removed %d old versions and %d files no version lists (%d versions kept for readers)",
+                 removed, files, leased)
+    return {"versions": removed, "files": files, "leased": leased}
+
+
+def referenced_files(store) -> set[str]:  # noqa: ANN001
+    """Every file the store's manifest (a writer's draft included) or any version file lists."""
+    refs = set(store.manifest.files())
+    for number in list_versions(store.root):
+        manifest = _light(version_path(store.root, number))
+        if manifest is not None:
+            refs.update(manifest.files())
+    return refs
+
+
+def remove_unreferenced(store) -> int:  # noqa: ANN001
+    """Remove temporaries and data files no version lists; returns how many files went."""
+    refs = referenced_files(store)
+    removed = 0
+    for top in DATA_DIRS:
+        base = store.root / top
+        if not base.is_dir():
+            continue
+        for dirpath, _dirnames, filenames in os.walk(base, topdown=False):
+            for name in filenames:
+                path = Path(dirpath) / name
+                rel = path.relative_to(store.root).as_posix()
+                if name.endswith(DAMAGED_SUFFIX) or (top == "index" and name.endswith(".json")):
+                    continue  # set aside for the user / the readable index summaries
+                if name.startswith(TMP_PREFIX) or rel not in refs:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed += 1
+            if Path(dirpath) != base:
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)  # only when empty
+    removed += remove_stale_temporaries(store.root) + remove_stale_temporaries(store.root / VERSIONS_DIR)
+    return removed
+
+
+def _published_at(root: Path, number: int) -> float:
+    manifest = _light(version_path(root, number))
+    return manifest.updated_at if manifest is not None else 0.0
+
+
+def _light(path: Path) -> Manifest | None:
+    """A version file's manifest without reading its deletion files (None when unreadable)."""
+    try:
+        return Manifest.from_dict(json.loads(path.read_bytes()))
+    except (OSError, ValueError, MMSearchError):
+        return None
