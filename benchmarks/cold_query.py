@@ -1,0 +1,240 @@
+"""Cold `mmsearch query` with the built-in model: whole process, text and --image, this code vs a baseline commit.
+
+Every run is a new process (`mmsearch query ... --json`, the venv's console script), so it pays every import
+and model load a user pays; the operating system's file cache is warm for all of them alike (one untimed
+warm-up run per configuration, which also exports any ONNX graph a configuration needs into the model
+cache). Per run: wall time (monotonic clock around the process) and the process's peak RSS (``os.wait4``
+rusage, i.e. what ``/usr/bin/time -v`` reports as "Maximum resident set size").
+
+The two codes run with the same venv: the baseline is a ``git worktree`` of ``--baseline`` (default
+4dcc114, before issue 16), put first on PYTHONPATH; the new code is ``--new`` (default: this checkout).
+Runs alternate baseline/new and text/image, so slow spells of a shared machine fall on all of them alike.
+
+The collection (``--rows`` images, default 1,000) is made of distinct variants (crops, flips, sizes) of
+the bundled data/sample photos, or of the images under ``--images DIR``, and is built once by the
+baseline code (so both codes read the same, older collection). The top hits of both codes are compared:
+the same ids, scores within 2e-3 (the embeddings of the same text must agree, cosine >= 0.999).
+
+    python benchmarks/cold_query.py [--rows 1000] [--runs 7] [--baseline 4dcc114] [--images DIR]
+
+Prints a table and writes benchmarks/results/cold_query.json (raw runs, medians, machine, commits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+RESULTS = ROOT / "benchmarks" / "results"
+TEXT_QUERY = "a cat"
+IMAGE_QUERY = SAMPLE / "lighthouse.jpg"
+K = 5
+
+
+def make_images(out: Path, rows: int, source: Path) -> int:
+    """``rows`` distinct JPEGs: deterministic crops / flips / sizes of the images under ``source``."""
+    from PIL import Image, ImageOps
+
+    sources = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not sources:
+        raise SystemExit(f"no images under {source}")
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(rows):
+        variant, src = divmod(i, len(sources))
+        with Image.open(sources[src]) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+        w, h = image.size
+        cut = 0.02 * (variant % 7)  # up to 12% off each side
+        box = (int(w * cut), int(h * cut * 0.5), w - int(w * cut * 0.7), h - int(h * cut))
+        image = image.crop(box)
+        if variant % 2:
+            image = ImageOps.mirror(image)
+        side = 160 + 16 * (variant % 9)
+        image.thumbnail((side, side))
+        image.save(out / f"{sources[src].stem}_{variant:03d}.jpg", quality=88)
+    return rows
+
+
+def checkout_baseline(commit: str, where: Path) -> str:
+    """A detached worktree of ``commit`` at ``where`` (removed by :func:`remove_baseline`); the full hash."""
+    full = subprocess.run(["git", "rev-parse", commit], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), full], cwd=ROOT, check=True, capture_output=True)
+    return full
+
+
+def remove_baseline(where: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, capture_output=True)
+    shutil.rmtree(where, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+
+
+def mmsearch_command() -> list[str]:
+    script = Path(sys.executable).parent / "mmsearch"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+
+
+def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of one process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, stdout  # Linux: ru_maxrss in KiB
+
+
+def code_env(tree: Path, home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", MMSEARCH_HOME=str(home), PYTHONPATH=str(tree), TOKENIZERS_PARALLELISM="false")
+    env.pop("MMSEARCH_COLLECTION", None)
+    env.pop("MMSEARCH_MODEL", None)
+    return env
+
+
+def query_args(collection: Path, kind: str) -> list[str]:
+    what = [TEXT_QUERY] if kind == "text" else ["--image", str(IMAGE_QUERY)]
+    return [*mmsearch_command(), "query", *what, "--collection", str(collection), "-k", str(K), "--json"]
+
+
+def top_hits(stdout: str) -> list[tuple[int, float]]:
+    return [(int(h["id"]), float(h["score"])) for h in json.loads(stdout)]
+
+
+def git_state(tree: Path) -> dict[str, Any]:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree, capture_output=True,
+                           text=True).stdout.strip()
+    return {"path": str(tree), "head": head or None, "uncommitted_changes": bool(dirty)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1000, help="images in the collection")
+    parser.add_argument("--runs", type=int, default=7, help="timed cold runs per configuration (>= 5)")
+    parser.add_argument("--baseline", default="4dcc114", help="the commit to compare against")
+    parser.add_argument("--new", default=str(ROOT),
+                        help="the new code: a source tree, or a commit to check out (default: this checkout)")
+    parser.add_argument("--images", type=Path, default=SAMPLE, help="source images (default: data/sample)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "cold_query.json")
+    parser.add_argument("--keep", type=Path, help="keep the work directory (collection, worktree) here")
+    args = parser.parse_args()
+    if args.runs < 5:
+        parser.error("--runs must be at least 5")
+
+    work = Path(args.keep or tempfile.mkdtemp(prefix="mms-cold-query-"))
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "home"
+    baseline_tree = work / "baseline"
+    new_tree = Path(args.new).resolve() if Path(args.new).is_dir() else work / "new"
+    codes: dict[str, Path] = {}
+    started = time.time()
+    load_before = os.getloadavg()
+    try:
+        commit = checkout_baseline(args.baseline, baseline_tree)
+        new_commit = None if new_tree != work / "new" else checkout_baseline(args.new, new_tree)
+        codes = {"baseline": baseline_tree, "new": new_tree}
+        images = work / "images"
+        if not images.exists():
+            make_images(images, args.rows, args.images)
+        collection = work / "images.mms"
+        build_s = None
+        if not collection.exists():
+            start = time.perf_counter()
+            run_timed([*mmsearch_command(), "index", str(images), "--out", str(collection), "--model", "builtin"],
+                      code_env(baseline_tree, home))
+            build_s = time.perf_counter() - start
+        manifest = json.loads((collection / "manifest.json").read_text())
+        print(f"collection: {args.rows} images ({collection}), built by {args.baseline} in "
+              f"{'-' if build_s is None else f'{build_s:.1f} s'}; model {manifest.get('model', {}).get('spec')}")
+
+        configs = [(code, kind) for kind in ("text", "image") for code in codes]
+        hits: dict[str, list[tuple[int, float]]] = {}
+        for code, kind in configs:  # warm-up: file cache, ONNX exports
+            _, _, stdout = run_timed(query_args(collection, kind), code_env(codes[code], home))
+            hits[f"{code}/{kind}"] = top_hits(stdout)
+        runs: dict[str, list[dict[str, float]]] = {f"{code}/{kind}": [] for code, kind in configs}
+        for _ in range(args.runs):
+            for code, kind in configs:
+                wall, rss, _ = run_timed(query_args(collection, kind), code_env(codes[code], home))
+                runs[f"{code}/{kind}"].append({"wall_s": round(wall, 4), "peak_rss_mib": round(rss, 1)})
+    finally:
+        for tree in (baseline_tree, work / "new"):
+            if tree.exists():
+                remove_baseline(tree)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    summary: dict[str, dict[str, float]] = {}
+    for name, rows in runs.items():
+        walls = [r["wall_s"] for r in rows]
+        rss = [r["peak_rss_mib"] for r in rows]
+        summary[name] = {"median_s": round(statistics.median(walls), 3), "min_s": min(walls), "max_s": max(walls),
+                         "median_peak_rss_mib": round(statistics.median(rss), 1), "max_peak_rss_mib": max(rss)}
+    agreement = {}
+    for kind in ("text", "image"):
+        old, new = hits[f"baseline/{kind}"], hits[f"new/{kind}"]
+        agreement[kind] = {
+            "same_ids": [i for i, _ in old] == [i for i, _ in new],
+            "max_score_diff": round(max(abs(a - b) for (_, a), (_, b) in zip(old, new)), 6),
+            "baseline_top": old[:3], "new_top": new[:3],
+        }
+
+    print(f"\ncold `mmsearch query`, built-in model, {args.rows}-image collection, median of {args.runs} runs "
+          f"(load average {load_before[0]:.1f} at start)")
+    header = f"{'query':<7}{'code':<10}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}"
+    print(f"{header}{'speed-up':>10}{'RSS ratio':>11}")
+    for kind in ("text", "image"):
+        base = summary[f"baseline/{kind}"]
+        for code in ("baseline", "new"):
+            s = summary[f"{code}/{kind}"]
+            speed = base["median_s"] / s["median_s"]
+            ratio = s["median_peak_rss_mib"] / base["median_peak_rss_mib"]
+            print(f"{kind:<7}{code:<10}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
+                  f"{s['median_peak_rss_mib']:>14.0f}{speed:>9.1f}x{ratio:>10.2f}x")
+    for kind, a in agreement.items():
+        verdict = "same top-5 ids" if a["same_ids"] else "DIFFERENT top-5 ids"
+        print(f"{kind} query: {verdict}, max score difference {a['max_score_diff']:.1e}")
+
+    record = {
+        "benchmark": "cold_query",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average_start": load_before, "load_average_end": os.getloadavg()},
+        "settings": {"rows": args.rows, "runs": args.runs, "k": K, "text_query": TEXT_QUERY,
+                     "image_query": str(IMAGE_QUERY.relative_to(ROOT)), "model": "builtin",
+                     "images_from": str(args.images), "collection_built_by": "baseline"},
+        "codes": {"baseline": {"commit": commit, "tree": "git worktree"},
+                  "new": {"commit": new_commit, "tree": "git worktree"} if new_commit else git_state(codes["new"])},
+        "collection_build_s": None if build_s is None else round(build_s, 1),
+        "summary": summary,
+        "speed_up": {kind: round(summary[f"baseline/{kind}"]["median_s"] / summary[f"new/{kind}"]["median_s"], 2)
+                     for kind in ("text", "image")},
+        "hits_agreement": agreement,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
