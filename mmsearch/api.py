@@ -122,8 +122,12 @@ def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index
 
 
 def with_probe_queries(opts: IndexOptions, store: Store, modality: str, encoder: Encoder) -> IndexOptions:
-    """An image index of a collection with (almost) no texts is still tuned on text queries: generic ones
-    (not encoded for an exact Flat index, which has nothing to tune)."""
+    """The text queries a build needs from the encoder: unrelated ones, whose scores set the index's no-match
+    threshold; and, for an image index of a collection with (almost) no texts, generic ones to tune it on (not
+    encoded for an exact Flat index, which has nothing to tune)."""
+    from .query.calibration import NULL_QUERIES
+
+    opts = dataclasses.replace(opts, null_queries=encoder.encode_texts(list(NULL_QUERIES)))
     other = "texts" if modality == "images" else "images"
     if modality != "images" or store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
         return opts
@@ -139,7 +143,8 @@ def _approximate(opts: IndexOptions, store: Store, modality: str) -> bool:
     factory = opts.factory
     if factory == AUTO:
         factory = choose_factory(store.manifest.live_rows(modality), store.manifest.model.dim, opts.max_index_memory_bytes)
-    existing = (store.manifest.indexes.get(modality) or {}).get("factory")
+    saved = store.manifest.indexes.get(modality)
+    existing = saved.factory if saved is not None else None
     return any(f is not None and f.replace(" ", "") != "Flat" for f in (factory, existing))
 
 

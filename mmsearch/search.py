@@ -257,11 +257,14 @@ class Collection:
     def no_match_threshold(self, modality: str = "image") -> float:
         """Scores of text queries above this are good matches for ``modality`` in this collection.
 
-        It is the 95th percentile of the best scores that unrelated text queries reach here (computed on
-        first use, then cached for this object).
+        It is the 95th percentile of the best scores that unrelated text queries reach here, computed when the
+        index is built and kept in its record (for older indexes: on first use, then cached for this object).
         """
         target = _modality(modality)
-        if target not in self._thresholds:
+        record = self._store.manifest.indexes.get(target)
+        if record is not None and record.no_match_threshold is not None:
+            return record.no_match_threshold  # computed when the index was built
+        if target not in self._thresholds:  # an index built before thresholds were kept
             vectors = self.encoder.encode_texts(list(NULL_QUERIES))
             scores, _ = self._index(target).search(vectors, 1)
             self._thresholds[target] = threshold_from_null_scores(scores[:, 0])
@@ -302,7 +305,7 @@ class Collection:
             "texts": m.live_rows("texts"),
             "deleted": {k: len(v) for k, v in m.deleted.items()},
             "shards": {k: len(v) for k, v in m.shards.items()},
-            "indexes": m.indexes,
+            "indexes": {name: asdict(record) for name, record in m.indexes.items()},
             "updated_at": m.updated_at,
             "version": self._store.version,
         }
@@ -385,11 +388,11 @@ class Collection:
         raise QueryError(f"no item with id {item_id} in this collection")
 
     def _has_index(self, modality: str) -> bool:
-        return bool(self._store.manifest.indexes.get(modality))
+        return modality in self._store.manifest.indexes
 
     def _index(self, modality: str) -> SearchIndex:
         if modality not in self._indexes:
-            if not is_current(self._store, modality) and self._store.manifest.indexes.get(modality):
+            if not is_current(self._store, modality) and modality in self._store.manifest.indexes:
                 raise MMSearchError(
                     f"the {modality} index of {self.path} is older than its shards; run `mmsearch index` again to update it"
                 )

@@ -192,7 +192,7 @@ def test_distributed_ivf_build_equals_single_machine(tmp_path: Path, factory: st
         np.testing.assert_allclose(da, db, atol=1e-6 if factory.startswith("IVF") else 5e-3)
     assert dist.params == single.params and dist.recall == single.recall  # tuned the same way
     # the manifest entry is the single-machine one, and the collection opens and searches
-    assert Store.open(two.root).manifest.indexes["images"]["fingerprint"] == single.fingerprint
+    assert Store.open(two.root).manifest.indexes["images"].fingerprint == single.fingerprint
     hits = mmsearch.open(two.root).search(vector=queries[0], k=5)
     assert [h.id for h in hits] == [h.id for h in mmsearch.open(one.root).search(vector=queries[0], k=5)]
     # a later update (new shard) works on the merged index like on a single-machine one

@@ -67,8 +67,8 @@ def test_manifest_and_sidecar_record_tuning(data) -> None:
     store, *_ = data
     info = build_index(store, "images", IndexOptions(factory="IVF32,Flat", target_recall=0.9))
     saved = Store.open(store.root).manifest.indexes["images"]
-    assert saved["params"] == info.params and saved["recall"] == info.recall and saved["latency_ms"] > 0
-    assert saved["target_recall"] == 0.9 and saved["recall_at_k"] == 10 and saved["file_bytes"] > 0
+    assert saved.params == info.params and saved.recall == info.recall and saved.latency_ms > 0
+    assert saved.target_recall == 0.9 and saved.recall_at_k == 10 and saved.file_bytes > 0
     assert (store.root / "index" / "images.json").is_file()
 
 

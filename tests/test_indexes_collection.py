@@ -81,9 +81,28 @@ def test_generic_text_probes_are_encoded_only_for_an_index_with_something_to_tun
     out = mmsearch.index(make_colour_folder(tmp_path / "imgs", captions=False), out=tmp_path / "c.mms",
                          model="colour:v1", workers=0).path
     store, encoder = Store.open(out), Counting()
-    assert store.manifest.indexes["images"]["factory"] == "Flat"
+    assert store.manifest.indexes["images"].factory == "Flat"
     flat = resolve_options(store, "images")
-    assert with_probe_queries(flat, store, "images", encoder).probe_queries is None and Counting.texts == 0
+    from mmsearch.query.calibration import NULL_QUERIES
+
+    nulls = len(NULL_QUERIES)  # always encoded: they set the no-match threshold kept with the index
+    flat_opts = with_probe_queries(flat, store, "images", encoder)
+    assert flat_opts.probe_queries is None and Counting.texts == nulls and len(flat_opts.null_queries) == nulls
     ivf = resolve_options(store, "images", factory="IVF2,Flat")
     probed = with_probe_queries(ivf, store, "images", encoder).probe_queries
-    assert probed is not None and len(probed) == Counting.texts > 0
+    assert probed is not None and len(probed) == Counting.texts - 2 * nulls > 0
+
+
+def test_the_no_match_threshold_is_computed_at_build_and_kept_in_the_index_record(tmp_path) -> None:
+    from fakes import ColourEncoder
+
+    from mmsearch.indexes import load_index
+    from mmsearch.query.calibration import NULL_QUERIES, threshold_from_null_scores
+    from mmsearch.store import Store
+
+    out = mmsearch.index(make_colour_folder(tmp_path / "imgs"), out=tmp_path / "c.mms", model="colour:v1", workers=0).path
+    record = Store.open(out).manifest.indexes["images"]
+    scores, _ = load_index(Store.open(out), "images").search(ColourEncoder().encode_texts(list(NULL_QUERIES)), 1)
+    assert record.no_match_threshold == pytest.approx(threshold_from_null_scores(scores[:, 0]))
+    col = mmsearch.open(out)
+    assert col.no_match_threshold("image") == record.no_match_threshold and col._encoder is None  # no model loaded

@@ -169,4 +169,4 @@ def test_index_and_cli_keep_a_sharded_collection(tmp_path: Path, colour_model: s
     out = CliRunner().invoke(main, ["index", "photos", "-o", "cli.mms", "--model", colour_model, "--workers", "0",
                                     "--shard-rows", "2", "--index-shards", "2"])
     assert out.exit_code == 0, out.output
-    assert len(Store.open(tmp_path / "cli.mms").manifest.indexes["images"]["part_files"]) == 2
+    assert len(Store.open(tmp_path / "cli.mms").manifest.indexes["images"].part_files) == 2

@@ -45,7 +45,7 @@ def built(tmp_path: Path) -> tuple[Path, Path, list]:
 def _listed(out: Path, kind: str) -> str:
     m = Store.open(out).manifest
     if kind == "index":
-        return m.indexes["images"]["file"]
+        return m.indexes["images"].file
     if kind == "shard":
         return m.shards["images"][1].file
     if kind == "text-shard":

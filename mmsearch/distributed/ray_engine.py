@@ -46,6 +46,7 @@ from ..ingest.images import ImageIngest
 from ..ingest.job import Job
 from ..ingest.pipeline import _caption_manifests
 from ..ingest.texts import ingest_corpus
+from ..query.calibration import NULL_QUERIES
 from ..query.probes import PROBE_TEXTS
 from ..store import ModelInfo, Store
 from ..store.lock import DEFAULT_WAIT_S
@@ -157,7 +158,7 @@ def index_with_ray(
             job.report.seconds = time.perf_counter() - job.started
             if distributed_index:
                 # the index tasks need the CPUs the actors hold: embed the generic tuning probes, then let the actors go
-                encoder = _FixedTextEncoder(encoder, PROBE_TEXTS)  # type: ignore[assignment]
+                encoder = _FixedTextEncoder(encoder, (*PROBE_TEXTS, *NULL_QUERIES))  # type: ignore[assignment]
                 pool.close()
                 remote_shards = mirror is not None and "memory" not in _protocols(mirror.fs)
                 if mirror is not None and merge_memory_bytes:

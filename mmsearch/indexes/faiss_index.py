@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,9 @@ import numpy as np
 from ..errors import IndexBuildError, IndexNotFoundError, StoreError
 from ..store import Store
 from ..store.atomic import file_sha256, write_bytes_atomic, write_with_atomic
+from ..store.records import IndexRecord
 from .build import add_batches, new_index, train_on_sample
+from .calibration import threshold_from_null_scores
 from .choice import AUTO, choose_factory
 from .options import IndexOptions
 from .searching import SearchIndex, ShardedSearchIndex
@@ -44,55 +46,20 @@ MIN_CROSS_MODAL_QUERIES = 20
 MMAP_MIN_BYTES = 16 * 1024**2
 
 
-@dataclass(frozen=True)
-class IndexInfo:
-    """What an index file holds, how it was built and tuned (also stored in the manifest)."""
-
-    modality: str
-    factory: str
-    rows: int
-    dim: int
-    metric: str
-    model_spec: str
-    file: str
-    fingerprint: str  # of the shards + deletions it was built from
-    built_at: float = field(default_factory=time.time)
-    build_seconds: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict)  # tuned search parameters, used by default
-    requested: str = AUTO  # the factory asked for ("auto" or a factory string)
-    max_index_memory_bytes: int = 0
-    target_recall: float = 0.95
-    recall_at_k: int = 10
-    recall: float = 1.0  # measured at ``params`` on the tuning queries
-    target_met: bool = True
-    latency_ms: float = 0.0  # per query, tuning queries searched as one batch
-    tuned_on: str = ""  # the queries: "texts" (cross-modal) or "<modality> (held out)"
-    removes_ids: bool = True  # False: deletions are filtered at query time
-    trained_rows: int = 0
-    rows_since_training: int = 0
-    masked_rows: int = 0  # deleted vectors still in the index, filtered at query time
-    deletions_applied: int = 0  # how many of the manifest's deleted ids this index accounts for
-    shards: list[str] = field(default_factory=list)  # shard_key of every shard added
-    file_bytes: int = 0
-    update: str = "built"  # "built", "updated: ...", or "rebuilt: <why>"
-    index_shards: int = 1  # the parts asked for (1: one index file)
-    part_files: list[str] = field(default_factory=list)  # a sharded index's part files; empty: ``file`` alone
-    data_files: list[str] = field(default_factory=list)  # files the index refers to (on-disk inverted lists)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # each file's bytes, mtime_ns, sha256
+IndexInfo = IndexRecord  # the index layer's name for the record the store keeps
 
 
-def index_files(info: IndexInfo | dict[str, Any]) -> list[str]:
+def index_files(info: IndexInfo) -> list[str]:
     """The files (relative to the collection) an index is saved in: its parts, or its one file."""
-    raw = asdict(info) if isinstance(info, IndexInfo) else info
-    return list(raw.get("part_files") or [raw["file"]])
+    return info.index_files()
 
 
-def _saved(store: Store, modality: str) -> dict[str, Any] | None:
-    """The manifest entry of ``modality``'s index when every file of it is there."""
-    raw = store.manifest.indexes.get(modality)
-    if not raw or not all((store.root / f).is_file() for f in index_files(raw)):
+def _saved(store: Store, modality: str) -> IndexInfo | None:
+    """The record of ``modality``'s index when every file of it is there."""
+    info = store.manifest.indexes.get(modality)
+    if info is None or not all((store.root / f).is_file() for f in info.needed_files()):
         return None
-    return raw
+    return info
 
 
 def fingerprint(store: Store, modality: str) -> str:
@@ -108,21 +75,21 @@ def fingerprint(store: Store, modality: str) -> str:
 def is_current(store: Store, modality: str) -> bool:
     """True when the saved index of ``modality`` matches the collection's current rows."""
     info = _saved(store, modality)
-    return info is not None and info.get("fingerprint") == fingerprint(store, modality)
+    return info is not None and info.fingerprint == fingerprint(store, modality)
 
 
 def resolve_options(store: Store, modality: str, *, factory: str | None = None,
                     max_index_memory_bytes: int | None = None, target_recall: float | None = None,
                     index_shards: int | None = None) -> IndexOptions:
     """Options for ``modality``: what is given, else what its saved index was built with, else defaults."""
-    saved = store.manifest.indexes.get(modality) or {}
+    saved = store.manifest.indexes.get(modality)
     defaults = IndexOptions()
     return IndexOptions(
-        factory=factory or saved.get("requested") or defaults.factory,
-        max_index_memory_bytes=max_index_memory_bytes or saved.get("max_index_memory_bytes")
+        factory=factory or (saved and saved.requested) or defaults.factory,
+        max_index_memory_bytes=max_index_memory_bytes or (saved and saved.max_index_memory_bytes)
         or defaults.max_index_memory_bytes,
-        target_recall=target_recall or saved.get("target_recall") or defaults.target_recall,
-        index_shards=index_shards or saved.get("index_shards") or defaults.index_shards,
+        target_recall=target_recall or (saved and saved.target_recall) or defaults.target_recall,
+        index_shards=index_shards or (saved and saved.index_shards) or defaults.index_shards,
     )
 
 
@@ -169,7 +136,7 @@ def update_index(store: Store, modality: str, options: IndexOptions | None = Non
     why = full_build_reason(store, modality, opts)
     if why is None:
         try:
-            return _apply_changes(store, modality, _parse_info(store.manifest.indexes[modality]), opts)
+            return _apply_changes(store, modality, store.manifest.indexes[modality], opts)
         except RuntimeError as exc:  # FAISS cannot read the saved file: damage its record had no checksum to show
             why = f"rebuilt: the saved index cannot be read ({str(exc).strip().splitlines()[-1][:80]})"
     if why != "built":
@@ -180,10 +147,10 @@ def update_index(store: Store, modality: str, options: IndexOptions | None = Non
 def full_build_reason(store: Store, modality: str, options: IndexOptions) -> str | None:
     """``"built"`` (no saved index) or ``"rebuilt: <why>"`` when :func:`update_index` would build ``modality``'s
     index from scratch; None when it would update the saved one in place."""
-    raw = _saved(store, modality)
-    if raw is None:
+    saved = _saved(store, modality)
+    if saved is None:
         return "built"
-    reason = _rebuild_reason(store, modality, _parse_info(raw), options)
+    reason = _rebuild_reason(store, modality, saved, options)
     return f"rebuilt: {reason}" if reason else None
 
 
@@ -195,10 +162,9 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
     """
     import faiss
 
-    raw = _saved(store, modality)
-    if raw is None:
+    info = _saved(store, modality)
+    if info is None:
         raise IndexNotFoundError(modality.rstrip("s"), str(store.root))
-    info = _parse_info(raw)
     if info.model_spec != store.manifest.model.spec or info.dim != store.manifest.model.dim:
         raise StoreError(f"index {info.file} was built for model {info.model_spec!r}; rebuild it with `mmsearch index`")
     files = index_files(info)
@@ -412,11 +378,16 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
         info, params=tuning.params, recall=tuning.recall, target_met=tuning.target_met, latency_ms=tuning.latency_ms,
         tuned_on=tuned_on, file_bytes=sum(f["bytes"] for f in files.values()), files=files,
         build_seconds=round(time.perf_counter() - started, 4))
+    if opts.null_queries is not None and len(opts.null_queries):
+        masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
+        best = searcher(parts, info, masked_ids=masked, sharded=sharded).search(
+            np.ascontiguousarray(opts.null_queries, dtype=np.float32), 1, params=tuning.params)[0][:, 0]
+        info = dataclasses.replace(info, no_match_threshold=threshold_from_null_scores(best))
     if not tuning.target_met:
         log.warning("the %s index %s reaches recall@%d %.3f at most, below the target %.3f", modality, factory,
                     opts.recall_at_k, tuning.recall, opts.target_recall)
     write_bytes_atomic(store.root / INDEX_DIR / f"{modality}.json", json.dumps(asdict(info), indent=2).encode())
-    store.manifest.indexes[modality] = asdict(info)
+    store.manifest.indexes[modality] = info
     store.commit()  # files of an earlier layout or version go when no version lists them (Store.vacuum)
     return info
 
@@ -464,11 +435,6 @@ def _save(store: Store, index: Any, rel: str) -> None:
         write_with_atomic(store.root / rel, lambda tmp: faiss.write_index(index, str(tmp)))
     except RuntimeError as exc:
         raise IndexBuildError(f"FAISS cannot save the index to {rel}: {exc}") from exc
-
-
-def _parse_info(raw: dict[str, Any]) -> IndexInfo:
-    known = {f.name for f in dataclasses.fields(IndexInfo)}
-    return IndexInfo(**{k: v for k, v in raw.items() if k in known})
 
 
 def _forget(store: Store, modality: str) -> None:

@@ -34,6 +34,8 @@ class IndexOptions:
     #: query vectors from the other modality's encoder (e.g. generic text queries for an image index),
     #: used for tuning when the collection holds too few rows of the other modality; not persisted
     probe_queries: Any = field(default=None, compare=False, repr=False)
+    #: unrelated text queries, encoded: their best scores set the index's no-match threshold (kept in its record)
+    null_queries: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory.strip():

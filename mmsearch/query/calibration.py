@@ -3,12 +3,13 @@
 The threshold for a collection is a high percentile of the best scores that *unrelated* text queries
 (NULL_QUERIES: abstract, non-visual phrases) reach against it. A text query whose score is above it is
 more similar than anything an unrelated query gets, so it is a good match; below it, an assistant should
-say it found nothing rather than pass noise along.
+say it found nothing rather than pass noise along. It is computed when the index is built and kept in the
+index record (:mod:`mmsearch.indexes.calibration`), so a query process never recomputes it.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from ..indexes.calibration import PERCENTILE, threshold_from_null_scores
 
 NULL_QUERIES = (
     "the quarterly tax filing deadline", "how to reset a forgotten router password", "an abstract theorem about prime numbers",
@@ -24,13 +25,4 @@ NULL_QUERIES = (
     "the results of an opinion poll", "an argument about the meaning of a word", "a cache invalidation strategy",
     "the timeline of a legal appeal",
 )
-PERCENTILE = 95.0
-
-
-def threshold_from_null_scores(best_scores: np.ndarray) -> float:
-    """The no-match threshold: the PERCENTILE-th percentile of unrelated queries' best scores."""
-    scores = np.asarray(best_scores, dtype=np.float64)
-    scores = scores[np.isfinite(scores)]
-    if scores.size == 0:
-        return float("-inf")
-    return float(np.percentile(scores, PERCENTILE))
+__all__ = ["NULL_QUERIES", "PERCENTILE", "threshold_from_null_scores"]

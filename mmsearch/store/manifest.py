@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from ..errors import CorruptShardError, SchemaVersionError, StoreError
 from .atomic import file_sha256, write_bytes_atomic, write_with_atomic
+from .records import IndexRecord
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -68,7 +69,7 @@ class Manifest:
     deleted: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     #: the files ``deleted`` is saved in, per modality: {"file", "rows", "sha256"} (see the module docstring)
     deletion_files: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
-    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    indexes: dict[str, IndexRecord] = field(default_factory=dict)  # per modality, written by the index layer
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # user metadata columns per modality
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -80,7 +81,7 @@ class Manifest:
         out = [s.file for m in MODALITIES for s in self.shards[m]]
         out += [f["file"] for m in MODALITIES for f in self.deletion_files[m]]
         for record in self.indexes.values():
-            out += list(record.get("part_files") or [record["file"]]) + list(record.get("data_files") or [])
+            out += record.needed_files()
         out += [info["file"] for info in self.extra.values() if info]
         return out
 
@@ -114,7 +115,7 @@ class Manifest:
                 shards={m: [ShardInfo(**s) for s in data["shards"].get(m, [])] for m in MODALITIES},
                 deleted={m: _inline_ids(data["deleted"].get(m)) for m in MODALITIES},
                 deletion_files={m: _listed_deletion_files(data["deleted"].get(m)) for m in MODALITIES},
-                indexes=dict(data.get("indexes", {})),
+                indexes={m: IndexRecord.from_dict(r) for m, r in dict(data.get("indexes", {})).items()},
                 extra=dict(data.get("extra", {})),
                 created_at=float(data["created_at"]),
                 updated_at=float(data["updated_at"]),

@@ -162,9 +162,8 @@ def _restamped(root: Path, shard: Any) -> Any:
 def _repair_indexes(store) -> bool:  # noqa: ANN001
     root, changed = store.root, False
     for modality, record in list(store.manifest.indexes.items()):
-        stamps = record.get("files") or {}
-        files = list(record.get("part_files") or [record["file"]]) + list(record.get("data_files") or [])
-        for rel in files:
+        stamps = record.files
+        for rel in record.needed_files():
             stamp = stamps.get(rel, {})
             why = damage(root, rel, stamp.get("sha256"), stamp.get("bytes", -1), stamp.get("mtime_ns", -1))
             if why:

@@ -34,8 +34,8 @@ def check(store, *, deep: bool = False) -> list[str]:  # noqa: ANN001 - a Store
             if why := damage(root, entry["file"], entry["sha256"], entry.get("bytes", -1), full=True):
                 problems.append(f"{entry['file']}: {why}")
     for modality, record in m.indexes.items():
-        stamps = record.get("files") or {}
-        for rel in list(record.get("part_files") or [record["file"]]) + list(record.get("data_files") or []):
+        stamps = record.files
+        for rel in record.needed_files():
             stamp = stamps.get(rel, {})
             if why := damage(root, rel, stamp.get("sha256"), stamp.get("bytes", -1), full=True):
                 problems.append(f"{rel}: {why} (the {modality} index)")
