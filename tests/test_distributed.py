@@ -215,7 +215,8 @@ def test_distributed_build_merges_on_disk_past_the_memory_budget(tmp_path: Path)
     single = build_index(one, "images", opts)
     dist = build_index_distributed(two, "images", opts, ray=ray, parts=2, merge_memory_bytes=1)
     assert dist is not None and dist.rows == single.rows == 3000
-    assert (two.root / "index" / "images.ivfdata").is_file() and not (two.root / "index" / ".parts-images").exists()
+    assert dist.data_files == [f"index/images.v{two.version:08d}.ivfdata"]  # named for its version, like the index
+    assert (two.root / dist.data_files[0]).is_file() and not (two.root / "index" / ".parts-images").exists()
     a, b = load_index(Store.open(one.root), "images"), load_index(Store.open(two.root), "images")
     assert _inverted_lists(a._index) == _inverted_lists(b._index)
     np.testing.assert_array_equal(a.search(queries, 10, params={"nprobe": 8})[1], b.search(queries, 10, params={"nprobe": 8})[1])

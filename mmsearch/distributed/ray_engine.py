@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import time
@@ -194,8 +195,8 @@ class _MirroredStore(Store):
 
     def commit(self) -> None:
         super().commit()
-        if self.mirror is not None:
-            self.mirror.push()
+        if self.mirror is not None and self.in_transaction:  # a checkpoint: its files go up (the index tasks read
+            self.mirror.push(listing=json.loads(self.manifest.to_json()), publish=False)  # them there), not the manifest
 
     def publish(self, operation: str = "") -> int:
         number = super().publish(operation)

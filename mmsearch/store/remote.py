@@ -72,6 +72,7 @@ class RemoteMirror:
         self.fs, self.path = filesystem_for(self.url)
         self.path = self.path.rstrip("/")
         self.local = Path(local).expanduser() if local is not None else staging_dir_for(self.url)
+        self._uploaded: dict[str, str | None] = {}  # what this mirror put there (checkpoints are not in the remote manifest)
 
     # -- reading the remote ----------------------------------------------------------------------
     def remote_manifest(self) -> dict[str, Any] | None:
@@ -110,23 +111,29 @@ class RemoteMirror:
         return self.local
 
     # -- writing the remote ----------------------------------------------------------------------
-    def push(self) -> int:
-        """Upload what the remote lacks, then the manifest; returns how many files were uploaded."""
+    def push(self, *, listing: dict[str, Any] | None = None, publish: bool = True) -> int:
+        """Upload what the remote lacks, then the manifest; returns how many files were uploaded.
+
+        ``listing``: upload the files this manifest (a writer's checkpoint) lists instead of the local one's;
+        ``publish=False``: leave the remote manifest as it is (the remote's readers keep the old version)."""
         local_manifest = self.local / MANIFEST_NAME
         if not local_manifest.is_file():
             raise StoreError(f"{self.local} holds no collection to push")
-        manifest = json.loads(local_manifest.read_text(encoding="utf-8"))
+        manifest = listing if listing is not None else json.loads(local_manifest.read_text(encoding="utf-8"))
         remote = self.remote_manifest() or {}
         have = _listed_files(remote)
         self.fs.makedirs(self.path, exist_ok=True)
         uploaded = 0
         for rel, sha in _listed_files(manifest).items():
             source = self.local / rel
-            if not source.is_file() or (sha is not None and have.get(rel) == sha):
+            if not source.is_file() or (sha is not None and sha in (have.get(rel), self._uploaded.get(rel))):
                 continue
             self.fs.makedirs(f"{self.path}/{rel}".rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(source), f"{self.path}/{rel}")
+            self._uploaded[rel] = sha
             uploaded += 1
+        if not publish:
+            return uploaded
         tmp = f"{self.path}/.tmp-{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}"
         self.fs.pipe_file(tmp, local_manifest.read_bytes())
         self.fs.mv(tmp, f"{self.path}/{MANIFEST_NAME}")

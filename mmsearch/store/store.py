@@ -83,6 +83,8 @@ class Store:
         for _ in range(20):
             manifest = read_current(root, lenient=lenient)
             lease = take_lease(root, manifest.version)
+            if lease is None and _pointer_version(root) == manifest.version:
+                lease = Lease(None, manifest.version)  # a copy without that version's file (pulled, or older)
             if lease is not None:
                 return cls(root, manifest, lease=lease)
             time.sleep(0.01)  # the version went between reading and leasing it: read the newer one
@@ -134,6 +136,11 @@ class Store:
     def version(self) -> int:
         """The published version this store reads (a writer's: the one it started from or last published)."""
         return self._base
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether commits are checkpoints now (inside :meth:`transaction`)."""
+        return self._transactions > 0
 
     @property
     def writing(self) -> bool:
