@@ -163,7 +163,7 @@ class OnnxSentenceTower:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors (corrupt or foreign file)
-            raise EncoderError(f"onnxruntime cannot load {path}: {exc}; delete the file to re-export it") from exc
+            raise EncoderError(f"onnxruntime cannot load {path}: {exc}; delete {path.parent} to re-export it") from exc
         self.path = path
         width = self.session.get_outputs()[0].shape[-1]
         self.dim = width if isinstance(width, int) else 384
