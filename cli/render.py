@@ -136,6 +136,8 @@ def info_text(info: dict[str, Any]) -> str:
         lines.append(f"index       {modality}: {index_line(idx)}")
     updated = dt.datetime.fromtimestamp(info["updated_at"]).isoformat(timespec="seconds")
     lines.append(f"version     {info.get('version', 0)}, published {updated} (`mmsearch versions` lists them)")
+    if info.get("writer"):
+        lines.append(f"writing     {info['writer']}: readers keep the version above until it publishes")
     return "\n".join(lines)
 
 

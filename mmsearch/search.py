@@ -308,6 +308,7 @@ class Collection:
             "indexes": {name: asdict(record) for name, record in m.indexes.items()},
             "updated_at": m.updated_at,
             "version": self._store.version,
+            "writer": self._store.writer(),  # who is writing it now, or None
         }
 
     def quarantine(self) -> list[dict[str, Any]]:

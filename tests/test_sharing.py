@@ -58,6 +58,7 @@ def test_a_second_writer_waits_then_fails_naming_the_holder(tmp_path: Path) -> N
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         assert holder.stdout.readline().strip() == "held"
+        assert f"pid {holder.pid}" in mmsearch.open(out).info()["writer"]  # `mmsearch info` says who writes
         started = time.monotonic()
         with pytest.raises(CollectionBusyError, match=rf"pid {holder.pid} on .*--wait SECONDS"):
             mmsearch.index(tmp_path / "a", out=out, wait_s=0.5, workers=0)
@@ -74,6 +75,7 @@ def test_a_second_writer_waits_then_fails_naming_the_holder(tmp_path: Path) -> N
         holder.kill()
         holder.wait()
     mmsearch.index(tmp_path / "a", out=out, wait_s=5, workers=0)  # the holder died: its lock went with it
+    assert mmsearch.open(out).info()["writer"] is None
 
 
 def test_a_reader_keeps_its_version_until_it_refreshes(tmp_path: Path) -> None:

@@ -24,8 +24,11 @@ def _file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success fsync it and rename it over ``final``."""
+def atomic_path(final: Path, *, exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync it and rename it over ``final``.
+
+    ``exclusive``: the file appears only if ``final`` does not exist yet (a hard link, which fails with
+    :class:`FileExistsError` when another writer got there first: put-if-absent, as version logs do)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
@@ -37,29 +40,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def exclusive_path(final: Path) -> Iterator[Path]:
-    """Like :func:`atomic_path`, but the file appears only if ``final`` does not exist yet: a hard link, which
-    fails with :class:`FileExistsError` when another writer got there first (put-if-absent, as version logs do)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent)
-    try:
-        os.fchmod(fd, _file_mode())
-    finally:
-        os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        _fsync_file(tmp)
-        os.link(tmp, final)
+        if exclusive:
+            os.link(tmp, final)
+        else:
+            os.replace(tmp, final)
         _fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)

@@ -134,13 +134,19 @@ def describe_holder(root: Path) -> str:
 
 
 def is_locked(root: Path) -> bool:
-    """Whether some process holds the writer lock of ``root`` right now (for ``mmsearch info``)."""
+    """Whether some process holds the writer lock of ``root`` right now (``mmsearch info`` says who)."""
+    return someone_holds(Path(root) / LOCK_NAME, fcntl.LOCK_SH)
+
+
+def someone_holds(path: Path, probe: int) -> bool:
+    """Whether another open file holds a ``flock`` on ``path`` that conflicts with ``probe`` (LOCK_SH finds an
+    exclusive holder, LOCK_EX any holder); False when the file is missing."""
     try:
-        fd = os.open(Path(root) / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, probe | fcntl.LOCK_NB)
         return False
     except BlockingIOError:
         return True

@@ -147,6 +147,12 @@ class Store:
         """Whether this store holds the writer lock."""
         return self._lock is not None and self._lock.held
 
+    def writer(self) -> str | None:
+        """Who is writing the collection right now (pid, host, since, command), or None."""
+        from .lock import describe_holder, is_locked
+
+        return describe_holder(self.root) if is_locked(self.root) else None
+
     def close(self) -> None:
         """Let go of the writer lock and the reader lease (a transaction still open keeps its draft)."""
         if self._lock is not None:

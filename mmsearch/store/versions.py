@@ -23,7 +23,8 @@ import os
 import re
 from pathlib import Path
 
-from .atomic import exclusive_path
+from .atomic import atomic_path
+from .lock import someone_holds
 
 VERSIONS_DIR = "_versions"
 DRAFT_NAME = "_draft.json"
@@ -56,7 +57,7 @@ def highest_number(root: Path) -> int:
 
 def write_version(root: Path, version: int, data: bytes) -> None:
     """Create the file of ``version``; :class:`FileExistsError` when another writer created it first."""
-    with exclusive_path(version_path(root, version)) as tmp:
+    with atomic_path(version_path(root, version), exclusive=True) as tmp:
         tmp.write_bytes(data)
 
 
@@ -123,14 +124,4 @@ def remove_if_unleased(root: Path, version: int) -> bool:
 
 def is_leased(root: Path, version: int) -> bool:
     """Whether some reader holds a lease on ``version`` now."""
-    try:
-        fd = os.open(version_path(root, version), os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return someone_holds(version_path(root, version), fcntl.LOCK_EX)
