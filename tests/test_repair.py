@@ -172,3 +172,21 @@ def test_verify_cli_exits_non_zero_naming_each_problem(built: tuple[Path, Path, 
     result = CliRunner().invoke(main, ["verify", str(out), "--deep"])
     assert result.exit_code == 1
     assert f"{shard}: checksum mismatch" in result.output and f"{index}: missing" in result.output
+
+
+def test_a_reader_refuses_embeddings_that_are_not_unit_length(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mmsearch.errors import CorruptShardError
+    from mmsearch.store import ModelInfo
+
+    store = Store.open_or_create(tmp_path / "c.mms", ModelInfo("colour:v1", "p", 4), embedding_dtype="float32")
+    ids = store.reserve_ids(2)
+    vectors = np.array([[1, 0, 0, 0], [9.79, 0, 0, 0]], dtype=np.float32)  # the second: damaged bytes
+    store.append("texts", {"id": ids, "text": ["a", "b"], "source": ["s", "s"], "key": ["a", "b"],
+                           "image_id": [None, None]}, vectors)
+    reader = Store.open(store.root)
+    assert reader.embeddings_by_id("texts", [0])[0][0] == 1.0
+    with pytest.raises(CorruptShardError, match="not unit length"):
+        reader.embeddings_by_id("texts", [1])
+    assert any("not finite unit vectors" in p for p in reader.check(deep=True))
