@@ -143,11 +143,13 @@ def test_a_collection_from_before_versions_opens_and_migrates(tmp_path: Path) ->
     (out / "_versions").rmdir()
     manifest.pop("version")
     manifest.pop("operation")
+    manifest["format_version"] = 1
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert mmsearch.open(out).version == 0 and len(mmsearch.open(out).search("red", k=5)) == 2
     Image.new("RGB", (40, 30), (0, 0, 255)).save(folder / "blue.png")
     mmsearch.index(folder, out=out, workers=0)
     assert [r["version"] for r in mmsearch.versions(out)] == [0, 1] and mmsearch.open(out).info()["images"] == 3
+    assert json.loads((out / "manifest.json").read_text())["format_version"] == 2
 
 
 def test_writer_lock_nests_within_a_thread(tmp_path: Path) -> None:

@@ -27,10 +27,12 @@ from ..errors import CorruptShardError, SchemaVersionError, StoreError
 from .atomic import file_sha256, write_bytes_atomic, write_with_atomic
 from .records import IndexRecord
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: versions, file sizes and times, typed index records; mmsearch before it refuses these cleanly
+READABLE_FORMATS = (1, 2)  # 1 is read as is and written as 2 by the next writer
 MANIFEST_NAME = "manifest.json"
 MODALITIES = ("images", "texts")
 DELETED_DIR = "deleted"
+DAMAGED_DIR = "_damaged"  # files a repair set aside, under their own relative paths (data readers skip "_" folders)
 MAX_DELETION_FILES = 16
 
 
@@ -104,13 +106,13 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Parse a manifest dict, checking the format version first."""
         version = int(data.get("format_version", -1))
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMATS:
             raise SchemaVersionError(version, FORMAT_VERSION)
         try:
             return cls(
                 model=ModelInfo(**data["model"]),
                 embedding_dtype=data["embedding_dtype"],
-                format_version=version,
+                format_version=FORMAT_VERSION,  # what it is written as from now on
                 next_id=int(data["next_id"]),
                 shards={m: [ShardInfo(**s) for s in data["shards"].get(m, [])] for m in MODALITIES},
                 deleted={m: _inline_ids(data["deleted"].get(m)) for m in MODALITIES},
@@ -179,7 +181,8 @@ def read_deleted_ids(root: Path, entry: dict[str, Any]) -> list[int]:
 
     path = root / entry["file"]
     try:
-        ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+        with pq.ParquetFile(path) as parquet:  # not pq.read_table: that imports pandas (via pyarrow.dataset)
+            ids = parquet.read(columns=["id"]).column("id").to_pylist()
     except (OSError, pa.ArrowException) as exc:
         raise CorruptShardError(str(path), str(exc)) from exc
     if len(ids) != int(entry["rows"]):
@@ -215,9 +218,9 @@ def _save_new_deletions(root: Path, manifest: Manifest, modality: str) -> None:
     if len(ids) == saved:
         return
     number = 1 + max((_number(Path(f["file"]).name) for f in files), default=-1)
-    on_disk = root / DELETED_DIR
-    if on_disk.is_dir():  # never reuse a name an older version (or a damaged file set aside) may still have
-        number = max([number, *(1 + _number(p.name) for p in on_disk.glob(f"{modality}-*"))])
+    for on_disk in (root / DELETED_DIR, root / DAMAGED_DIR / DELETED_DIR):  # never reuse a name an older version
+        if on_disk.is_dir():  # (or a damaged file set aside) may still have
+            number = max([number, *(1 + _number(p.name) for p in on_disk.glob(f"{modality}-*"))])
     if len(ids) < saved or len(files) >= MAX_DELETION_FILES:  # rewritten, or in too many pieces: one file
         kept, new = [], ids
     else:

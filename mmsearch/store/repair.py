@@ -8,7 +8,7 @@
 - Damage is repaired, saying so on the log: a listed file that is missing, has the wrong size, or (when its
   modification time changed) the wrong checksum. A damaged index is dropped (the run builds it again); a
   damaged shard is dropped with its rows (their sources are embedded again when still on disk, the captions
-  of its images go with them) and the file set aside as ``*.damaged``; a damaged deletion file's ids are
+  of its images go with them) and the file set aside under ``_damaged/``; a damaged deletion file's ids are
   recovered by keeping only the newest row per path / text key; damaged user metadata is dropped.
   Nothing is deleted silently.
 """
@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .atomic import file_sha256, write_bytes_atomic
-from .manifest import MANIFEST_NAME, MODALITIES, Manifest, file_stamp, read_deleted_ids, read_manifest, save_deletions
-from .vacuum import DAMAGED_SUFFIX, remove_unreferenced
+from .manifest import DAMAGED_DIR, MANIFEST_NAME, MODALITIES, Manifest, file_stamp, read_deleted_ids, read_manifest, save_deletions
+from .vacuum import remove_unreferenced
 from .versions import DRAFT_NAME, list_versions, write_version
 
 log = logging.getLogger(__name__)
@@ -218,9 +219,15 @@ def _keep_newest_rows(store) -> None:  # noqa: ANN001
 
 
 def _set_aside(root: Path, rel: str) -> None:
+    """Move a damaged file to ``_damaged/<rel>`` (a later one of the same name gets a time suffix)."""
     path = Path(root) / rel
-    if path.exists():
-        path.replace(path.with_name(path.name + DAMAGED_SUFFIX))
+    if not path.exists():
+        return
+    target = Path(root) / DAMAGED_DIR / rel
+    if target.exists():
+        target = target.with_name(f"{target.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.replace(target)
 
 
 __all__ = ["Manifest", "damage", "prepare_for_writing"]

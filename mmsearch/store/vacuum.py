@@ -3,7 +3,7 @@
 A version is removed only when it was superseded longer ago than the retention *and* no reader holds a
 lease on it (:mod:`.versions`); the current version is never removed. Then every file under the data
 folders that no remaining version (or the writer's draft) lists is removed: what a killed writer left, and
-what only removed versions used. Damaged files set aside by the repair (``*.damaged``) are left for the user.
+what only removed versions used. Damaged files set aside by the repair (under ``_damaged/``) are left for the user.
 Runs only under the writer lock, so no live writer can be about to commit the files it removes.
 """
 
@@ -24,7 +24,6 @@ from .versions import VERSIONS_DIR, list_versions, remove_if_unleased, version_p
 log = logging.getLogger(__name__)
 
 DATA_DIRS = (*MODALITIES, DELETED_DIR, "index", "extra")
-DAMAGED_SUFFIX = ".damaged"
 
 
 def vacuum(store, retention_s: float) -> dict[str, int]:  # noqa: ANN001 - a Store (imported lazily by it)
@@ -71,8 +70,8 @@ def remove_unreferenced(store) -> int:  # noqa: ANN001
             for name in filenames:
                 path = Path(dirpath) / name
                 rel = path.relative_to(store.root).as_posix()
-                if name.endswith(DAMAGED_SUFFIX) or (top == "index" and name.endswith(".json")):
-                    continue  # set aside for the user / the readable index summaries
+                if top == "index" and name.endswith(".json"):
+                    continue  # the readable index summaries
                 if name.startswith(TMP_PREFIX) or rel not in refs:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
