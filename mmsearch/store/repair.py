@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import file_sha256, write_bytes_atomic
-from .manifest import DAMAGED_DIR, MANIFEST_NAME, MODALITIES, Manifest, file_stamp, read_deleted_ids, read_manifest, save_deletions
+from .manifest import (
+    DAMAGED_DIR,
+    MANIFEST_NAME,
+    MODALITIES,
+    Manifest,
+    file_stamp,
+    read_deleted_ids,
+    read_manifest,
+    save_deletions,
+)
 from .vacuum import remove_unreferenced
 from .versions import DRAFT_NAME, list_versions, write_version
 
