@@ -20,7 +20,6 @@ import numpy as np
 from .config import default_model
 from .encoders.registry import load_encoder
 from .errors import ConfigError
-from .ingest.decode import decode_batches
 from .ingest.discover import IMAGE_EXTENSIONS, ImageFile, iter_image_files
 
 T2I_KS = (1, 5, 10)
@@ -134,37 +133,41 @@ def evaluate(pairs: Sequence[Pair] | str | Path, *, model: str | None = None, de
     encoder = load_encoder(model or default_model(), device=device)
     images = sorted({p.image: p.group for p in pairs}.items())
     texts = sorted({p.text: p.group for p in pairs}.items())
-    image_vecs, ok = _embed_images(encoder, [u for u, _ in images], batch_size, workers)
+    image_vecs, ok = embed_images(encoder, [u for u, _ in images], batch_size, workers)
     image_groups = np.array([g for (_, g), good in zip(images, ok) if good])
     text_vecs = np.concatenate([encoder.encode_texts([t for t, _ in texts[i:i + batch_size]])
                                 for i in range(0, len(texts), batch_size)])
     text_groups = np.array([g for _, g in texts])
     report = EvalReport(model=encoder.spec, images=len(image_groups), texts=len(texts),
                         groups=len(set(text_groups)), rejected=int((~ok).sum()))
-    report.text_to_image, chance_t2i = _recall(text_vecs, text_groups, image_vecs, image_groups, T2I_KS)
-    report.image_to_text, chance_i2t = _recall(image_vecs, image_groups, text_vecs, text_groups, I2T_KS)
+    report.text_to_image, chance_t2i = recall_at_k(text_vecs, text_groups, image_vecs, image_groups, T2I_KS)
+    report.image_to_text, chance_i2t = recall_at_k(image_vecs, image_groups, text_vecs, text_groups, I2T_KS)
     report.chance = {**{f"t2i@{k}": v for k, v in chance_t2i.items()}, **{f"i2t@{k}": v for k, v in chance_i2t.items()}}
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
 
-def _embed_images(encoder: Any, uris: list[str], batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
+def embed_images(encoder: Any, uris: list[str], batch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the readable images among ``uris`` and which ones were readable, through the ingest's own
+    path (decode workers, the uint8 cut of the transform, the encoder's OOM back-off)."""
+    from .ingest.encode import BatchEncoder
+    from .ingest.pool import decode_batches
 
+    batcher = BatchEncoder(encoder, batch_size)
     files = [ImageFile(u, 0, 0.0, None) for u in uris]
     vecs, ok = [], np.zeros(len(files), dtype=bool)
-    for batch in decode_batches(files, encoder.image_transform, batch_size=batch_size, workers=workers):
-        good = [d for d in batch if d.tensor is not None]
+    for batch in decode_batches(files, batcher.worker_transform, batch_size=batch_size, workers=workers):
+        good = [d for d in batch if d.pixels is not None]
         for d in good:
             ok[d.index] = True
         if good:
-            vecs.append(encoder.encode_images(torch.stack([d.tensor for d in good if d.tensor is not None])))
+            vecs.append(batcher.images([d.pixels for d in good]))
     if not vecs:
         raise ConfigError("none of the images could be read")
     return np.concatenate(vecs), ok
 
 
-def _recall(queries: np.ndarray, q_groups: np.ndarray, items: np.ndarray, i_groups: np.ndarray,
+def recall_at_k(queries: np.ndarray, q_groups: np.ndarray, items: np.ndarray, i_groups: np.ndarray,
             ks: Sequence[int]) -> tuple[dict[str, float], dict[int, float]]:
     """Recall@k in % (a hit when any of the top k items shares the query's group) and chance levels."""
     kmax = min(max(ks), len(items))

@@ -28,7 +28,7 @@ import stat
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -111,16 +111,6 @@ def decode_image(path: str, settings: DecodeSettings, seq: int = 0) -> Decoded:
         return Decoded(seq, sha256=sha, width=width, height=height, reason=q.TOO_LARGE,
                        error=f"{width}x{height} image exceeds max_image_pixels={settings.max_image_pixels}")
     return Decoded(seq, pixels, width, height, sha)
-
-
-def decode_batches(files: Sequence[Any], transform: Callable[[Image.Image], Any], *, batch_size: int,
-                   workers: int, timeout_s: float | None = 30.0) -> Iterator[list[Decoded]]:
-    """Decoded batches (in input order) of image files (objects with ``uri`` or ``os_path``); no dedup."""
-    from .pool import decode_stream
-
-    settings = DecodeSettings(transform=transform, timeout_s=timeout_s)
-    paths = (getattr(f, "os_path", None) or f.uri for f in files)
-    yield from batched(decode_stream(paths, settings, workers=workers, window=2 * batch_size + 2 * workers), batch_size)
 
 
 def batched(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:

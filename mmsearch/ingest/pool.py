@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import IngestError
 from . import quarantine as q
-from .decode import Decoded, DecodeSettings, decode_image
+from .decode import Decoded, DecodeSettings, batched, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +252,11 @@ def _single_threaded() -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
+
+
+def decode_batches(files: Iterable[Any], transform: Any, *, batch_size: int, workers: int,
+                   timeout_s: float | None = 30.0) -> Iterator[list[Decoded]]:
+    """Decoded batches (in input order) of image files (objects with ``uri`` or ``os_path``); no dedup."""
+    settings = DecodeSettings(transform=transform, timeout_s=timeout_s)
+    paths = (getattr(f, "os_path", None) or f.uri for f in files)
+    yield from batched(decode_stream(paths, settings, workers=workers, window=2 * batch_size + 2 * workers), batch_size)

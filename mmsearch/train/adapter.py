@@ -118,14 +118,14 @@ class AdapterEncoder:
 
     def project_images(self, base_vecs: np.ndarray) -> np.ndarray:
         """Apply the image head to stored base image embeddings (no re-decoding)."""
-        return _apply(self.heads.image, base_vecs)
+        return apply_head(self.heads.image, base_vecs)
 
     def project_texts(self, base_vecs: np.ndarray) -> np.ndarray:
         """Apply the text head to stored base text embeddings."""
-        return _apply(self.heads.text, base_vecs)
+        return apply_head(self.heads.text, base_vecs)
 
 
-def _apply(head: torch.nn.Module, vecs: np.ndarray) -> np.ndarray:
+def apply_head(head: torch.nn.Module, vecs: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():

@@ -117,9 +117,9 @@ def base_features(pairs: Sequence[Pair], encoder: Any, cache_dir: Path, *, batch
     cached = _read_cache(path, key)
     if cached is not None:
         return cached
-    from ..evaluation import _embed_images
+    from ..evaluation import embed_images
 
-    vecs, ok = _embed_images(encoder, uris, batch_size, workers)
+    vecs, ok = embed_images(encoder, uris, batch_size, workers)
     if (~ok).any():
         log.warning("skipped %d unreadable images", int((~ok).sum()))
     text_vecs = np.concatenate([encoder.encode_texts(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation import EvalReport, Pair, _recall, load_pairs
+from ..evaluation import EvalReport, Pair, load_pairs, recall_at_k
 from .adapter import AdapterExistsError, adapter_exists, save_adapter
 from .data import Features, base_features, clean_pairs, count_groups, group_folds, split_by_group
 
@@ -426,7 +426,7 @@ def _loss(heads: AdapterHeads, split: _Split) -> torch.Tensor:
 
 def _feature_report(model: str, split: _Split, heads: AdapterHeads | None) -> EvalReport:
     """The same recall as :func:`mmsearch.evaluate`, computed from cached base features (no re-decoding)."""
-    from .adapter import _apply
+    from .adapter import apply_head
 
     images = dict(zip((p.image for p in split.pairs), range(len(split.pairs))))
     texts = dict(zip((p.text for p in split.pairs), range(len(split.pairs))))
@@ -434,12 +434,12 @@ def _feature_report(model: str, split: _Split, heads: AdapterHeads | None) -> Ev
     txt_rows = [texts[t] for t in sorted(texts)]
     img_vecs, txt_vecs = split.images[img_rows], split.texts[txt_rows]
     if heads is not None:
-        img_vecs, txt_vecs = _apply(heads.image, img_vecs), _apply(heads.text, txt_vecs)
+        img_vecs, txt_vecs = apply_head(heads.image, img_vecs), apply_head(heads.text, txt_vecs)
     groups = np.array([p.group for p in split.pairs])
     img_groups, txt_groups = groups[img_rows], groups[txt_rows]
     report = EvalReport(model=model, images=len(img_rows), texts=len(txt_rows), groups=len(set(txt_groups.tolist())))
-    report.text_to_image, chance_t2i = _recall(txt_vecs, txt_groups, img_vecs, img_groups, (1, 5, 10))
-    report.image_to_text, chance_i2t = _recall(img_vecs, img_groups, txt_vecs, txt_groups, (1, 5))
+    report.text_to_image, chance_t2i = recall_at_k(txt_vecs, txt_groups, img_vecs, img_groups, (1, 5, 10))
+    report.image_to_text, chance_i2t = recall_at_k(img_vecs, img_groups, txt_vecs, txt_groups, (1, 5))
     report.chance = {**{f"t2i@{k}": v for k, v in chance_t2i.items()}, **{f"i2t@{k}": v for k, v in chance_i2t.items()}}
     return report
 
