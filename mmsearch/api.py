@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import default_collection_for, default_model, remember_collection
 from .encoders.base import Encoder
@@ -17,12 +17,14 @@ from .errors import ConfigError, EncoderMismatchError
 from .indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
 from .indexes.choice import AUTO, choose_factory
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
-from .ingest import IngestOptions, IngestReport, Progress, ingest
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
 from .store.lock import DEFAULT_WAIT_S
 from .store.manifest import MANIFEST_NAME
 from .store.store import DEFAULT_RETENTION_S
+
+if TYPE_CHECKING:  # the ingest package (PIL, pyarrow.compute) loads only to index: `open` for a query needs none of it
+    from .ingest import IngestOptions, IngestReport, Progress
 
 
 @dataclass
@@ -69,6 +71,8 @@ def index(
     resumes where it stopped. Versions superseded more than ``retention_s`` seconds ago, and not held by a
     reader, are removed afterwards (see docs/sharing.md).
     """
+    from .ingest import ingest
+
     started = time.perf_counter()
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not path_list:
@@ -166,6 +170,8 @@ def model_for_collection(root: str | Path, model: str | None = None) -> str:
 
 def _ingest_options(*, captions: str | Path | Sequence[str | Path], max_image_pixels: int | None,
                     decode_timeout_s: float | None, **rest: Any) -> IngestOptions:
+    from .ingest import IngestOptions
+
     if decode_timeout_s is not None and decode_timeout_s <= 0:
         raise ConfigError("decode_timeout_s must be positive (or None for no limit)")
     if max_image_pixels is not None and max_image_pixels < 1:

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-from .ingest.discover import COLLECTION_SUFFIX
 
 if TYPE_CHECKING:
     from .query.chat import ChatConfig
 
+#: a collection directory's suffix (``PATH.mms``); here, not in the ingest package, so that reading the
+#: configuration imports nothing heavy (a cold query pays every import)
+COLLECTION_SUFFIX = ".mms"
 FALLBACK_MODEL = "builtin"
 LAST_COLLECTION_FILE = "last_collection"
 

@@ -57,6 +57,18 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class _Target:
+    """A search's checked arguments: the modality, its loaded index, the ids a filter allows (None: all).
+    Made before any query is embedded, so that every error that needs no model comes before it loads."""
+
+    modality: str
+    index: SearchIndex
+    allowed: np.ndarray | None
+    k: int
+    dedup: float | None
+
+
+@dataclass(frozen=True)
 class _Plan:
     """What to search for: query vectors, ids to leave out per query, and whether they are texts."""
 
@@ -168,11 +180,12 @@ class Collection:
             raise QueryError("give exactly one of text=, image=, vector=, id= (use positive=[...] to combine several)")
         if not single and not positive:
             raise QueryError("give exactly one of text=, image=, vector=, id= (or positive=[...] terms)")
+        target = self._target(k, modality, filter=filter, where=where, dedup=dedup)
         if negative or positive or not single:
             plan = self._arithmetic([*single, *positive], list(negative))
         else:
             plan = self._plan(single)
-        return self._run(plan, k, modality, filter=filter, where=where, dedup=dedup, search_params=search_params)[0]
+        return self._run(plan, target, search_params=search_params)[0]
 
     def search_batch(
         self, queries: Sequence[Term], *, k: int = 10, modality: str = "image",
@@ -183,8 +196,9 @@ class Collection:
         in the same order. Texts are encoded in one batch, images in one, and the index is searched once."""
         if not queries:
             return []
+        target = self._target(k, modality, filter=filter, where=where, dedup=dedup)
         plan = self._plan([as_term(q) for q in queries])
-        return self._run(plan, k, modality, filter=filter, where=where, dedup=dedup, search_params=search_params)
+        return self._run(plan, target, search_params=search_params)
 
     def recommend(
         self, positive_ids: Sequence[int], negative_ids: Sequence[int] = (), *, k: int = 10,
@@ -197,9 +211,10 @@ class Collection:
         """
         if not positive_ids:
             raise QueryError("recommend needs at least one positive id")
-        target = modality or self._modality_of(int(positive_ids[0]))
+        checked = self._target(k, modality or self._modality_of(int(positive_ids[0])), filter=filter, where=where,
+                               dedup=dedup)
         plan = self._arithmetic([Q(id=int(i)) for i in positive_ids], [Q(id=int(i)) for i in negative_ids])
-        return self._run(plan, k, target, filter=filter, where=where, dedup=dedup)[0]
+        return self._run(plan, checked)[0]
 
     def similar(self, id: int, *, k: int = 10, modality: str | None = None,
                 filter: Filter | Mapping[str, Any] | None = None, dedup: float | None = None) -> list[Hit]:
@@ -209,8 +224,7 @@ class Collection:
     def item(self, id: int) -> Hit:
         """One item's stored metadata as a :class:`Hit` (score 1.0: an item is identical to itself)."""
         modality = MODALITY_NAMES[self._modality_of(int(id))]
-        table, ids = self._table(modality)
-        return self._hit(modality, table, ids, int(id), 1.0)
+        return self._hit(modality, self._rows_by_id(modality, [int(id)]).get(int(id)), int(id), 1.0)
 
     def set_metadata(self, ids: Sequence[int], columns: Mapping[str, Sequence[Any]], *, modality: str = "image") -> None:
         """Attach your own metadata columns to items (e.g. ``{"rating": [5, 3], "album": ["x", "y"]}``).
@@ -277,14 +291,16 @@ class Collection:
         available = [m for m in ("images", "texts") if self._has_index(m)]
         if not available:
             raise IndexNotFoundError("image or text", str(self.path))
+        on_images = self._target(k, "image", filter=filter) if "images" in available else None
+        on_texts = self._target(k_texts or k, "text", filter=filter) if "texts" in available else None
         plan = self._plan([Q(text=question)])
-        images = self._run(plan, k, "image", filter=filter)[0] if "images" in available else []
-        texts = self._run(plan, k_texts or k, "text", filter=filter)[0] if "texts" in available else []
+        images = self._run(plan, on_images)[0] if on_images else []
+        texts = self._run(plan, on_texts)[0] if on_texts else []
         neighbours: list[list[Hit]] = [[] for _ in images]
         if images and "texts" in available and nearest_texts > 0:
             vectors = self._vectors_of_ids([h.id for h in images])
             neighbours = self._run(_Plan(vectors, [set() for _ in images], [False] * len(images)),
-                                   nearest_texts, "text")
+                                   self._target(nearest_texts, "text"))
         threshold = self.no_match_threshold("image" if images else "text")
         return EvidenceBundle(
             question=question, model=self.model, threshold=threshold,
@@ -331,30 +347,37 @@ class Collection:
         exclude = {int(t.id) for t in [*pos, *neg] if t.id is not None}
         return _Plan(combined[None, :], [exclude], [all(t.text is not None for t in [*pos, *neg])])
 
-    def _run(self, plan: _Plan, k: int, modality: str, *, filter: Filter | Mapping[str, Any] | None = None,
-             where: pc.Expression | None = None, dedup: float | None = None,
-             search_params: dict[str, float] | None = None) -> list[list[Hit]]:
+    def _target(self, k: int, modality: str, *, filter: Filter | Mapping[str, Any] | None = None,
+                where: pc.Expression | None = None, dedup: float | None = None) -> _Target:
+        """Check a search's arguments and load what it searches (no model: errors come before one loads)."""
         _check_k(k)
         if dedup is not None and not 0 < dedup <= 1:
             raise QueryError(f"dedup must be a similarity in (0, 1], not {dedup!r}")
         target = _modality(modality)
         index = self._index(target)
-        table, sorted_ids = self._table(target)
-        expression = _combine_filters(filter, where, target, table.column_names)
-        allowed = None if expression is None else _filter_ids(table, expression)
+        allowed = None
+        if filter is not None or where is not None:  # a filter needs every row's metadata; a plain search none
+            table, _ = self._table(target)
+            expression = _combine_filters(filter, where, target, table.column_names)
+            allowed = None if expression is None else _filter_ids(table, expression)
+        return _Target(target, index, allowed, int(k), dedup)
+
+    def _run(self, plan: _Plan, target: _Target, *, search_params: dict[str, float] | None = None) -> list[list[Hit]]:
+        k, dedup, index = target.k, target.dedup, target.index
         wanted = k * DEDUP_OVERSAMPLE + 10 if dedup else k
         extra = max(len(e) for e in plan.exclude)
-        scores, ids = index.search(plan.vectors, max(1, min(wanted + extra, index.ntotal)), allowed_ids=allowed,
+        scores, ids = index.search(plan.vectors, max(1, min(wanted + extra, index.ntotal)), allowed_ids=target.allowed,
                                    params=search_params)
-        threshold = self.no_match_threshold(target) if any(plan.text_only) else None
-        results = []
+        threshold = self.no_match_threshold(target.modality) if any(plan.text_only) else None
+        ranked = []
         for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
             pairs = [(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) not in plan.exclude[row]]
             if dedup:
                 pairs = self._collapse(pairs, dedup)
-            good = threshold if plan.text_only[row] else None
-            results.append([self._hit(target, table, sorted_ids, i, s, good) for i, s in pairs[:k]])
-        return results
+            ranked.append(pairs[:k])
+        rows = self._rows_by_id(target.modality, [i for pairs in ranked for i, _ in pairs])
+        return [[self._hit(target.modality, rows.get(i), i, s, threshold if plan.text_only[n] else None)
+                 for i, s in pairs] for n, pairs in enumerate(ranked)]
 
     def _collapse(self, pairs: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:
         """Keep the best of each group of results more similar than ``threshold`` to one kept before."""
@@ -412,10 +435,39 @@ class Collection:
             self._rows[modality] = (table, table.column("id").to_numpy())
         return self._rows[modality]
 
-    def _hit(self, modality: str, table: pa.Table, ids: np.ndarray, item_id: int, score: float,
+    def _rows_by_id(self, modality: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The stored metadata (user columns joined) of the live items among ``ids``, by id.
+
+        Reads only the rows asked for: the shards' row groups whose id statistics can hold them, without the
+        embeddings (a cold query then costs the same on 1k or 1M rows), unless every row is already read."""
+        if not len(ids):
+            return {}
+        if modality in self._rows:
+            table, sorted_ids = self._rows[modality]
+            positions = {i: _find(sorted_ids, i) for i in map(int, ids)}
+            return {i: table.slice(p, 1).to_pylist()[0] for i, p in positions.items() if p is not None}
+        columns = [c for c in _columns(modality) if c != "embedding"]
+        missing = np.unique(np.asarray(ids, dtype=np.int64))
+        found: dict[int, dict[str, Any]] = {}
+        for shard in self._store.manifest.shards[modality]:
+            if not len(missing):
+                break
+            for row in self._store.read_shard(shard, columns, ids=missing).to_pylist():
+                found[int(row["id"])] = row
+            missing = missing[~np.isin(missing, list(found))]
+        extra = self._store.read_extra(modality) if found else None
+        if extra is not None:  # as the left outer join of the whole table does: None where an item has no values
+            names = [c for c in extra.column_names if c != "id"]
+            extra_ids = np.asarray(extra.column("id").to_pylist(), dtype=np.int64)
+            for item_id, row in found.items():
+                at = np.flatnonzero(extra_ids == item_id)
+                values = extra.slice(int(at[0]), 1).to_pylist()[0] if len(at) else {}
+                row.update({name: values.get(name) for name in names})
+        return found
+
+    def _hit(self, modality: str, row: dict[str, Any] | None, item_id: int, score: float,
              threshold: float | None = None) -> Hit:
-        pos = _find(ids, item_id)
-        row: dict[str, Any] = table.slice(pos, 1).to_pylist()[0] if pos is not None else {"id": item_id}
+        row = row if row is not None else {"id": item_id}
         good = None if threshold is None else bool(score > threshold)
         user = {k: v for k, v in row.items() if k not in _BUILTIN_COLUMNS}
         if modality == "images":

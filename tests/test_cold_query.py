@@ -123,3 +123,91 @@ def test_the_device_is_chosen_without_torch_when_cuda_is_hidden() -> None:
     env = _env()
     env["CUDA_VISIBLE_DEVICES"] = "-1"  # every device hidden: "cpu", certainly, without asking torch
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO, timeout=60)
+
+
+# -- errors that need no model come before one loads ------------------------------------------------
+ENCODER_MODULES = ("onnxruntime", "tokenizers", "mmsearch.encoders.builtin", "mmsearch.encoders.minilm",
+                   "mmsearch.encoders.openclip", *HEAVY)
+
+CLI_ERROR = """
+import json, sys
+from cli.main import main
+try:
+    main(sys.argv[1:])
+    code = 0
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules
+                                                  if m in {ENCODERS} or m.split(".")[0] in {ENCODERS})}))
+""".replace("{ENCODERS}", repr(set(ENCODER_MODULES)))
+
+LIBRARY_ERRORS = """
+import json, sys
+import mmsearch
+col = mmsearch.open(sys.argv[1])
+errors = []
+for call in (lambda: col.search("a cat", k=0), lambda: col.search("a cat", dedup=2.0),
+             lambda: col.search("a cat", modality="video"), lambda: col.search("a cat", modality="image"),
+             lambda: col.search_batch(["a cat", "a dog"], modality="image"),
+             lambda: col.search("a cat", modality="text", filter={"bogus": 1})):
+    try:
+        call()
+        errors.append(None)
+    except mmsearch.MMSearchError as exc:
+        errors.append(type(exc).__name__)
+print(json.dumps({"errors": errors, "modules": sorted(m for m in sys.modules
+                                                      if m in {ENCODERS} or m.split(".")[0] in {ENCODERS})}))
+""".replace("{ENCODERS}", repr(set(ENCODER_MODULES)))
+
+
+def _builtin_collection_without_images(root: Path, *, texts: int) -> Path:
+    """A built-in-model collection with ``texts`` text rows (random unit vectors, an exact index) and no image
+    rows."""
+    import numpy as np
+
+    from mmsearch.indexes import IndexOptions, build_index
+    from mmsearch.store import ModelInfo, Store
+
+    spec, preprocess_id, dim = _model_info_of_builtin()
+    with Store.open_or_create(root, ModelInfo(spec, preprocess_id, dim)) as store:
+        if texts:
+            vectors = np.random.default_rng(0).normal(size=(texts, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            ids = store.reserve_ids(texts)
+            store.append("texts", {"id": ids, "text": [f"t{i}" for i in ids], "source": ["s"] * texts,
+                                   "key": [str(i) for i in ids], "image_id": [None] * texts}, vectors)
+            build_index(store, "texts", IndexOptions(factory="Flat"))
+    return root
+
+
+def _model_info_of_builtin() -> tuple[str, str, int]:
+    from mmsearch.encoders.builtin import BuiltinEncoder
+
+    encoder = BuiltinEncoder(backend="onnx", device="cpu")
+    return encoder.spec, encoder.preprocess_id, encoder.dim
+
+
+@pytest.fixture(scope="module")
+def text_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _builtin_collection_without_images(tmp_path_factory.mktemp("text-only") / "t.mms", texts=5)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no-image-index"])
+def test_cli_errors_that_need_no_model_come_before_one_loads(case: str, tmp_path: Path, text_only: Path) -> None:
+    collection = {"missing": tmp_path / "nothing.mms", "no-image-index": text_only,
+                  "empty": tmp_path / "e.mms"}[case]
+    if case == "empty":
+        _builtin_collection_without_images(collection, texts=0)
+    done = subprocess.run([sys.executable, "-c", CLI_ERROR, "query", "a cat", "--collection", str(collection), "--json"],
+                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 1, done.stderr
+    assert report["modules"] == [], report["modules"]  # no encoder module was even imported
+    assert ("no mmsearch collection" if case == "missing" else "no image index") in done.stderr, done.stderr
+
+
+def test_library_errors_that_need_no_model_come_before_one_loads(text_only: Path) -> None:
+    report = json.loads(_run(LIBRARY_ERRORS, str(text_only)))
+    assert report["errors"] == ["QueryError", "QueryError", "QueryError", "IndexNotFoundError",
+                                "IndexNotFoundError", "QueryError"], report["errors"]
+    assert report["modules"] == [], report["modules"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+from ..config import COLLECTION_SUFFIX
 from ..errors import ConfigError
 from . import quarantine as q
 from .corpora import TEXT_CORPUS_EXTENSIONS, TEXT_FIELDS, TextRecord, iter_text_records
@@ -26,7 +27,6 @@ from .corpora import TEXT_CORPUS_EXTENSIONS, TEXT_FIELDS, TextRecord, iter_text_
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-COLLECTION_SUFFIX = ".mms"
 JSONL_TEXT_FIELDS = TEXT_FIELDS
 
 #: called with (uri, reason, error) for an entry that cannot be examined
