@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -12,10 +18,10 @@ fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
 
 from synthetic_vectors import add_rows, clustered, make_store  # noqa: E402
 
-from mmsearch.errors import ConfigError  # noqa: E402
+from mmsearch.errors import CollectionBusyError, CommitConflictError, ConfigError  # noqa: E402
 from mmsearch.indexes import IndexOptions, build_index  # noqa: E402
 from mmsearch.store import Store  # noqa: E402
-from mmsearch.store.remote import RemoteMirror, filesystem_for, is_url  # noqa: E402
+from mmsearch.store.remote import LEASE_NAME, RemoteMirror, filesystem_for, is_url  # noqa: E402
 
 
 def _same(a: Path, b: Path) -> None:
@@ -106,3 +112,119 @@ def test_deletion_files_travel_with_the_collection(tmp_path: Path) -> None:
     fresh = Store.open(RemoteMirror(url, tmp_path / "elsewhere").pull())
     assert fresh.manifest.deleted["images"] == ids[:7].tolist() and fresh.manifest.live_rows("images") == 93
     fresh.verify()
+
+
+# -- a second writer: the writer lease and the conditional commit (file://, memory://, s3:// on an S3 emulator) --
+@pytest.fixture(scope="module")
+def s3_emulator():
+    """moto_server on 127.0.0.1 with boto / s3fs pointed at it, or the reason it cannot run."""
+    from ray_cluster import start_s3_emulator
+
+    started = start_s3_emulator()
+    if isinstance(started, str):
+        yield started
+        return
+    proc, env = started
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def url(request, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/remote.mms"
+    if request.param == "memory":
+        return f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
+    env = request.getfixturevalue("s3_emulator")
+    if isinstance(env, str):
+        pytest.skip(env)
+    from ray_cluster import make_bucket
+
+    bucket = f"mms-{uuid.uuid4().hex[:12]}"
+    make_bucket(env, bucket)
+    return f"s3://{bucket}/c.mms"
+
+
+def test_the_store_offers_conditional_writes(url: str, tmp_path: Path) -> None:
+    mirror = RemoteMirror(url, tmp_path / "a")
+    assert mirror.conditional_writes()  # file://, memory:// and S3 (If-None-Match: *) all honour put-if-absent
+    assert not [p for p in mirror.fs.find(mirror.path) if ".mms-probe" in p]  # the probe object is gone
+
+
+def test_a_second_writer_is_refused_while_the_lease_is_held(url: str, tmp_path: Path) -> None:
+    first, second = RemoteMirror(url, tmp_path / "a"), RemoteMirror(url, tmp_path / "b")
+    first.acquire(wait_s=0, lease_s=30, command="mmsearch index ./photos")
+    try:
+        with pytest.raises(CollectionBusyError, match=r"being written by pid \d+ on .*mmsearch index ./photos.*lease until"):
+            second.acquire(wait_s=0.5)
+        first.renew()
+    finally:
+        first.release()
+    assert first.read_lease() is None
+    second.acquire(wait_s=0)  # free again
+    second.release()
+
+
+def test_stale_leases_are_taken_over(url: str, tmp_path: Path) -> None:
+    mirror = RemoteMirror(url, tmp_path / "a")
+    lease = f"{mirror.path}/{LEASE_NAME}"
+    mirror.fs.makedirs(mirror.path, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for holder in ({"host": socket.gethostname(), "pid": dead.pid, "expires": time.time() + 600},  # a killed driver here
+                   {"host": "elsewhere", "pid": 1, "expires": time.time() - 1}):  # expired, another host
+        mirror.fs.pipe_file(lease, json.dumps({"id": "old", "since": time.time(), **holder}).encode())
+        mirror.acquire(wait_s=0)
+        assert mirror.read_lease()["id"] == mirror.lease_id
+        mirror.release()
+    mirror.fs.pipe_file(lease, json.dumps({"id": "old", "host": "elsewhere", "pid": 1, "since": time.time(),
+                                           "expires": time.time() + 600}).encode())
+    with pytest.raises(CollectionBusyError, match="elsewhere"):
+        mirror.acquire(wait_s=0)
+
+
+@pytest.mark.parametrize("race", [False, True])
+def test_two_writers_of_one_version_one_commit_wins(url: str, tmp_path: Path, race: bool, monkeypatch) -> None:
+    """Two writers that both started from version V (the lease bypassed or expired) publish V+1: the second is
+    refused (CommitConflictError), the remote keeps the first's version. ``race``: the second checked the remote
+    before the first published (its check passes), so the put-if-absent of _versions/ is what refuses it."""
+    base, *_ = make_store(tmp_path / "base", images=40, texts=0, dim=8, shards=1)
+    RemoteMirror(url, tmp_path / "base").push()
+    a, b = RemoteMirror(url, tmp_path / "a"), RemoteMirror(url, tmp_path / "b")
+    before = a.remote_manifest()
+    sa, sb = Store.open_for_writing(a.pull()), Store.open_for_writing(b.pull())
+    add_rows(sa, "images", clustered(10, 8, seed=1))
+    add_rows(sb, "images", clustered(20, 8, seed=2))
+    a.push()
+    if race:
+        monkeypatch.setattr(b, "remote_manifest", lambda: before)
+    with pytest.raises(CommitConflictError):
+        b.push()
+    monkeypatch.undo()
+    assert a.remote_manifest()["version"] == sa.version and a.remote_manifest()["next_id"] == 50
+    _same(tmp_path / "a", RemoteMirror(url, tmp_path / "fresh").pull())
+
+
+def test_without_conditional_writes_the_lease_still_refuses(tmp_path: Path) -> None:
+    """A store without put-if-absent: the lease is written and read back (best effort), and still refuses a
+    second writer; the commit checks the remote version right before writing the manifest."""
+    url = f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
+    first, second = RemoteMirror(url, tmp_path / "a"), RemoteMirror(url, tmp_path / "b")
+    first._conditional = second._conditional = False
+    first.acquire(wait_s=0, lease_s=30)
+    with pytest.raises(CollectionBusyError):
+        second.acquire(wait_s=0)
+    store, *_ = make_store(tmp_path / "a", images=40, texts=0, dim=8, shards=1)
+    first.push()
+    first.release()
+    stale = Store.open_for_writing(second.pull())
+    add_rows(store, "images", clustered(5, 8, seed=1))
+    first.push()
+    add_rows(stale, "images", clustered(5, 8, seed=2))
+    with pytest.raises(CommitConflictError):
+        second.push()

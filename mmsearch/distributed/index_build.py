@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,8 +40,13 @@ from ..indexes.structure import find_layer, layers
 from ..ingest import IngestReport
 from ..store import MODALITIES, ShardInfo, Store
 from ..store.schema import embeddings_to_numpy
+from .faults import ClusterEvents, loss_errors
 
 log = logging.getLogger(__name__)
+
+#: seconds each index part task waits before it starts (tests set it in the workers' environment to kill a node
+#: while parts are running; unset in normal use)
+PART_DELAY_ENV = "MMSEARCH_RAY_PART_DELAY_S"
 
 __all__ = ["build_index_distributed", "build_indexes_distributed", "is_mergeable", "plan_parts"]
 
@@ -49,14 +55,18 @@ def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encod
                               index_factory: str | None = None, max_index_memory_bytes: int | None = None,
                               target_recall: float | None = None, merge_memory_bytes: int | None = None,
                               shard_root: str | None = None, num_cpus_per_task: float = 1,
-                              index_shards: int | None = None) -> dict[str, IndexInfo]:
+                              index_shards: int | None = None, resources: dict[str, float] | None = None,
+                              events: ClusterEvents | None = None, max_retries: int = 3) -> dict[str, IndexInfo]:
     """:func:`mmsearch.api.build_indexes` with full (re)builds of IVF indexes done by Ray tasks.
 
     Incremental updates (new shards added to a saved index, deletions applied) and non-IVF indexes run
     on the driver exactly as on one machine. ``shard_root``: where the tasks read the shards (a path or
     fsspec URL they all see; default the store's own directory). ``index_shards``: keep the index as that many
     parts (one Ray task each) searched together instead of one merged index (default: the collection's, else 1).
+    ``resources``: Ray custom resources per task; a task lost with its worker or node is run again up to
+    ``max_retries`` times, each loss recorded in ``events``.
     """
+    tasks = _TaskOptions(num_cpus_per_task, resources, events if events is not None else ClusterEvents(), max_retries)
     built = {}
     for modality in MODALITIES:
         opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
@@ -69,7 +79,7 @@ def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encod
         if why is not None:
             result = build_index_distributed(store, modality, opts, ray=ray, parts=parts, update=why,
                                              merge_memory_bytes=merge_memory_bytes, shard_root=shard_root,
-                                             num_cpus_per_task=num_cpus_per_task)
+                                             num_cpus_per_task=num_cpus_per_task, tasks=tasks)
             if result is not None and why != "built":
                 log.warning("rebuilt the %s index: %s", modality, why.removeprefix("rebuilt: "))
         if result is None:
@@ -86,7 +96,8 @@ def is_mergeable(index: Any) -> bool:
 
 def build_index_distributed(store: Store, modality: str, options: IndexOptions, *, ray: Any, parts: int,
                             update: str = "built", merge_memory_bytes: int | None = None,
-                            shard_root: str | None = None, num_cpus_per_task: float = 1) -> IndexInfo | None:
+                            shard_root: str | None = None, num_cpus_per_task: float = 1,
+                            tasks: _TaskOptions | None = None) -> IndexInfo | None:
     """Build, tune, save and register the index of ``modality`` with its vectors added by Ray tasks.
 
     Returns None (nothing done) when the index kind cannot be merged (Flat, HNSW, refine) and one index
@@ -100,6 +111,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
 
     started = time.perf_counter()
     opts = options
+    tasks = tasks or _TaskOptions(num_cpus_per_task)
     rows, dim = store.manifest.live_rows(modality), store.manifest.model.dim
     if rows == 0:
         return None
@@ -113,7 +125,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
     state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
     if sharded:
         return _build_sharded(store, modality, opts, with_ids(index), factory, ray=ray, started=started, state=state,
-                              update=update, shard_root=shard_root, num_cpus_per_task=num_cpus_per_task)
+                              update=update, shard_root=shard_root, tasks=tasks)
     top_ivf = isinstance(faiss.downcast_index(index), faiss.IndexIVF)
     if not top_ivf:
         index = faiss.IndexIDMap2(index)  # as faiss_index.with_ids wraps a pre-transformed IVF
@@ -122,8 +134,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
     part_dir = store.root / INDEX_DIR / f".parts-{modality}" if ondisk else None
     if part_dir is not None:
         part_dir.mkdir(parents=True, exist_ok=True)
-    refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, num_cpus_per_task=num_cpus_per_task,
-                       part_dir=part_dir)
+    refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, tasks=tasks, part_dir=part_dir)
     log.info("adding the %d %s shards in %d Ray tasks (%s, trained on %d rows)", len(store.manifest.shards[modality]),
              modality, len(groups), factory, trained)
     data_files = []
@@ -144,39 +155,89 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
 
 def _build_sharded(store: Store, modality: str, opts: IndexOptions, index: Any, factory: str, *, ray: Any,
                    started: float, state: dict[str, int], update: str, shard_root: str | None,
-                   num_cpus_per_task: float) -> IndexInfo:
+                   tasks: _TaskOptions) -> IndexInfo:
     """One Ray task per part of a sharded index (the single-machine build's parts), kept apart, not merged."""
     import faiss
 
     groups = plan_parts(store.manifest.shards[modality], opts.index_shards)
-    refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, num_cpus_per_task=num_cpus_per_task)
+    refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, tasks=tasks)
     log.info("filling the %d parts of the sharded %s index %s in Ray tasks", len(groups), modality, factory)
-    parts = [faiss.deserialize_index(ray.get(ref)) for ref in refs]
+    parts = [faiss.deserialize_index(refs.get(i)) for i in range(len(refs))]
     return finish_index(store, modality, parts, opts, factory, started, state, update)
 
 
+@dataclasses.dataclass
+class _TaskOptions:
+    """How the index tasks run: CPUs and custom resources each, and how lost ones are retried and recorded."""
+
+    num_cpus: float = 1
+    resources: dict[str, float] | None = None
+    events: ClusterEvents = dataclasses.field(default_factory=ClusterEvents)
+    max_retries: int = 3
+
+
+class _Parts:
+    """The part tasks of one build, in group order; :meth:`get` runs a lost one again (its worker, its node, or
+    the node holding its finished result went away), logged and counted in the run's events."""
+
+    def __init__(self, ray: Any, tasks: _TaskOptions, modality: str, calls: list[tuple[Any, ...]]) -> None:
+        self.ray, self.tasks, self.modality, self.calls = ray, tasks, modality, calls
+        # Ray's own retries are off (max_retries=0): this class retries, so that each loss is seen and said
+        self.remote = ray.remote(num_cpus=tasks.num_cpus, resources=tasks.resources or None, max_retries=0,
+                                 scheduling_strategy="SPREAD")(add_part)
+        self.refs = [self.remote.remote(*args) for args in calls]
+        self.attempts = [0] * len(calls)
+        self.lost = loss_errors(ray)
+        self.done = 0
+        self._tick()
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def _tick(self) -> None:
+        if self.tasks.events.progress is not None:
+            self.tasks.events.progress("index", self.done, len(self.calls))
+
+    def get(self, i: int) -> Any:
+        while True:
+            try:
+                out = self.ray.get(self.refs[i])
+            except self.lost as exc:
+                self.tasks.events.lost(self.ray, f"{self.modality} index part {i} of {len(self.calls)}", exc, node=None,
+                                       attempt=self.attempts[i], retries=self.tasks.max_retries)
+                if self.attempts[i] >= self.tasks.max_retries:
+                    raise
+                self.attempts[i] += 1
+                self.refs[i] = self.remote.remote(*self.calls[i])
+                continue
+            self.refs[i] = None  # let the object store free it
+            self.done += 1
+            self._tick()
+            return out
+
+
 def _fill_parts(ray: Any, store: Store, modality: str, index: Any, groups: list[list[ShardInfo]], opts: IndexOptions, *,
-                shard_root: str | None, num_cpus_per_task: float, part_dir: Path | None = None) -> list[Any]:
+                shard_root: str | None, tasks: _TaskOptions, part_dir: Path | None = None) -> _Parts:
     """One :func:`add_part` Ray task per group of shards, each filling a copy of the trained empty ``index``
-    (shipped once, with the deleted ids); their refs, in group order. With ``part_dir`` the parts are files there."""
+    (shipped once, with the deleted ids), in group order. With ``part_dir`` the parts are files there."""
     import faiss
 
     trained_ref = ray.put(faiss.serialize_index(index))
     deleted_ref = ray.put(np.asarray(store.manifest.deleted[modality], dtype=np.int64))
-    task = ray.remote(num_cpus=num_cpus_per_task, max_retries=3)(add_part)
     root = shard_root or str(store.root)
-    return [task.remote(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, store.manifest.model.dim,
-                        opts.add_batch_rows, str(part_dir / f"part-{i:05d}.faiss") if part_dir is not None else None)
-            for i, group in enumerate(groups)]
+    calls = [(trained_ref, root, [dataclasses.asdict(s) for s in group], deleted_ref, store.manifest.model.dim,
+              opts.add_batch_rows, str(part_dir / f"part-{i:05d}.faiss") if part_dir is not None else None)
+             for i, group in enumerate(groups)]
+    return _Parts(ray, tasks, modality, calls)
 
 
-def _merge_in_memory(ray: Any, refs: list[Any]) -> Any:
+def _merge_in_memory(ray: Any, refs: _Parts) -> Any:
     """Merge the serialised parts in order, holding one part besides the result at a time."""
     import faiss
 
     merged = None
-    while refs:
-        part = faiss.deserialize_index(ray.get(refs.pop(0)))
+    for i in range(len(refs)):
+        part = faiss.deserialize_index(refs.get(i))
         if merged is None:
             merged = part
         else:
@@ -213,11 +274,11 @@ def _layers_above_ivf(index: Any) -> list[Any]:
     return [layer for layer in layers(index) if not isinstance(layer, faiss.IndexIVF)]
 
 
-def _merge_ondisk(ray: Any, trained: Any, refs: list[Any], ivfdata: Path) -> Any:
+def _merge_ondisk(ray: Any, trained: Any, refs: _Parts, ivfdata: Path) -> Any:
     """Merge part files into on-disk inverted lists at ``ivfdata`` (absolute path, beside the index file)."""
     from faiss.contrib.ondisk import merge_ondisk
 
-    files = ray.get(refs)
+    files = [refs.get(i) for i in range(len(refs))]
     ivfdata.unlink(missing_ok=True)
     merge_ondisk(trained, files, str(ivfdata.resolve()))
     return trained
@@ -228,6 +289,9 @@ def add_part(trained: Any, root: str, shards: list[dict[str, Any]], deleted: np.
     """A Ray task: the trained empty index + the live rows of ``shards`` -> the serialised part (or its file)."""
     import faiss
 
+    delay = float(os.environ.get(PART_DELAY_ENV, "0") or 0)
+    if delay > 0:  # fault injection for the cluster tests: a part stays in flight long enough to lose its node
+        time.sleep(delay)
     index = faiss.deserialize_index(trained)
     add_batches(index, _shard_batches(root, [ShardInfo(**s) for s in shards], deleted, dim, batch_rows))
     if out_file is None:

@@ -53,6 +53,7 @@ from ..store import ModelInfo, Store
 from ..store.lock import DEFAULT_WAIT_S
 from ..store.remote import RemoteMirror, is_url
 from ..store.store import DEFAULT_RETENTION_S
+from .faults import ClusterEvents, loss_errors
 from .index_build import build_indexes_distributed
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def index_with_ray(
     worker_setup: Callable[[], None] | None = None, max_retries: int = 3, distributed_index: bool = True,
     index_parts: int | None = None, merge_memory_bytes: int | None = None, staging: str | Path | None = None,
     pipeline: str = "actors", index_shards: int | None = None, wait_s: float | None = DEFAULT_WAIT_S,
-    retention_s: float = DEFAULT_RETENTION_S,
+    retention_s: float = DEFAULT_RETENTION_S, resources_per_worker: dict[str, float] | None = None,
 ) -> IndexResult:
     """:func:`mmsearch.index` with decoding and encoding on a Ray cluster.
 
@@ -100,6 +101,13 @@ def index_with_ray(
     merged index is estimated above ``merge_memory_bytes`` (see :mod:`.index_build`). ``index_shards`` > 1
     (any index kind): the index is kept as that many parts, one Ray task each, saved apart and searched
     together, not merged (default: the collection's, else 1).
+    ``resources_per_worker``: Ray custom resources each actor and index task asks for (e.g. ``{"encoder": 1}``
+    to keep them on the nodes that offer it). Actors and index tasks are spread over the nodes (``SPREAD``).
+    Fault tolerance: a task lost with its actor, worker process or node (its result on a node that went
+    away included) is submitted again up to ``max_retries`` times, to a restarted actor or as a new task;
+    each loss is logged, reported to ``progress`` as ``("retry", retries so far, 0)`` and counted in the
+    result's ``report.cluster`` (:class:`~mmsearch.distributed.faults.ClusterEvents`). The distributed index
+    build reports ``("index", parts done, parts)``.
     ``pipeline``: ``"actors"`` (default): each actor reads, decodes and encodes a task of images in one
     process. ``"data"``: a Ray Data job: decoding runs as CPU tasks (1 CPU each, anywhere in the
     cluster) feeding an actor pool of ``workers`` encoders (``num_gpus_per_worker`` / ``num_cpus_per_worker``
@@ -107,7 +115,7 @@ def index_with_ray(
     (no CPU reserved) embeds corpus texts. Same shards and collection either way.
     The other arguments are those of :func:`mmsearch.index`.
     """
-    ray = _import_ray()
+    _import_ray()  # the missing extra is said before anything else
     started = time.perf_counter()
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not path_list:
@@ -117,10 +125,35 @@ def index_with_ray(
     if pipeline not in ("actors", "data"):
         raise ConfigError(f"pipeline must be 'actors' or 'data', not {pipeline!r}")
     mirror = RemoteMirror(out, staging) if isinstance(out, str) and is_url(out) else None
-    if mirror is not None:
-        root = mirror.pull()
-    else:
-        root = Path(out).expanduser() if out else default_collection_for(path_list[0])
+    run = dict(started=started, model=model, address=address, workers=workers, num_gpus_per_worker=num_gpus_per_worker,
+               num_cpus_per_worker=num_cpus_per_worker, batch_size=batch_size, shard_rows=shard_rows, task_rows=task_rows,
+               embedding_dtype=embedding_dtype, device=device, index_factory=index_factory,
+               max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall, progress=progress,
+               decode_timeout_s=decode_timeout_s, max_image_pixels=max_image_pixels, dedup=dedup, captions=captions,
+               text_column=text_column, id_column=id_column, path_column=path_column, worker_setup=worker_setup,
+               max_retries=max_retries, distributed_index=distributed_index, index_parts=index_parts,
+               merge_memory_bytes=merge_memory_bytes, pipeline=pipeline, index_shards=index_shards, wait_s=wait_s,
+               retention_s=retention_s, resources_per_worker=resources_per_worker)
+    if mirror is None:
+        return _index(path_list, Path(out).expanduser() if out else default_collection_for(path_list[0]), None, **run)
+    # the URL's writer lease first (a second writer is refused), then its newest version
+    mirror.acquire(wait_s=wait_s, command=f"mmsearch index --engine ray {' '.join(map(str, path_list))}"[:200])
+    try:
+        return _index(path_list, mirror.pull(), mirror, **run)
+    finally:
+        mirror.release()
+
+
+def _index(path_list: list[str | Path], root: Path, mirror: RemoteMirror | None, *, started: float, model: str | None,
+           address: str | None, workers: int, num_gpus_per_worker: float, num_cpus_per_worker: float, batch_size: int,
+           shard_rows: int, task_rows: int | None, embedding_dtype: str, device: str | None, index_factory: str | None,
+           max_index_memory_bytes: int | None, target_recall: float | None, progress: Progress | None,
+           decode_timeout_s: float | None, max_image_pixels: int | None, dedup: bool, captions: Any,
+           text_column: str | None, id_column: str | None, path_column: str | None,
+           worker_setup: Callable[[], None] | None, max_retries: int, distributed_index: bool, index_parts: int | None,
+           merge_memory_bytes: int | None, pipeline: str, index_shards: int | None, wait_s: float | None,
+           retention_s: float, resources_per_worker: dict[str, float] | None) -> IndexResult:
+    ray = _import_ray()
     spec = model_for_collection(root, model)
     options = _ingest_options(
         batch_size=batch_size, workers=0, shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
@@ -131,14 +164,18 @@ def index_with_ray(
     if we_started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     data = pipeline == "data"
+    events = ClusterEvents(progress=progress)
+    events.start(ray)
     pool = _ActorPool(ray, spec, workers=1 if data else workers, num_cpus=0 if data else num_cpus_per_worker,
                       num_gpus=0 if data else num_gpus_per_worker, device="cpu" if data else device,
-                      batch_size=batch_size, max_retries=max_retries, setup=worker_setup)
+                      batch_size=batch_size, max_retries=max_retries, setup=worker_setup,
+                      resources=resources_per_worker, events=events)
     encode_stage = dict(spec=spec, workers=workers, num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker,
                         device=device, batch_size=batch_size, setup=worker_setup, max_retries=max_retries)
     store = None
     try:
-        model_spec, preprocess_id, dim = pool.get(pool.call("model_info"))
+        model_spec, preprocess_id, dim = pool.run("model_info")
+        pool.locate()
         info = ModelInfo(spec=model_spec, preprocess_id=preprocess_id, dim=dim)
         store = _MirroredStore.open_or_create(root, info, embedding_dtype=embedding_dtype, wait_s=wait_s)
         if mirror is not None:
@@ -146,7 +183,7 @@ def index_with_ray(
             mirror.push()  # the URL holds a (possibly empty) collection from now on
         with store.transaction("index"):  # one version at the end; shard commits are resumable checkpoints
             encoder = _RemoteEncoder(model_spec, dim, preprocess_id, pool)
-            job = Job(store, encoder, options, IngestReport(), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
+            job = Job(store, encoder, options, RayIngestReport(cluster=events), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
                       captions=_caption_manifests(options))
             for raw in path_list:
                 path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
@@ -170,11 +207,13 @@ def index_with_ray(
                     index_factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
                     target_recall=target_recall, merge_memory_bytes=merge_memory_bytes,
                     shard_root=mirror.url if remote_shards else None, num_cpus_per_task=num_cpus_per_worker,
-                    index_shards=index_shards)
+                    index_shards=index_shards, resources=resources_per_worker, events=events, max_retries=max_retries)
             else:
                 built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
                                       max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
                                       index_shards=index_shards)
+        if events.tasks_lost:
+            log.warning("cluster: %s; the collection is complete", events.summary())
         store.vacuum(retention_s)
     finally:
         pool.close()
@@ -187,6 +226,16 @@ def index_with_ray(
     return IndexResult(root, model_spec, job.report, built, time.perf_counter() - started)
 
 
+@dataclasses.dataclass
+class RayIngestReport(IngestReport):
+    """The ingest report, plus what the cluster lost and retried (ingest and index build)."""
+
+    cluster: ClusterEvents = dataclasses.field(default_factory=ClusterEvents)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "cluster": self.cluster.to_dict()}
+
+
 class _MirroredStore(Store):
     """A Store whose every commit (a checkpoint inside the run's transaction, or the version it publishes) is
     also pushed to its remote mirror (when it has one): a restarted driver resumes from the staging copy."""
@@ -196,7 +245,9 @@ class _MirroredStore(Store):
     def commit(self) -> None:
         super().commit()
         if self.mirror is not None and self.in_transaction:  # a checkpoint: its files go up (the index tasks read
-            self.mirror.push(listing=json.loads(self.manifest.to_json()), publish=False)  # them there), not the manifest
+            listing = json.loads(self.manifest.to_json())  # them there), not the manifest
+            listing["base_version"] = self.version  # the remote must still be at it: else a second writer published
+            self.mirror.push(listing=listing, publish=False)
 
     def publish(self, operation: str = "") -> int:
         number = super().publish(operation)
@@ -229,6 +280,11 @@ class EmbedWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def model_info(self) -> tuple[str, str, int]:
         return self.encoder.spec, self.encoder.preprocess_id, int(self.encoder.dim)
@@ -265,40 +321,91 @@ class EmbedWorker:
 
 
 class _ActorPool:
-    """``workers`` restartable actors, called round-robin; results read back in submission order."""
+    """``workers`` restartable actors, called round-robin; results read back in submission order.
+
+    Lost calls (the actor's process or node went away) are retried here, not by Ray, so that each is logged
+    and counted in ``events``: a call is submitted again to the next actor (a restarted one included: Ray
+    restarts an actor on another node when its node dies) up to ``max_retries`` times."""
 
     def __init__(self, ray: Any, spec: str, *, workers: int, num_cpus: float, num_gpus: float, device: str | None,
-                 batch_size: int, max_retries: int, setup: Callable[[], None] | None) -> None:
+                 batch_size: int, max_retries: int, setup: Callable[[], None] | None,
+                 resources: dict[str, float] | None = None, events: ClusterEvents | None = None) -> None:
         self.ray = ray
         if device is None and num_gpus > 0:
             device = "cuda"
-        cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_retries,
-                         max_task_retries=max_retries)(EmbedWorker)
+        self.max_retries = max_retries
+        self.events = events if events is not None else ClusterEvents()
+        self.lost_errors = loss_errors(ray)
+        cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_retries,
+                         max_task_retries=0, scheduling_strategy="SPREAD")(EmbedWorker)
         self.run_id = uuid.uuid4().hex[:8]
         self.actors = [cls.options(name=f"mmsearch-embed-{self.run_id}-{i}").remote(spec, device, batch_size, setup)
                        for i in range(workers)]
+        self.nodes: list[str | None] = [None] * workers  # the node each actor was last seen on
         self._next = itertools.cycle(range(workers))
+        self._submitted = 0
 
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.actors[next(self._next)], method).remote(*args)
+    def _submit(self, method: str, args: tuple[Any, ...], attempt: int = 0, what: str | None = None) -> _Call:
+        actor = next(self._next)
+        self._submitted += 1
+        return _Call(method, args, actor, getattr(self.actors[actor], method).remote(*args), attempt,
+                     what or f"{method} call {self._submitted}")
 
-    def get(self, ref: Any) -> Any:
-        return self.ray.get(ref)
+    def call(self, method: str, *args: Any) -> _Call:
+        return self._submit(method, args)
 
-    def ordered(self, method: str, calls: Iterable[tuple[Any, ...]], window: int) -> Iterator[Any]:
-        """Results of ``method(*args)`` for each args, in order; at most ``window`` calls in flight."""
-        pending: deque[Any] = deque()
-        for args in calls:
-            pending.append(self.call(method, *args))
+    def get(self, call: _Call) -> Any:
+        """The result of ``call``, submitting it again (to the next actor) each time it is lost."""
+        while True:
+            try:
+                return self.ray.get(call.ref)
+            except self.lost_errors as exc:
+                node = self.nodes[call.actor]
+                self.events.lost(self.ray, f"{call.what} on actor {call.actor}", exc, node=node, attempt=call.attempt,
+                                 retries=self.max_retries)
+                if call.attempt >= self.max_retries:
+                    raise IngestError(f"{call.what} was lost {call.attempt + 1} times (its actor, worker process or "
+                                      f"node went away each time): {exc}") from exc
+                self.nodes[call.actor] = None
+                call = self._submit(call.method, call.args, call.attempt + 1, call.what)
+
+    def run(self, method: str, *args: Any) -> Any:
+        return self.get(self.call(method, *args))
+
+    def locate(self) -> None:
+        """Learn the node of every actor (for the log of what a lost node held)."""
+        for i, actor in enumerate(self.actors):
+            try:
+                self.nodes[i] = self.ray.get(actor.node_id.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - only for the log
+                self.nodes[i] = None
+
+    def ordered(self, method: str, calls: Iterable[tuple[Any, ...]], window: int,
+                describe: Callable[[int, tuple[Any, ...]], str] | None = None) -> Iterator[Any]:
+        """Results of ``method(*args)`` for each args, in order; at most ``window`` calls in flight.
+        ``describe(n, args)`` names the n-th call in the log of losses."""
+        pending: deque[_Call] = deque()
+        for n, args in enumerate(calls):
+            pending.append(self._submit(method, args, what=describe(n, args) if describe else f"{method} task {n}"))
             if len(pending) >= window:
-                yield self.ray.get(pending.popleft())
+                yield self.get(pending.popleft())
         while pending:
-            yield self.ray.get(pending.popleft())
+            yield self.get(pending.popleft())
 
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
         self.actors = []
+
+
+@dataclasses.dataclass
+class _Call:
+    method: str
+    args: tuple[Any, ...]
+    actor: int
+    ref: Any
+    attempt: int
+    what: str
 
 
 class _RemoteEncoder:
@@ -309,7 +416,7 @@ class _RemoteEncoder:
         self.device = "remote"
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.pool.get(self.pool.call("encode_texts", list(texts))), dtype=np.float32)
+        return np.asarray(self.pool.run("encode_texts", list(texts)), dtype=np.float32)
 
 
 class _FixedTextEncoder:
@@ -338,7 +445,7 @@ class _RemoteBatcher:
         texts = list(texts)
         missing = sorted({t for t in texts if t not in self.known})
         if missing:
-            self.known.update(zip(missing, self.pool.get(self.pool.call("encode_texts", missing))))
+            self.known.update(zip(missing, self.pool.run("encode_texts", missing)))
         out = np.stack([self.known[t] for t in texts]).astype(np.float32) if texts else np.zeros((0, self.dim), np.float32)
         for t in texts:
             self.known.pop(t, None)
@@ -364,7 +471,10 @@ class _RayImageIngest(ImageIngest):
         window = 2 * len(self.pool.actors)
 
         def decoded() -> Iterator[Decoded]:
-            for task_decoded, caption_vectors in self.pool.ordered("embed_images", calls, window):
+            def describe(n: int, args: tuple[Any, ...]) -> str:
+                return f"image task {n} (images {args[1] + 1}-{args[1] + len(args[0])} of {len(todo)})"
+
+            for task_decoded, caption_vectors in self.pool.ordered("embed_images", calls, window, describe):
                 batcher.known.update(caption_vectors)  # before any row of this task is taken
                 yield from task_decoded
 
@@ -412,7 +522,7 @@ class _DataImageIngest(_RayImageIngest):
         if not todo:
             return self._consume(todo, iter(()))
         batcher: _RemoteBatcher = self.job.batcher  # type: ignore[assignment]
-        settings = self.pool.get(self.pool.call("decode_settings", self.max_image_pixels, self.timeout_s))
+        settings = self.pool.run("decode_settings", self.max_image_pixels, self.timeout_s)
         settings = dataclasses.replace(settings, skip_hashes=frozenset(self.by_hash))
         items = [{"seq": i, "path": f.os_path, "caption": f.caption or ""} for i, f in enumerate(todo)]
         blocks = max(1, -(-len(items) // self.task_rows))

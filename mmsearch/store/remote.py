@@ -10,6 +10,22 @@ collection at a URL is worked on in a local staging directory (a full copy) and 
   last: a reader of the URL sees the old collection or the new one, never a manifest whose files are
   missing. Pushing after each shard commit keeps the remote as resumable as a local collection.
 
+Writers. A URL has no ``flock``, so the mirror takes two guards of its own (see docs/sharing.md, "URL
+collections"):
+
+- a **writer lease**: ``_writer_lease.json`` at the URL names the writer (host, pid, staging copy) and an
+  expiry, renewed while the run goes on (every push, and a heartbeat thread). A second writer finds an
+  unexpired lease of someone else and is refused with one line naming the holder (after waiting ``wait_s``).
+  A lease whose holder ran on this host and is gone (a killed driver) is taken over at once; one from
+  another host only once expired. Where the store offers a conditional write (S3's ``If-None-Match: *``,
+  via ``fs.pipe_file(..., mode="create")``; file:// and memory:// too) the lease is created put-if-absent;
+  elsewhere it is written and read back, which leaves a short race between two writers starting together.
+- a **conditional commit**: the version is published by creating ``_versions/NNNNNNNN.json`` put-if-absent,
+  then replacing ``manifest.json``. Of two writers that publish the same version number one wins, the other
+  gets :class:`~mmsearch.errors.CommitConflictError` and its remote manifest is never written. A store without
+  conditional writes is checked (the remote version must still be the one this copy pulled) right before
+  the manifest is written: then the lease is the guard, and the single-writer rule applies.
+
 Backends come from fsspec (``pip install s3fs`` / ``gcsfs`` for s3:// / gs://); fsspec is imported only
 when a URL is used.
 """
@@ -19,20 +35,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MissingExtraError, StoreError
+from ..errors import CollectionBusyError, CommitConflictError, ConfigError, MissingExtraError, StoreError
 from .atomic import file_sha256
 from .manifest import MANIFEST_NAME, MODALITIES
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_NAME = "quarantine.jsonl"
+LEASE_NAME = "_writer_lease.json"
+VERSIONS_DIR = "_versions"
+#: how long a writer lease lasts without being renewed (a heartbeat renews it every third of this)
+DEFAULT_LEASE_S = 300.0
 
-__all__ = ["RemoteMirror", "filesystem_for", "is_url", "staging_dir_for"]
+__all__ = ["DEFAULT_LEASE_S", "RemoteMirror", "RemoteWriterConflictError", "filesystem_for", "is_url", "staging_dir_for"]
 
 
 def is_url(path: str | Path) -> bool:
@@ -73,6 +97,152 @@ class RemoteMirror:
         self.path = self.path.rstrip("/")
         self.local = Path(local).expanduser() if local is not None else staging_dir_for(self.url)
         self._uploaded: dict[str, str | None] = {}  # what this mirror put there (checkpoints are not in the remote manifest)
+        self._conditional: bool | None = None
+        self.lease_id = uuid.uuid4().hex
+        self.lease_s = DEFAULT_LEASE_S
+        self._lease_held = False
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lease_lock = threading.Lock()
+
+    # -- what the store offers -------------------------------------------------------------------
+    def conditional_writes(self) -> bool:
+        """Whether the store honours put-if-absent (``pipe_file(mode="create")``): probed once, for real (a
+        store that ignores the condition overwrites, and is taken as offering none)."""
+        if self._conditional is None:
+            probe = f"{self.path}/.mms-probe-{uuid.uuid4().hex[:12]}"
+            try:
+                self.fs.makedirs(self.path, exist_ok=True)
+                self.fs.pipe_file(probe, b"1", mode="create")
+                try:
+                    self.fs.pipe_file(probe, b"2", mode="create")
+                    self._conditional = False
+                except FileExistsError:
+                    self._conditional = True
+            except (TypeError, NotImplementedError, ValueError) as exc:
+                log.debug("%s: no conditional writes (%s)", self.url, exc)
+                self._conditional = False
+            finally:
+                try:
+                    self.fs.rm_file(probe)
+                except (OSError, NotImplementedError):
+                    pass
+            if not self._conditional:
+                log.warning("%s offers no conditional write: the writer lease is best effort, one writer at a time "
+                            "(see docs/sharing.md)", self.url)
+        return self._conditional
+
+    def _create(self, target: str, data: bytes) -> None:
+        """Write ``target`` only if absent (raises FileExistsError) where the store can; else just write it."""
+        if self.conditional_writes():
+            self.fs.pipe_file(target, data, mode="create")
+        else:
+            self.fs.pipe_file(target, data)
+
+    # -- the writer lease ------------------------------------------------------------------------
+    def read_lease(self) -> dict[str, Any] | None:
+        """The remote writer lease (holder, expiry), or None."""
+        try:
+            return json.loads(self.fs.cat_file(f"{self.path}/{LEASE_NAME}"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"id": "?", "expires": 0.0, "damaged": True}  # a garbage lease protects no one
+
+    def _lease_body(self, command: str) -> bytes:
+        return json.dumps({"id": self.lease_id, "host": socket.gethostname(), "pid": os.getpid(),
+                           "staging": str(self.local), "since": time.time(), "expires": time.time() + self.lease_s,
+                           "command": command}).encode("utf-8")
+
+    def acquire(self, *, wait_s: float | None = 10.0, lease_s: float = DEFAULT_LEASE_S, command: str = "") -> None:
+        """Take the URL's writer lease (waiting up to ``wait_s``, None: for ever) and keep it renewed until
+        :meth:`release`. Raises :class:`CollectionBusyError` naming the holder."""
+        self.lease_s = lease_s
+        target = f"{self.path}/{LEASE_NAME}"
+        self.fs.makedirs(self.path, exist_ok=True)
+        started = time.monotonic()
+        while True:
+            lease = self.read_lease()
+            if lease is not None and lease.get("id") != self.lease_id and not self._stale(lease):
+                if wait_s is not None and time.monotonic() - started >= wait_s:
+                    raise CollectionBusyError(self.url, _describe(lease), wait_s)
+                time.sleep(min(1.0, self.lease_s / 10))
+                continue
+            if lease is not None and lease.get("id") != self.lease_id:
+                log.warning("%s: taking over the writer lease of %s (%s)", self.url, _describe(lease),
+                            "expired" if lease.get("expires", 0) < time.time() else "its process is gone")
+                try:
+                    self.fs.rm_file(target)
+                except FileNotFoundError:
+                    pass
+            try:
+                self._create(target, self._lease_body(command))
+            except FileExistsError:
+                continue  # someone else created it between our read and our write: look again
+            if not self.conditional_writes():
+                time.sleep(0.2)  # read back: of two writers racing without put-if-absent, the last write wins
+                mine = self.read_lease()
+                if mine is None or mine.get("id") != self.lease_id:
+                    continue
+            break
+        self._lease_held = True
+        self._command = command
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._beat, name="mmsearch-lease", daemon=True)
+        self._heartbeat.start()
+
+    @staticmethod
+    def _stale(lease: dict[str, Any]) -> bool:
+        """Expired, or held by a process of this host that is gone (the kernel's answer, as for the local lock)."""
+        if float(lease.get("expires", 0)) < time.time():
+            return True
+        if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+            try:
+                os.kill(lease["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def renew(self) -> None:
+        """Push the lease's expiry forward; raises :class:`CollectionBusyError` when another writer has it now."""
+        if not self._lease_held:
+            return
+        with self._lease_lock:
+            lease = self.read_lease()
+            if lease is None or lease.get("id") != self.lease_id:
+                self._lease_held = False
+                holder = _describe(lease) if lease else "nobody (the lease was removed)"
+                raise CollectionBusyError(self.url, f"{holder}, which took over this run's expired writer lease", 0)
+            body = json.loads(self._lease_body(getattr(self, "_command", "")))
+            body["since"] = lease.get("since", body["since"])
+            self.fs.pipe_file(f"{self.path}/{LEASE_NAME}", json.dumps(body).encode("utf-8"))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - the next push reports it
+                log.warning("%s: could not renew the writer lease: %s", self.url, exc)
+                return
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease (if still ours)."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
+        if not self._lease_held:
+            return
+        self._lease_held = False
+        with self._lease_lock:
+            lease = self.read_lease()
+            if lease is not None and lease.get("id") == self.lease_id:
+                try:
+                    self.fs.rm_file(f"{self.path}/{LEASE_NAME}")
+                except FileNotFoundError:
+                    pass
 
     # -- reading the remote ----------------------------------------------------------------------
     def remote_manifest(self) -> dict[str, Any] | None:
@@ -121,6 +291,7 @@ class RemoteMirror:
             raise StoreError(f"{self.local} holds no collection to push")
         manifest = listing if listing is not None else json.loads(local_manifest.read_text(encoding="utf-8"))
         remote = self.remote_manifest() or {}
+        self._check_not_behind(remote, manifest, checkpoint=listing is not None)  # before a byte is uploaded
         have = _listed_files(remote)
         self.fs.makedirs(self.path, exist_ok=True)
         uploaded = 0
@@ -129,15 +300,94 @@ class RemoteMirror:
             if not source.is_file() or (sha is not None and sha in (have.get(rel), self._uploaded.get(rel))):
                 continue
             self.fs.makedirs(f"{self.path}/{rel}".rsplit("/", 1)[0], exist_ok=True)
-            self.fs.put_file(str(source), f"{self.path}/{rel}")
+            if sha is None or rel in have:  # rewritten in place by design (the quarantine, index/<modality>.json)
+                self.fs.put_file(str(source), f"{self.path}/{rel}")
+            else:  # shards, deletion files, versioned index files: never overwritten
+                self._put_new(source, rel)
             self._uploaded[rel] = sha
             uploaded += 1
+        if self._lease_held:
+            self.renew()  # also says, before anything is published, that another writer took over
         if not publish:
             return uploaded
-        tmp = f"{self.path}/.tmp-{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}"
-        self.fs.pipe_file(tmp, local_manifest.read_bytes())
-        self.fs.mv(tmp, f"{self.path}/{MANIFEST_NAME}")
+        self._publish(manifest, local_manifest.read_bytes())
         return uploaded
+
+    def _check_not_behind(self, remote: dict[str, Any], manifest: dict[str, Any], *, checkpoint: bool) -> None:
+        """Refuse (before uploading anything) when the remote gained a version this copy does not build on."""
+        have = remote.get("version")
+        if not isinstance(have, int):
+            return
+        if checkpoint:
+            base = manifest.get("base_version")
+            if isinstance(base, int) and have > base:
+                raise CommitConflictError(self.url, have)
+            return
+        number = manifest.get("version")
+        if isinstance(number, int) and (have > number or (have == number and remote != manifest)):
+            raise CommitConflictError(self.url, have)
+
+    def _put_new(self, source: Path, rel: str) -> None:
+        """Upload a file that must not exist yet (put-if-absent where the store can). A name already taken is
+        fine with the same bytes (this run's own upload before a restart), a second writer's otherwise."""
+        target = f"{self.path}/{rel}"
+        try:
+            if not self.conditional_writes():
+                if self.fs.exists(target):
+                    raise FileExistsError(target)
+                self.fs.put_file(str(source), target)
+            elif "s3" in _protocols(self.fs) or "s3a" in _protocols(self.fs):
+                self.fs.put_file(str(source), target, mode="create")  # If-None-Match: *, multipart included
+            else:
+                self.fs.pipe_file(target, source.read_bytes(), mode="create")
+        except FileExistsError:
+            if hashlib.sha256(self.fs.cat_file(target)).hexdigest() == file_sha256(source):
+                return
+            raise RemoteWriterConflictError(self.url, rel) from None
+
+    def _publish(self, manifest: dict[str, Any], data: bytes) -> None:
+        """Make the local version the remote's current one: ``_versions/N.json`` put-if-absent, then the manifest."""
+        number = manifest.get("version")
+        remote = self.remote_manifest()
+        if isinstance(number, int) and remote is not None and isinstance(remote.get("version"), int):
+            if remote["version"] == number and remote == manifest:
+                return  # already the remote's version (a push with nothing new)
+            if remote["version"] >= number:
+                raise CommitConflictError(self.url, remote["version"])
+        if isinstance(number, int):
+            target = f"{self.path}/{VERSIONS_DIR}/{number:08d}.json"
+            self.fs.makedirs(f"{self.path}/{VERSIONS_DIR}", exist_ok=True)
+            try:
+                self._create(target, data)
+            except FileExistsError as exc:
+                raise CommitConflictError(self.url, number) from exc
+        tmp = f"{self.path}/.tmp-{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, f"{self.path}/{MANIFEST_NAME}")
+
+
+class RemoteWriterConflictError(CommitConflictError):
+    """A file this writer was to upload already holds another writer's bytes: two writers at one URL."""
+
+    def __init__(self, url: str, rel: str) -> None:
+        self.path, self.version, self.file = url, -1, rel
+        StoreError.__init__(self, f"{url}/{rel} already holds another writer's data: a second writer is writing this "
+                                  "collection (its lease expired or was bypassed); this run published nothing and "
+                                  "overwrote nothing: run it again when the other writer is done")
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _describe(lease: dict[str, Any]) -> str:
+    if lease.get("damaged"):
+        return "an unreadable writer lease"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(lease.get("since", 0))))
+    until = time.strftime("%H:%M:%S", time.localtime(float(lease.get("expires", 0))))
+    what = f": {lease['command']}" if lease.get("command") else ""
+    return f"pid {lease.get('pid')} on {lease.get('host')} (since {when}{what}; lease until {until})"
 
 
 def _listed_files(manifest: dict[str, Any]) -> dict[str, str | None]:
