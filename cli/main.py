@@ -113,13 +113,17 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
     """Embed and index image folders, images, or .txt/.jsonl/.csv/.parquet text corpora (incremental, resumable)."""
     import mmsearch
     from mmsearch.api import model_for_collection
-    from mmsearch.config import default_collection_for
+    from mmsearch.config import default_collection_for, forget_collection, last_collection
     from mmsearch.indexes import parse_bytes
 
     root = out or str(default_collection_for(paths[0]))
     is_url = "://" in root
     if is_url and engine != "ray":
         raise click.UsageError(f"--out {root}: a URL collection needs --engine ray (the local engine writes local paths)")
+    created = not is_url and not _is_collection(root)
+    if created:  # before anything is written: an empty input makes no collection and no default
+        _check_inputs_have_items(paths, text_column=ingest["text_column"], id_column=ingest["id_column"])
+    previous = last_collection()
     spec = model if is_url else model_for_collection(root, model)  # a URL collection's own model is read after the pull
     if not as_json:
         click.echo(render.model_banner(spec or "(the collection's own, else the default)", root), err=True)
@@ -136,11 +140,56 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
         else:
             result = mmsearch.index(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers,
                                     device=device, progress=progress.update, **ingest)
+    report = result.report
+    if created and not (report.images_embedded or report.texts_embedded or report.skipped_unchanged):
+        import shutil
+
+        forget_collection(result.path, previous)  # nothing searchable: not the default collection either
+        shutil.rmtree(result.path, ignore_errors=True)  # it did not exist before this run
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(report.rejected_reasons.items()))
+        raise click.ClickException(
+            f"nothing could be indexed from {', '.join(paths)}: every input was rejected ({reasons or 'none found'}); "
+            "no collection was written. `mmsearch -v index ...` logs why each file failed")
     click.echo(json.dumps(render.index_summary(result)) if as_json else render.index_text(result))
 
 
+def _is_collection(root: str) -> bool:
+    from pathlib import Path
+
+    from mmsearch.store.store import exists
+
+    return exists(Path(root).expanduser())
+
+
+def _check_inputs_have_items(paths: tuple[str, ...], *, text_column: str | None, id_column: str | None) -> None:
+    """Fail (one line naming the fix) when an input holds nothing to index: a folder with no images, an empty
+    text corpus."""
+    import os
+    from pathlib import Path
+
+    from mmsearch.ingest.corpora import TEXT_CORPUS_EXTENSIONS, iter_text_records
+    from mmsearch.ingest.discover import IMAGE_EXTENSIONS, classify, iter_image_files
+
+    for raw in paths:
+        path = Path(raw)
+        if classify(path.absolute()) == "images":
+            if not path.is_dir() or next(iter_image_files(path, on_reject=lambda *_: None), None) is not None:
+                continue
+            corpora = sorted(p.name for p in path.iterdir() if p.suffix.lower() in TEXT_CORPUS_EXTENSIONS
+                             and p.is_file())[:3]
+            hint = (f"; to index its texts give the file itself, e.g. `mmsearch index {os.path.join(raw, corpora[0])}`"
+                    if corpora else "")
+            raise click.ClickException(
+                f"no images in {raw} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, in subfolders too): give a "
+                f"folder that holds images, an image, or a text corpus (.txt, .jsonl, .csv, .parquet){hint}. "
+                "No collection was written")
+        elif next(iter_text_records(path, text_column=text_column, id_column=id_column), None) is None:
+            raise click.ClickException(f"no texts in {raw}: the corpus is empty (or every row's text is); "
+                                       "nothing was indexed and no collection was written")
+
+
 @main.command("query")
-@click.argument("text", required=False)
+@click.argument("words", nargs=-1, metavar="[TEXT]...")
 @click.option("--image", "image", type=click.Path(exists=True, dir_okay=False), help="Query by an image file.")
 @click.option("--id", "item_id", type=int, help="Query by an item already in the collection.")
 @click.option("--plus", multiple=True, help="Add a text to the query (repeatable): --image x.jpg --plus 'in winter'.")
@@ -157,14 +206,24 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
 @click.option("--model", "-m", help="Check the collection was built with this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @_library_errors
-def query_cmd(text: str | None, image: str | None, item_id: int | None, plus: tuple[str, ...],
+def query_cmd(words: tuple[str, ...], image: str | None, item_id: int | None, plus: tuple[str, ...],
               minus: tuple[str, ...], collection: str | None, k: int, modality: str, path_glob: str | None,
               path_prefix: str | None, caption_contains: str | None, dedup: float | None, model: str | None,
               as_json: bool) -> None:
-    """Search a collection by TEXT, --image FILE or --id N (optionally --plus / --minus texts)."""
+    """Search a collection by TEXT, --image FILE or --id N (optionally --plus / --minus texts).
+
+    TEXT may be several words, quoted or not: `mmsearch query red car` searches "red car"."""
     import mmsearch
     from mmsearch.config import resolve_collection
 
+    text = _query_text(words)
+    given = [name for name, value in (("TEXT", text), ("--image", image), ("--id", item_id)) if value is not None]
+    if len(given) > 1:
+        raise click.ClickException(f"give exactly one of TEXT, --image FILE or --id N, not {' and '.join(given)} "
+                                   "(add texts to an image or id query with --plus / --minus)")
+    if not given and not plus:
+        raise click.ClickException("give exactly one of TEXT, --image FILE or --id N, "
+                                   "e.g. mmsearch query \"a red car\" (or --plus TEXT terms)")
     col = mmsearch.open(resolve_collection(collection), model=model)
     filters = mmsearch.Filter(path_glob=path_glob, path_prefix=path_prefix, caption_contains=caption_contains)
     hits = col.search(text, image=image, id=item_id, positive=list(plus), negative=list(minus), k=k,
@@ -172,28 +231,55 @@ def query_cmd(text: str | None, image: str | None, item_id: int | None, plus: tu
     click.echo(json.dumps([h.to_dict() for h in hits], indent=2) if as_json else render.hits_table(hits))
 
 
+def _query_text(words: tuple[str, ...]) -> str | None:
+    """The words of an unquoted query joined with spaces, as a shell would have passed them quoted (rclip and
+    the llm CLI take one quoted argument; joining accepts both, and the query takes no other argument that a
+    stray word could have meant). A word that names a collection directory is refused with the flag to use."""
+    from pathlib import Path
+
+    for word in words[1:]:
+        if word.endswith(".mms") and Path(word).is_dir():
+            raise click.ClickException(f"{word!r} is a collection, not part of the query: "
+                                       f"use --collection {word} (and quote the query)")
+    text = " ".join(words).strip()
+    return text or None
+
+
 @main.command("ask")
-@click.argument("question")
+@click.argument("words", nargs=-1, required=True, metavar="QUESTION...")
 @click.option("--collection", "-c", type=click.Path(file_okay=False), help="Collection directory.")
 @click.option("-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Images and texts to cite.")
 @click.option("--chat-url", help="OpenAI-compatible API base URL [env: MMSEARCH_CHAT_URL].")
 @click.option("--chat-model", help="Chat model name [env: MMSEARCH_CHAT_MODEL].")
 @click.option("--json", "as_json", is_flag=True, help="Print the evidence bundle (and answer) as JSON.")
 @_library_errors
-def ask_cmd(question: str, collection: str | None, k: int, chat_url: str | None, chat_model: str | None,
+def ask_cmd(words: tuple[str, ...], collection: str | None, k: int, chat_url: str | None, chat_model: str | None,
             as_json: bool) -> None:
-    """Answer QUESTION from the collection: retrieve evidence, and ask a chat model when one is configured."""
+    """Answer QUESTION from the collection: retrieve evidence, and ask a chat model when one is configured.
+
+    When the chat endpoint fails, the evidence is still printed, then one error line naming the endpoint (exit 1)."""
     import mmsearch
     from mmsearch.config import chat_config, resolve_collection
-    from mmsearch.query.chat import ask
+    from mmsearch.query.chat import ChatError, ask
 
+    question = _query_text(words) or ""
+    if not question:
+        raise click.ClickException("give a QUESTION, e.g. mmsearch ask \"is there a lighthouse?\"")
+    config = chat_config(chat_url, chat_model)  # a half-set configuration fails before the search
     bundle = mmsearch.open(resolve_collection(collection)).evidence(question, k=k)
-    config = chat_config(chat_url, chat_model)
-    answer = ask(bundle, config) if config else None
+    answer, error = None, None
+    if config:
+        try:
+            answer = ask(bundle, config)
+        except ChatError as exc:
+            error = str(exc)
     if as_json:
-        click.echo(json.dumps({**bundle.to_dict(), "answer": answer}, indent=2))
+        click.echo(json.dumps({**bundle.to_dict(), "answer": answer, **({"chat_error": error} if error else {})},
+                              indent=2))
     else:
-        click.echo(render.answer_text(bundle, answer))
+        click.echo(render.answer_text(bundle, answer, failed=error is not None))
+    if error:  # the evidence is out; the status still says the answer is missing
+        raise click.ClickException(f"{error} (the evidence above is printed without an answer)")
 
 
 @main.command("info")
@@ -317,8 +403,51 @@ def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, 
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.train_text(report))
 
 
+@main.command("models")
+@click.argument("action", required=False, type=click.Choice(["list", "fetch", "check"]), default="list")
+@click.argument("spec", required=False)
+@click.option("--to", "to", type=click.Path(file_okay=False), help="fetch: the folder to download the weights into.")
+@click.option("--weights", multiple=True, type=click.Path(), help="list: also check this local weights file (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_library_errors
+def models_cmd(action: str, spec: str | None, to: str | None, weights: tuple[str, ...], as_json: bool) -> None:
+    """List the models this machine can load offline; fetch OpenCLIP weights to carry to one; check one loads.
+
+    \b
+    mmsearch models                                   the built-in model, OpenCLIP weights in the HF cache
+    mmsearch models fetch openclip:ARCH/TAG --to DIR  (on a machine with network) download them into DIR
+    mmsearch models check SPEC                        load SPEC and embed a probe text
+    """
+    from mmsearch.encoders.registry import fetch_weights, hub_cache_dir, local_models
+
+    if action == "list":
+        if spec:
+            raise click.ClickException(f"`mmsearch models` lists; to fetch {spec}: mmsearch models fetch {spec} --to DIR")
+        rows = local_models(weights)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        click.echo(render.models_text(rows, str(hub_cache_dir())))
+        return
+    if not spec:
+        raise click.ClickException(f"give the model: mmsearch models {action} SPEC"
+                                   + (" --to DIR" if action == "fetch" else ""))
+    if action == "fetch":
+        if not to:
+            raise click.ClickException(f"give the folder to download into: mmsearch models fetch {spec} --to DIR")
+        path = fetch_weights(spec, to)
+        click.echo(json.dumps({"spec": spec, "file": path, "cache": to}) if as_json else render.fetched_text(spec, path, to))
+        return
+    from mmsearch.encoders.registry import load_encoder
+
+    encoder = load_encoder(spec, device="cpu")
+    dim = int(encoder.encode_texts(["a photo of a cat"]).shape[1])
+    click.echo(json.dumps({"spec": encoder.spec, "dim": dim, "ok": True}) if as_json
+               else f"{encoder.spec}: loads, embeds a text into {dim} dimensions")
+
+
 @main.command("serve")
-@click.argument("collections", nargs=-1, type=click.Path(file_okay=False))
+@click.argument("collections", nargs=-1)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it to the network).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", envvar="MMSEARCH_API_KEY", help="Require this key in the X-API-Key header [env: MMSEARCH_API_KEY].")
@@ -335,17 +464,36 @@ def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, 
 @_library_errors
 def serve_cmd(collections: tuple[str, ...], host: str, port: int, api_key: str | None, max_upload_mb: float,
               media_roots: tuple[str, ...], no_reload: bool, **options: Any) -> None:
-    """Serve COLLECTIONS over HTTP: a search page at /, a JSON API under /api, OpenAPI docs at /docs."""
+    """Serve COLLECTIONS over HTTP: a search page at /, a JSON API under /api, OpenAPI docs at /docs.
+
+    Each is a collection directory, or NAME=DIR to choose the name it is served under (default: the directory's
+    name less .mms; directories that share a name get their parent folder's name in front)."""
     from mmsearch.config import resolve_collection
     from mmsearch.serve import run
+    from mmsearch.serve.catalog import collection_names
 
-    paths = list(collections) or [str(resolve_collection(None))]
+    items = [_named(c) for c in collections] or [(None, str(resolve_collection(None)))]
+    names = collection_names(items)  # a clash fails here, in one line, before anything opens
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"Warning: serving on {host} with no --api-key: anyone who can reach it can search and see the images.",
                    err=True)
-    click.echo(f"Serving {', '.join(paths)} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops.", err=True)
-    run(paths, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+    served = ", ".join(f"{path} as {name}" for name, (_, path) in zip(names, items))
+    click.echo(f"Serving {served} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops.", err=True)
+    # plain paths when no NAME= was given (the library names them the same way); named ones as (name, path)
+    collections_arg = [path for _, path in items] if all(n is None for n, _ in items) else items
+    run(collections_arg, host=host, port=port, api_key=api_key, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         media_roots=tuple(media_roots) or None, reload_check_s=None if no_reload else 2.0, **options)
+
+
+def _named(arg: str) -> tuple[str | None, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain directory (even one with ``=`` in its name) -> (None, DIR)."""
+    import os
+    import re
+
+    name, sep, path = arg.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) and not os.path.exists(arg):
+        return name, path
+    return None, arg
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ class Progress:
         if bar is None:
             from tqdm import tqdm
 
+            # leave=False: the bars go when the run ends, and the summary takes their place
             bar = self._bars[stage] = tqdm(desc=STAGE_LABELS.get(stage, stage), total=total or None, unit=" " + stage,
-                                           file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+                                           file=sys.stderr, dynamic_ncols=True, smoothing=0.1, leave=False)
         if total and bar.total != total:
             bar.total = total
         bar.update(done - bar.n)
@@ -68,43 +69,72 @@ def index_summary(result: Any) -> dict[str, Any]:
     }
 
 
+def count(n: int) -> str:
+    """A count as the summaries print it: thousands separated (``12,345``)."""
+    return f"{int(n):,}"
+
+
+def seconds(s: float) -> str:
+    """A duration as the summaries print it: ``0.16 s``, ``3.9 s``, ``42 s``, ``12 min 5 s``."""
+    s = float(s)
+    if s < 1:
+        return f"{s:.2f} s"
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    return f"{int(s // 60)} min {s % 60:.0f} s"
+
+
+def rate(n: float) -> str:
+    """Items per second: ``0.5``, ``9.3``, ``120``."""
+    return f"{n:.1f}" if n < 10 else f"{n:,.0f}"
+
+
 def index_text(result: Any) -> str:
-    """The human summary of an index run."""
+    """The human summary of an index run (counts, durations and rates each in one format)."""
     s = index_summary(result)
     lines = [
         f"collection  {s['collection']}",
         f"model       {s['model']}",
-        f"embedded    {s['images_embedded']} images, {s['texts_embedded']} texts in {s['seconds']:.1f}s"
-        + (f" ({s['images_per_s']:.0f} images/s)" if s["images_embedded"] else ""),
-        f"unchanged   {s['skipped_unchanged']} (already embedded)",
-        f"duplicates  {s['images_deduplicated']} (identical content: embedding reused)",
-        f"rejected    {s['rejected']} new{_reasons(s['rejected_reasons'])}, {s['skipped_quarantined']} known"
+        f"embedded    {count(s['images_embedded'])} images, {count(s['texts_embedded'])} texts in {seconds(s['seconds'])}"
+        + (f" ({rate(s['images_per_s'])} images/s)" if s["images_embedded"] else ""),
+        f"unchanged   {count(s['skipped_unchanged'])} (already embedded)",
+        f"duplicates  {count(s['images_deduplicated'])} (identical content: embedding reused)",
+        f"rejected    {count(s['rejected'])} new{_reasons(s['rejected_reasons'])}, {count(s['skipped_quarantined'])} known"
         + ("  (see: mmsearch quarantine)" if s["rejected"] or s["skipped_quarantined"] else ""),
-        f"changed     {s['replaced']} (embedded again)",
-        f"deleted     {s['deleted']} (gone from disk)",
+        f"changed     {count(s['replaced'])} (embedded again)",
+        f"deleted     {count(s['deleted'])} (gone from disk)",
     ]
     lines += [f"index       {m}: {index_line(vars(i))}; {i.update}" for m, i in sorted(result.indexes.items())]
     return "\n".join(lines)
 
 
 def index_line(idx: dict[str, Any]) -> str:
-    """One index: kind, size, tuned search parameters and the recall they measured."""
-    params = " ".join(f"{k}={v:g}" for k, v in idx.get("params", {}).items()) or "exact"
-    recall = f"recall@{idx.get('recall_at_k', 10)} {idx.get('recall', 1.0):.3f}"
-    if not idx.get("target_met", True):
-        recall += f" (below the target {idx.get('target_recall')})"
-    tuned = f" on {idx['tuned_on']}" if idx.get("tuned_on") else ""
+    """One index: kind, size, tuned search parameters and the recall they measured (an exact index, which
+    has nothing to tune, says "exact search" instead of a recall it cannot miss)."""
+    params = " ".join(f"{k}={v:g}" for k, v in idx.get("params", {}).items())
+    if params:
+        recall = f"{params}, recall@{idx.get('recall_at_k', 10)} {idx.get('recall', 1.0):.3f}"
+        if not idx.get("target_met", True):
+            recall += f" (below the target {idx.get('target_recall')})"
+        recall += f" on {idx['tuned_on']}" if idx.get("tuned_on") else ""
+    else:
+        recall = "exact search"
     parts = f" in {len(idx['part_files'])} shards" if idx.get("part_files") else ""
-    return (f"{idx['factory']}{parts}, {idx['rows']} vectors, {params}, {recall}{tuned}, "
-            f"{idx.get('latency_ms', 0):.3f} ms/query, built in {idx['build_seconds']}s")
+    return (f"{idx['factory']}{parts}, {count(idx['rows'])} vectors, {recall}, "
+            f"{idx.get('latency_ms', 0):.2f} ms/query, built in {seconds(idx['build_seconds'])}")
 
 
 def _reasons(counts: dict[str, int]) -> str:
     return f" ({', '.join(f'{n} {reason}' for reason, n in counts.items())})" if counts else ""
 
 
+WEAK_LINE = "-- weaker matches below: probably not what you asked for --"
+NO_GOOD_MATCH = "no good match in this collection: these are only the closest items"
+
+
 def hits_table(hits: list[Any]) -> str:
-    """Ranked hits as an aligned table."""
+    """Ranked hits as an aligned table. For a text query (the only one with ``good_match``), a line separates
+    the good matches from the weak ones, as on the web page, and a first line says when no hit is good."""
     if not hits:
         return "no results"
     width = shutil.get_terminal_size((120, 20)).columns
@@ -119,6 +149,11 @@ def hits_table(hits: list[Any]) -> str:
     for r in [header, *rows]:
         line = "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]
         out.append(line[:width] if len(line) > width else line)
+    first_weak = next((n for n, h in enumerate(hits) if getattr(h, "good_match", None) is False), None)
+    if first_weak == 0:
+        out.insert(0, NO_GOOD_MATCH)
+    elif first_weak is not None:
+        out.insert(first_weak + 1, WEAK_LINE)  # after the header and the good rows
     return "\n".join(out)
 
 
@@ -174,13 +209,35 @@ def eval_text(report: Any) -> str:
     return "\n".join(lines)
 
 
-def answer_text(bundle: Any, answer: str | None) -> str:
-    """The chat model's answer with its sources, or the evidence block and how to configure a model."""
+def answer_text(bundle: Any, answer: str | None, *, failed: bool = False) -> str:
+    """The chat model's answer with its sources, or the evidence block and how to configure a model (only the
+    evidence when a configured model ``failed``: the caller says why)."""
+    if answer is None and failed:
+        return bundle.to_prompt()
     if answer is None:
         return (bundle.to_prompt() + "\n\n(no chat model configured: set MMSEARCH_CHAT_URL and MMSEARCH_CHAT_MODEL, "
                 "or pass --chat-url and --chat-model, to get an answer)")
     sources = [f"[{i.citation}] {i.uri if i.modality == 'image' else i.text}" for i in [*bundle.images, *bundle.texts]]
     return answer + "\n\nSources:\n" + "\n".join(sources)
+
+
+def models_text(rows: list[dict[str, Any]], hub_cache: str) -> str:
+    """The models this machine can load, and how to get OpenCLIP weights onto it when none are cached."""
+    width = max(len(str(r["spec"])) for r in rows)
+    lines = [f"{'ok' if r['ok'] else '--'}  {str(r['spec']):<{width}}  {r['kind']}: {r['source']}" for r in rows]
+    if not any(r["kind"] == "OpenCLIP" for r in rows):
+        lines += ["", f"No OpenCLIP weights in the Hugging Face cache ({hub_cache}). To get some onto this machine:",
+                  "  on a machine with network:  mmsearch models fetch openclip:ViT-B-32/laion2b_s34b_b79k --to DIR",
+                  f"  copy DIR here, then:        HF_HUB_CACHE=DIR mmsearch models   (or merge DIR into {hub_cache})",
+                  "  or use a weights file:      --model openclip:ViT-B-32@/path/to/open_clip_model.safetensors"]
+    return "\n".join(lines)
+
+
+def fetched_text(spec: str, path: str, to: str) -> str:
+    """What ``models fetch`` did, and what to do with the folder on the machine without network."""
+    return "\n".join([f"fetched {spec}: {path}",
+                      f"copy {to} to the machine without network, then there: export HF_HUB_CACHE=<the copy>",
+                      f"(or merge it into ~/.cache/huggingface/hub), check with `mmsearch models`, use with --model {spec}"])
 
 
 def train_text(report: Any) -> str:

@@ -69,11 +69,14 @@ def state_dir() -> Path:
 
 
 def default_collection_for(path: str | Path) -> Path:
-    """Where ``mmsearch index PATH`` writes by default: ``PATH.mms`` beside the input."""
+    """Where ``mmsearch index PATH`` writes by default: a folder's ``PATH.mms`` beside it; a single file's
+    (an image, a text corpus) ``NAME.mms`` in the current directory, never inside the folder holding it (as
+    the llm CLI and rclip keep their databases out of the user's folders)."""
     p = Path(path).expanduser().absolute()
     p = Path(os.path.normpath(p))
-    stem = p.stem if p.is_file() else p.name
-    return p.parent / f"{stem or 'collection'}{COLLECTION_SUFFIX}"
+    if p.is_file():
+        return Path.cwd().absolute() / f"{p.stem or 'collection'}{COLLECTION_SUFFIX}"
+    return p.parent / f"{p.name or 'collection'}{COLLECTION_SUFFIX}"
 
 
 def remember_collection(path: str | Path) -> None:
@@ -84,6 +87,27 @@ def remember_collection(path: str | Path) -> None:
         (directory / LAST_COLLECTION_FILE).write_text(str(Path(path).absolute()), encoding="utf-8")
     except OSError:
         pass  # a read-only home must not make indexing fail; queries then need --collection
+
+
+def last_collection() -> Path | None:
+    """The collection recorded by :func:`remember_collection`, if any."""
+    try:
+        text = (state_dir() / LAST_COLLECTION_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def forget_collection(path: str | Path, previous: Path | None = None) -> None:
+    """Undo :func:`remember_collection` of ``path`` (a run that made nothing searchable): the last collection
+    goes back to ``previous`` (None: none)."""
+    last = last_collection()
+    if last is None or last != Path(path).absolute():
+        return
+    if previous is not None:
+        remember_collection(previous)
+    else:
+        (state_dir() / LAST_COLLECTION_FILE).unlink(missing_ok=True)
 
 
 def resolve_collection(explicit: str | Path | None = None) -> Path:

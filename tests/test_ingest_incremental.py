@@ -237,3 +237,94 @@ def test_cli_index_flags_and_machine_readable_summary(tmp_path: Path, colour_mod
     assert summary["images_embedded"] == 2 and summary["texts_embedded"] == 1
     assert summary["rejected_reasons"] == {"not-an-image": 1} and summary["images_per_s"] > 0
     assert len(Store.open(tmp_path / "c.mms").manifest.shards["images"]) == 2  # --shard-rows 1
+
+
+# -- stable ids: a file (or a corpus line) that comes back unchanged gets its old row back ---------------------
+def _ids_by_name(out: Path) -> dict[str, int]:
+    rows = Store.open(out).scan("images", ["id", "uri"]).to_pydict()
+    return {Path(u).name: i for i, u in zip(rows["id"], rows["uri"])}
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])  # an index that removes deleted vectors, one that masks them
+def test_a_file_removed_then_restored_keeps_its_id_and_caption(tmp_path: Path, factory: str) -> None:
+    folder = make_colour_folder(tmp_path / "imgs", ["red", "green", "blue"])
+    out = tmp_path / "c.mms"
+    mmsearch.index(folder, out=out, model="counting:v1", index_factory=factory)
+    before = _ids_by_name(out)
+    caption_id = mmsearch.open(out).search("red", modality="text", k=1)[0].id
+    trash = tmp_path / "trash"
+    trash.mkdir()
+    for name in ("red.png", "red.txt"):  # a move keeps the modification time, as a trash or a backup does
+        os.rename(folder / name, trash / name)
+    assert mmsearch.index(folder, out=out).report.deleted == 1
+    assert "red.png" not in _ids_by_name(out)
+    for name in ("red.png", "red.txt"):
+        os.rename(trash / name, folder / name)
+    CountingColour.encoded = 0
+    report = mmsearch.index(folder, out=out).report
+    assert CountingColour.encoded == 0 and report.images_embedded == 0 and report.texts_embedded == 0
+    assert _ids_by_name(out) == before  # same ids, no new row
+    col = mmsearch.open(out)
+    hit = col.search("red", k=1)[0]
+    assert Path(hit.uri).name == "red.png" and hit.id == before["red.png"]
+    caption = col.search("red", modality="text", k=1)[0]
+    assert caption.id == caption_id and caption.text == "a red square"
+    assert col.info()["deleted"] == {"images": 0, "texts": 0}
+    assert mmsearch.verify(out, deep=True) == []
+    assert mmsearch.index(folder, out=out).report.skipped_unchanged == 3  # and it stays put
+
+
+def test_a_restored_file_with_new_content_or_time_gets_a_new_id(tmp_path: Path, colour_model: str) -> None:
+    folder = make_colour_folder(tmp_path / "imgs", ["red", "green"], captions=False)
+    out = tmp_path / "c.mms"
+    mmsearch.index(folder, out=out, model=colour_model)
+    red = _ids_by_name(out)["red.png"]
+    data = (folder / "red.png").read_bytes()
+    (folder / "red.png").unlink()
+    mmsearch.index(folder, out=out)
+    (folder / "red.png").write_bytes(data)  # a copy: same bytes, a new modification time
+    report = mmsearch.index(folder, out=out).report
+    assert report.images_embedded == 1 and _ids_by_name(out)["red.png"] != red
+
+
+def test_a_corpus_line_removed_then_put_back_keeps_its_id(tmp_path: Path, colour_model: str) -> None:
+    corpus = tmp_path / "notes.jsonl"
+    rows = [{"id": n, "text": f"a {c} note"} for n, c in enumerate(["red", "green", "blue"])]
+
+    def write(keep: list[dict]) -> None:
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def ids() -> dict[str, int]:
+        t = Store.open(out).scan("texts", ["id", "text"]).to_pydict()
+        return dict(zip(t["text"], t["id"]))
+
+    out = tmp_path / "n.mms"
+    write(rows)
+    mmsearch.index(corpus, out=out, model=colour_model)
+    before = ids()
+    write(rows[1:])
+    assert mmsearch.index(corpus, out=out).report.deleted == 1
+    write([{"id": 0, "text": "a cyan note"}, *rows[1:]])  # the key back with other text: a new row
+    mmsearch.index(corpus, out=out)
+    assert ids()["a cyan note"] not in before.values()
+    write(rows)  # and the original text back: its old row again, the cyan one deleted
+    report = mmsearch.index(corpus, out=out).report
+    assert report.texts_embedded == 0 and ids() == before
+    assert mmsearch.open(out).search("red", modality="text", k=1)[0].id == before["a red note"]
+    assert mmsearch.verify(out, deep=True) == []
+
+
+def test_store_undelete_rewrites_the_deletion_list(tmp_path: Path, colour_model: str) -> None:
+    folder = make_colour_folder(tmp_path / "imgs", ["red", "green", "blue", "yellow"], captions=False)
+    out = tmp_path / "c.mms"
+    mmsearch.index(folder, out=out, model=colour_model)
+    ids = sorted(_ids_by_name(out).values())
+    with Store.open_for_writing(out) as store:
+        store.mark_deleted("images", ids[:3])
+        store.commit()
+    with Store.open_for_writing(out) as store:
+        assert store.undelete("images", [ids[1], 999]) == 1
+        store.mark_deleted("images", [ids[3]])  # same length as before: the list must still be saved whole
+        store.commit()
+    assert sorted(Store.open(out).manifest.deleted["images"]) == [ids[0], ids[2], ids[3]]
+    assert mmsearch.verify(out) == []

@@ -140,8 +140,9 @@ def _cached_or_download(open_clip: Any, spec: ModelSpec, cfg: dict[str, Any]) ->
         if cached:
             return cached
     hint = (
-        "the weights are not in the Hugging Face cache and the hub cannot be reached. Fix: run once "
-        "on a machine with network access (the weights are cached under ~/.cache/huggingface), or "
+        "the weights are not in the Hugging Face cache and the hub cannot be reached. Fix: run "
+        f"`mmsearch models fetch {spec} --to DIR` on a machine with network access and copy DIR here as "
+        "$HF_HUB_CACHE (`mmsearch models` then lists it), or "
         f"download the weights file and use 'openclip:{spec.arch}@/path/to/weights', or use the "
         "offline built-in model ('--model builtin')"
     )
@@ -181,3 +182,72 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+# -- what is on this machine, and fetching weights to carry to one without network (``mmsearch models``) -----
+def cached_pretrained(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The OpenCLIP pretrained models whose weights are in the hub cache (``cache_dir``, default
+    ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``): ``[{"spec", "file", "bytes"}]``, sorted by spec. Reads the cache
+    only (no network)."""
+    from .registry import hub_cache_dir
+
+    root = Path(cache_dir) if cache_dir else hub_cache_dir()
+    if not root.is_dir():
+        return []
+    repos = {p.name[len("models--"):].replace("--", "/") for p in root.glob("models--*")}
+    if not repos:
+        return []
+    open_clip = _open_clip()
+    found = []
+    for arch, tag in open_clip.list_pretrained():
+        hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").rstrip("/")
+        parts = hub.split("/")
+        repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        if not hub or repo_id not in repos:
+            continue
+        path = _cached_file(repo_id, filename, root)
+        if path:
+            found.append({"spec": f"openclip:{arch}/{tag}", "file": path, "bytes": os.path.getsize(path)})
+    return sorted(found, key=lambda m: m["spec"])
+
+
+def _cached_file(repo_id: str, filename: str, cache_dir: Path) -> str | None:
+    """The cached weights file of an OpenCLIP hub repo (the file named, else OpenCLIP's default names)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in [n for n in (filename, "open_clip_model.safetensors", "open_clip_pytorch_model.bin") if n]:
+        found = try_to_load_from_cache(repo_id=repo_id, filename=name, cache_dir=str(cache_dir))
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def fetch_pretrained(spec: str, to: str | Path) -> Path:
+    """Download the weights of ``openclip:ARCH/TAG`` into ``to``, laid out as a Hugging Face hub cache, to copy
+    to a machine without network (there: ``HF_HUB_CACHE=<the copy>``, or merge it into
+    ``~/.cache/huggingface/hub``). Fails at once, in one line, when the hub cannot be reached."""
+    from .registry import parse_spec
+
+    parsed = parse_spec(spec)
+    if parsed.scheme != "openclip" or not parsed.pretrained or parsed.pretrained == RANDOM_TAG:
+        raise ConfigError(f"only OpenCLIP pretrained models are fetched (openclip:ARCH/TAG, e.g. "
+                          f"openclip:ViT-B-32/laion2b_s34b_b79k), not {spec!r}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline or not _hub_reachable():  # before importing open_clip (seconds): an offline machine fails at once
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached from this machine"
+        raise EncoderError(f"cannot fetch {parsed}: {why}; run `mmsearch models fetch {parsed} --to DIR` on a "
+                           "machine with network access and copy DIR here")
+    open_clip = _open_clip()
+    if parsed.arch not in open_clip.list_models():
+        raise ConfigError(f"unknown OpenCLIP architecture {parsed.arch!r}; see open_clip.list_models()")
+    cfg = open_clip.get_pretrained_cfg(parsed.arch, parsed.pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(parsed.arch)
+        raise ConfigError(f"OpenCLIP has no pretrained tag {parsed.pretrained!r} for {parsed.arch}; "
+                          f"known tags: {', '.join(tags) or 'none'}")
+    target = Path(to).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(open_clip.pretrained.download_pretrained(cfg, cache_dir=str(target)))
+    except Exception as exc:  # any download failure becomes one typed error
+        raise ModelUnavailableError(str(parsed), f"the download failed ({exc})") from exc

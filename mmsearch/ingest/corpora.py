@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError
 
+log = logging.getLogger(__name__)
 TEXT_CORPUS_EXTENSIONS = frozenset({".txt", ".jsonl", ".csv", ".parquet"})
 TABLE_EXTENSIONS = frozenset({".jsonl", ".csv", ".parquet"})
 TEXT_FIELDS = ("text", "caption", "content")
 PATH_FIELDS = ("path", "image", "image_path", "file", "filepath", "filename", "uri")
 ID_FIELD = "id"
 _PARQUET_BATCH_ROWS = 8192
+_warned: set[tuple[str, str]] = set()  # (file, what): each warning once per file and process
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,14 @@ def read_caption_manifest(path: Path, *, text_column: str | None = None, path_co
     if path.suffix.lower() not in TABLE_EXTENSIONS:
         raise ConfigError(f"caption manifest {str(path)!r} must be .jsonl, .csv or .parquet")
     captions: dict[str, str] = {}
+    first = True
     for lineno, row in iter_rows(path):
         image = _field(row, path_column, PATH_FIELDS, path, lineno, "image path")
         text = _field(row, text_column, TEXT_FIELDS, path, lineno, "caption")
+        if first:
+            _warn_ignored(path, row, [_used(row, path_column, PATH_FIELDS), _used(row, text_column, TEXT_FIELDS)],
+                          level=logging.INFO)  # manifests (img2dataset's) carry many columns by design
+            first = False
         if image and text and str(text).strip():
             captions[os.path.normpath(os.path.join(path.parent, str(image)))] = str(text).strip()
     return captions
@@ -87,12 +95,32 @@ def _txt_records(path: Path) -> Iterator[TextRecord]:
 
 
 def _table_records(path: Path, text_column: str | None, id_column: str | None) -> Iterator[TextRecord]:
+    first = True
     for lineno, row in iter_rows(path):
         text = str(_field(row, text_column, TEXT_FIELDS, path, lineno, "text")).strip()
         ident = row.get(id_column or ID_FIELD)
         if id_column and id_column not in row:
             raise ConfigError(f"{path}:{lineno}: no id column {id_column!r} (columns: {', '.join(map(str, row))})")
+        if first:
+            _warn_ignored(path, row, [_used(row, text_column, TEXT_FIELDS), id_column or ID_FIELD])
+            first = False
         yield TextRecord(key=f"id:{ident}" if ident is not None else text_key(text), text=text)
+
+
+def _used(row: dict[str, Any], name: str | None, defaults: tuple[str, ...]) -> str | None:
+    """The column :func:`_field` reads."""
+    return next((c for c in ((name,) if name else defaults) if c in row), None)
+
+
+def _warn_ignored(path: Path, row: dict[str, Any], used: list[str | None], *, level: int = logging.WARNING) -> None:
+    """Say once per file which of its columns are not used (a corpus: only the text and the id are stored)."""
+    ignored = [str(c) for c in row if c not in used]
+    key = (os.path.abspath(path), "columns")
+    if ignored and key not in _warned:
+        _warned.add(key)
+        log.log(level, "%s: using column(s) %s; ignoring %s (only those are stored; choose others with "
+                "--text-column / --id-column / --path-column)", path,
+                    ", ".join(repr(c) for c in used if c and c in row), ", ".join(repr(c) for c in ignored))
 
 
 def _field(row: dict[str, Any], name: str | None, defaults: tuple[str, ...], path: Path, lineno: int, what: str) -> Any:
@@ -126,6 +154,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         reader = csv.DictReader(f)
         try:
             for row in reader:
+                if None in row and (os.path.abspath(path), "extra") not in _warned:  # None: values past the header
+                    _warned.add((os.path.abspath(path), "extra"))
+                    log.warning("%s:%d: more values than the header has columns; the extra values are ignored",
+                                path, reader.line_num)
                 yield reader.line_num, {k: v for k, v in row.items() if k is not None}
         except csv.Error as exc:
             raise ConfigError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from exc

@@ -5,6 +5,10 @@ replace in one manifest write, so a run killed at any point can simply be run ag
 exactly ``shard_rows`` images (the last one fewer) and inputs are taken in a fixed order, so a resumed
 run assigns the same ids as an uninterrupted one.
 
+Stable ids: a file that comes back at the path of a deleted row with the same size, modification time and
+caption (restored from a trash or a backup, moved away and back) gets that row back, id and caption
+included (:meth:`Store.undelete`), instead of a new row under a new id.
+
 Deduplication: an image whose content (sha256) is already in the collection, or earlier in this run,
 is not encoded again: it gets its own row (its own path, caption, mtime) carrying a copy of the
 existing embedding. Search therefore returns every path of a duplicated picture, with equal scores
@@ -61,6 +65,9 @@ class ImageIngest:
     def __init__(self, job: Job, root: Path) -> None:
         self.job, self.root = job, root
         self.by_uri: dict[str, list[_Old]] = defaultdict(list)
+        self.tombstoned: dict[str, list[_Old]] = defaultdict(list)  # deleted rows, by path: candidates to restore
+        self.tombstoned_hash: dict[int, tuple[str, int, int]] = {}  # id -> (sha256, width, height) of those
+        self.restore: dict[int, str] = {}  # id -> path of the deleted rows whose file is back unchanged
         self.by_hash: dict[str, tuple[int, int, int]] = {}  # sha256 -> (id, width, height) of a stored row
         self.pending: dict[str, np.ndarray] = {}  # dedup key -> vector, for rows not yet committed
         self.replaced: dict[str, list[int]] = {}
@@ -70,17 +77,28 @@ class ImageIngest:
         self.known = quarantine.known(job.store.root)
 
     def run(self) -> None:
-        """Plan, embed, commit, then record removed files and tidy the quarantine."""
+        """Plan, restore the rows of files that came back, embed, commit, then record removed files and tidy
+        the quarantine."""
         self._load_existing()
         todo = self._plan()
+        self._restore()
         self._embed(todo)
         self._finish(todo)
 
     # -- planning --------------------------------------------------------------------------------
     def _load_existing(self) -> None:
-        table = self.job.store.scan("images", ["id", "uri", "bytes", "mtime", "caption", "sha256", "width", "height"])
+        store = self.job.store
+        table = store.scan("images", ["id", "uri", "bytes", "mtime", "caption", "sha256", "width", "height"],
+                           include_deleted=True)
+        deleted = set(store.manifest.deleted["images"])
         for row in table.to_pylist():
-            self.by_uri[row["uri"]].append(_Old(row["id"], row["bytes"], row["mtime"], row["caption"]))
+            old = _Old(row["id"], row["bytes"], row["mtime"], row["caption"])
+            if row["id"] in deleted:
+                if _under(row["uri"], self.root):
+                    self.tombstoned[row["uri"]].append(old)
+                    self.tombstoned_hash[row["id"]] = (row["sha256"], row["width"], row["height"])
+                continue
+            self.by_uri[row["uri"]].append(old)
             if row["sha256"] and self.job.options.dedup:
                 self.by_hash.setdefault(row["sha256"], (row["id"], row["width"], row["height"]))
 
@@ -95,6 +113,11 @@ class ImageIngest:
             olds = self.by_uri.get(f.uri, [])
             if any(o.bytes == f.bytes and o.mtime == f.mtime and o.caption == f.caption for o in olds):
                 report.skipped_unchanged += 1
+            elif (back := self._restorable(f)) is not None:
+                report.skipped_unchanged += 1  # its embedding is in the collection: nothing to embed
+                self.restore[back] = f.uri
+                if olds:
+                    self.replaced[f.uri] = [o.id for o in olds]
             elif (f.uri, f.bytes, f.mtime) in known:
                 report.skipped_quarantined += 1
             else:
@@ -102,6 +125,31 @@ class ImageIngest:
                 if olds:
                     self.replaced[f.uri] = [o.id for o in olds]
         return todo
+
+    def _restorable(self, f: ImageFile) -> int | None:
+        """The deleted row ``f`` is, unchanged (same size, modification time and caption): the latest one."""
+        same = [o.id for o in self.tombstoned.get(f.uri, ())
+                if o.bytes == f.bytes and o.mtime == f.mtime and o.caption == f.caption]
+        return max(same) if same else None
+
+    def _restore(self) -> None:
+        """Un-delete the rows (and their captions) of files that came back unchanged; tombstone the rows that
+        replaced them meanwhile. One commit."""
+        if not self.restore:
+            return
+        store = self.job.store
+        captions = store.scan("texts", ["id", "image_id"], include_deleted=True).to_pydict()
+        if store.undelete("texts", [t for t, img in zip(captions["id"], captions["image_id"]) if img in self.restore]):
+            self.job.report.changed.add("texts")
+        restored = store.undelete("images", list(self.restore))
+        self._delete([i for uri in self.restore.values() for i in self.replaced.pop(uri, [])], replaced=True)
+        store.commit()
+        for i in self.restore:
+            sha, width, height = self.tombstoned_hash[i]
+            if sha and self.job.options.dedup:
+                self.by_hash.setdefault(sha, (i, width, height))
+        self.job.report.changed.add("images")
+        log.info("restored %d deleted image row(s) whose files came back unchanged (same ids)", restored)
 
     def _rejected_early(self, uri: str, reason: str, error: str) -> None:
         """A discovery-time reject (cannot stat, not a regular file): quarantined once."""
@@ -114,6 +162,8 @@ class ImageIngest:
 
     # -- embedding -------------------------------------------------------------------------------
     def _embed(self, todo: list[ImageFile]) -> None:
+        if not todo:
+            return  # nothing to decode: the encoder is not even asked for its transform (it may not be loaded)
         options = self.job.options
         transform = self.job.encoder.image_transform
         settings = DecodeSettings(

@@ -21,7 +21,10 @@ _RANGES = {  # field prefix -> column
 class Filter:
     """Conditions an item must meet; all given conditions must hold (AND).
 
-    ``path_glob`` / ``path_prefix`` match the image path (images) or the source (texts);
+    ``path_glob`` / ``path_prefix`` match the image path (images) or the source (texts). A glob without a
+    ``/`` matches the file name (``flag_*``); one starting with ``/`` the whole absolute path; any other one
+    with a ``/`` the end of the path from a folder boundary on (``2024/*.jpg``: ``2024`` is a folder of the
+    path, e.g. under the collection's common root). See :func:`path_glob_regex`.
     ``caption_contains`` matches the caption (images) or the text (texts), case-insensitively;
     ``where`` maps any column to a value (equality) or to a list of values (membership).
     """
@@ -60,7 +63,7 @@ class Filter:
         text_col = "caption" if modality == "images" else "text"
         parts = []
         if self.path_glob:
-            regex = glob_to_regex(self.path_glob)
+            regex = path_glob_regex(self.path_glob)
             parts.append(pc.match_substring_regex(pc.field(path_col), regex))
         if self.path_prefix:
             parts.append(pc.starts_with(pc.field(path_col), self.path_prefix))
@@ -100,16 +103,35 @@ def _need(column: str, columns: list[str]) -> None:
         raise QueryError(f"no column {column!r} to filter on; columns: {', '.join(columns)}")
 
 
-def glob_to_regex(pattern: str) -> str:
+def path_glob_regex(pattern: str) -> str:
+    """The regex a ``path_glob`` matches stored (absolute) paths with.
+
+    - no ``/`` (``flag_*``, ``*.png``): the file name, the last part of the path (``*`` and ``?`` stay
+      within it);
+    - starting with ``/``: the whole absolute path (``*`` crosses ``/``);
+    - any other ``/`` (``nested/*.png``, ``2024/*``): the path's end, starting at a folder boundary, i.e. the
+      path relative to the collection's common root or to any folder below it (``*`` crosses ``/``).
+
+    A pattern starting with ``*`` (``*/2024/*``, the old advice) matches as it always did.
+    """
+    if "/" not in pattern:
+        return "^(?:.*/)?" + glob_to_regex(pattern, star="[^/]*", one="[^/]")[1:]
+    if pattern.startswith("/"):
+        return glob_to_regex(pattern)
+    return "^(?:.*/)?" + glob_to_regex(pattern)[1:]
+
+
+def glob_to_regex(pattern: str, *, star: str = ".*", one: str = ".") -> str:
     """An anchored RE2 regex with fnmatch semantics (``*`` matches any run, ``/`` included; ``?`` one
-    character; ``[...]`` a class). fnmatch.translate's output uses constructs RE2 lacks."""
+    character; ``[...]`` a class). fnmatch.translate's output uses constructs RE2 lacks. ``star`` / ``one``
+    replace what ``*`` / ``?`` become (``[^/]*`` keeps them inside one path part)."""
     out, i = ["^"], 0
     while i < len(pattern):
         c = pattern[i]
         if c == "*":
-            out.append(".*")
+            out.append(star)
         elif c == "?":
-            out.append(".")
+            out.append(one)
         elif c == "[" and "]" in pattern[i + 2:]:
             end = pattern.index("]", i + 2)
             body = pattern[i + 1:end]

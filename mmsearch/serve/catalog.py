@@ -122,22 +122,51 @@ def _item(modality: str, row: dict[str, Any]) -> Item:
     return Item(int(row["id"]), "text", row.get("source"), row.get("text"), None, meta)
 
 
-def build_catalog(collections: Mapping[str, CollectionLike] | Sequence[CollectionLike], *,
-                  media_roots: tuple[Path, ...] | None = None) -> dict[str, Served]:
-    """Name and open the collections; names default to the directory name without ``.mms``."""
-    pairs = list(collections.items()) if isinstance(collections, Mapping) else [(None, c) for c in collections]
-    if not pairs:
+def build_catalog(collections: Mapping[str, CollectionLike] | Sequence[CollectionLike | tuple[str | None, CollectionLike]],
+                  *, media_roots: tuple[Path, ...] | None = None) -> dict[str, Served]:
+    """Name and open the collections: a dict gives every name; a list may mix collections and
+    ``(name, collection)`` pairs, the unnamed ones named by :func:`collection_names`."""
+    items = list(collections.items()) if isinstance(collections, Mapping) else \
+        [c if isinstance(c, tuple) else (None, c) for c in collections]
+    if not items:
         raise ConfigError("give at least one collection to serve")
-    catalog: dict[str, Served] = {}
-    for name, value in pairs:
-        col = value if isinstance(value, Collection) else _open(value)
-        name = name or _default_name(col.path)
+    opened = [(name, value if isinstance(value, Collection) else _open(value)) for name, value in items]
+    names = collection_names([(name, col.path) for name, col in opened])
+    return {name: Served(name, col, media_roots, manifest_stamp(col.path)) for name, (_, col) in zip(names, opened)}
+
+
+def collection_names(items: Sequence[tuple[str | None, str | Path]]) -> list[str]:
+    """The name each ``(name or None, directory)`` is served under: the name given, else the directory's name
+    less ``.mms``; directories that share one get their parent folder's name in front (``a/photos.mms`` and
+    ``b/photos.mms``: ``a-photos`` and ``b-photos``), then ``-2``, ``-3``... The same directory twice unnamed,
+    or two given names alike, is an error."""
+    given = [name for name, _ in items if name]
+    for name in given:
         if not NAME_PATTERN.match(name):
             raise ConfigError(f"collection name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-        if name in catalog:
-            raise ConfigError(f"two collections are both named {name!r}; pass a dict of names to collections")
-        catalog[name] = Served(name, col, media_roots, manifest_stamp(col.path))
-    return catalog
+    dup = next((n for n in given if given.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"two collections are both named {dup!r}; give each its own name")
+    real = [os.path.realpath(path) if not name else None for name, path in items]
+    for i, where in enumerate(real):
+        if where is not None and where in real[:i]:
+            raise ConfigError(f"{items[i][1]} is given twice (two collections both named "
+                              f"{items[i][0] or _default_name(Path(items[i][1]))!r}); give it once")
+    plain = [_default_name(Path(path)) for name, path in items if not name]
+    taken, names = set(given), []
+    for name, path in items:
+        if not name:
+            name = _default_name(Path(path))
+            if plain.count(name) > 1:
+                parent = _default_name(Path(os.path.abspath(path)).parent)
+                name = f"{parent}-{name}"[:64] if parent != "collection" else name
+            unique, n = name, 2
+            while unique in taken:
+                unique, n = f"{name[:60]}-{n}", n + 1
+            name = unique
+            taken.add(name)
+        names.append(name)
+    return names
 
 
 def manifest_stamp(path: Path) -> tuple[int, int, int] | None:

@@ -304,6 +304,26 @@ class Store:
         listed.extend(new)
         return len(new)
 
+    def undelete(self, modality: str, ids: Sequence[int]) -> int:
+        """Bring tombstoned rows back, ids unchanged, in the in-memory manifest (:meth:`commit` persists); returns
+        how many were deleted. The deletion list is saved whole at the next commit (it no longer only grows). An
+        index that had applied one of those deletions may not hold its vector any more, so its record leaves the
+        version and the next index build (``mmsearch index`` runs it before publishing) builds it afresh."""
+        _check_modality(modality)
+        listed = self.manifest.deleted[modality]
+        back = {int(i) for i in ids} & set(listed)
+        if not back:
+            return 0
+        self._require_writer()
+        index = self.manifest.indexes.get(modality)
+        if index is not None and any(i in back for i in listed[: index.deletions_applied]):
+            del self.manifest.indexes[modality]
+        self.manifest.deleted[modality] = [i for i in listed if i not in back]
+        self.manifest.deletion_files[modality] = []  # rewritten as one file at the next save
+        self._deleted_sets.pop(modality, None)
+        self._dirty = True
+        return len(back)
+
     def remove_orphans(self) -> None:
         """Remove temporaries and files no version lists (a killed writer's); needs the writer lock."""
         from .vacuum import remove_unreferenced
