@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .config import default_collection_for, default_model, remember_collection
 from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
-from .errors import ConfigError, EncoderMismatchError
+from .errors import ConfigError, EncoderMismatchError, MMSearchError, StoreError
 from .indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
 from .indexes.choice import AUTO, choose_factory
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
@@ -72,6 +72,7 @@ def index(
     reader, are removed afterwards (see docs/sharing.md).
     """
     from .ingest import ingest
+    from .ingest.encode import LazyEncoder
 
     started = time.perf_counter()
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -90,14 +91,26 @@ def index(
     spec = model_for_collection(root, model)
     created = not root.exists()
     lock = Store.lock(root, wait_s)  # before the model loads: a busy collection is said at once
+    existing = None if created else _collection_model(root)
     try:
-        encoder = load_encoder(spec, device=device)
+        # a new collection needs the model's contract (dim, preprocessing) now; an existing one has it, and the
+        # model loads only when something is embedded or an index needs its queries: an unchanged re-index
+        # (files compared by uri, size, mtime and caption; corpora by key and text) loads none
+        eager = load_encoder(spec, device=device) if existing is None else None
     except BaseException:
         lock.release()
         if created:
             shutil.rmtree(root, ignore_errors=True)  # nothing was written but the lock file
         raise
-    info = ModelInfo(spec=encoder.spec, preprocess_id=encoder.preprocess_id, dim=encoder.dim)
+    info = _model_info(eager) if eager is not None else existing
+    assert info is not None
+
+    def load() -> Encoder:
+        encoder = load_encoder(spec, device=device)
+        _check_same_model(info, _model_info(encoder))
+        return encoder
+
+    encoder = LazyEncoder(load) if eager is None else eager
     with Store.open_or_create(root, info, embedding_dtype=embedding_dtype, lock=lock) as store:
         with store.transaction("index"):
             report = ingest(store, encoder, path_list, options=options, progress=progress)
@@ -105,8 +118,35 @@ def index(
                                   max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
                                   index_shards=index_shards)
         store.vacuum(retention_s)
+        spec = store.manifest.model.spec
     remember_collection(root)
-    return IndexResult(root, encoder.spec, report, built, time.perf_counter() - started)
+    return IndexResult(root, spec, report, built, time.perf_counter() - started)
+
+
+def _model_info(encoder: Encoder) -> ModelInfo:
+    return ModelInfo(spec=encoder.spec, preprocess_id=encoder.preprocess_id, dim=encoder.dim)
+
+
+def _collection_model(root: Path) -> ModelInfo | None:
+    """The model contract of the collection at ``root`` (None: no readable collection there yet)."""
+    if not (root / MANIFEST_NAME).is_file():
+        return None
+    try:
+        with Store.open(root, lenient=True) as store:
+            return store.manifest.model
+    except MMSearchError:
+        return None  # damaged or half-made: the writer's open repairs it, with the model loaded first
+
+
+def _check_same_model(have: ModelInfo, want: ModelInfo) -> None:
+    """The loaded model must still be the collection's (as :meth:`Store.open_or_create` checks it)."""
+    if have.spec != want.spec:
+        raise EncoderMismatchError(have.spec, want.spec)
+    if have.dim != want.dim or have.preprocess_id != want.preprocess_id:
+        raise StoreError(
+            f"model {want.spec!r} now has a dim or preprocessing different from the collection's; "
+            "re-index into a new directory"
+        )
 
 
 def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index_factory: str | None = None,

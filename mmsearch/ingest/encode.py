@@ -5,6 +5,7 @@ batch size that halves on out-of-memory instead of crashing (it stays halved for
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -48,16 +49,53 @@ def share_cpus_with_workers(encoder: Encoder, workers: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+class LazyEncoder:
+    """An encoder loaded on first use (any attribute but :attr:`loaded`): an ingest that finds nothing to embed,
+    and indexes that need no update, never load the model (an unchanged re-index took 8.7 s, 0.02 s of it
+    ingest). ``load`` returns the encoder; it runs once."""
+
+    def __init__(self, load: Callable[[], Encoder]) -> None:
+        self._load: Callable[[], Encoder] | None = load
+        self._encoder: Encoder | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model was loaded."""
+        return self._encoder is not None
+
+    def get(self) -> Encoder:
+        """The encoder, loaded now if it was not yet."""
+        if self._encoder is None:
+            assert self._load is not None
+            self._encoder, self._load = self._load(), None
+        return self._encoder
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_load", "_encoder"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
 class BatchEncoder:
-    """Wraps an :class:`Encoder` for the pipeline: stacking, pinning, OOM back-off."""
+    """Wraps an :class:`Encoder` for the pipeline: stacking, pinning, OOM back-off. Asks the encoder nothing
+    until something is embedded (it may be a :class:`LazyEncoder`)."""
 
     def __init__(self, encoder: Encoder, batch_size: int) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
-        self.device = str(getattr(encoder, "device", "cpu"))
-        self.cuda = self.device.startswith("cuda")
-        self.split = split_transform(encoder.image_transform)
         self._pinned: Any = None
+
+    @functools.cached_property
+    def device(self) -> str:
+        return str(getattr(self.encoder, "device", "cpu"))
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @functools.cached_property
+    def split(self) -> Any:
+        return split_transform(self.encoder.image_transform)
 
     @property
     def worker_transform(self) -> Any:
