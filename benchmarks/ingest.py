@@ -2,10 +2,13 @@
 
     apt-get download openclipart-png && dpkg-deb -x openclipart-png_*.deb /tmp/clipart
     python benchmarks/ingest.py /tmp/clipart [--images 2000] [--models openclip:mms-tiny/random builtin]
+        [--workers auto 0 2]
 
 For each model, in the same run and on the same files:
 
-- ``pipeline``: ``mmsearch.index`` end to end (discover, decode in worker processes, encode, write shards;
+- ``pipeline``: ``mmsearch.index`` end to end, once per ``--workers`` setting (``auto``: the cores split from a
+  short calibration of decode and encode costs, the default since issue 16; a number: that many decode
+  processes) (discover, decode in worker processes, encode, write shards;
   model loading and the FAISS build are not counted: ``report.seconds``), dedup off so every file is encoded;
 - ``encoder``: the encoder alone on pre-decoded, pre-transformed tensors (the ceiling the pipeline can reach);
 - ``naive``: a single-process loop (decode a batch, then encode it, no overlap).
@@ -36,7 +39,7 @@ RSS_SCRIPT = """
 import json, resource, sys
 import mmsearch
 r = mmsearch.index(sys.argv[1], out=sys.argv[2], model=sys.argv[3], batch_size=int(sys.argv[4]), dedup=False,
-                   workers=int(sys.argv[5]))
+                   workers=None if sys.argv[5] == "None" else int(sys.argv[5]))
 print(json.dumps({"images": r.report.images_embedded,
                   "main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
@@ -44,18 +47,18 @@ print(json.dumps({"images": r.report.images_embedded,
 
 
 def corpus(source: Path, count: int, work: Path) -> Path:
-    """A folder of ``count`` symlinks to the first PNGs (sorted) under ``source``."""
-    files = sorted(source.rglob("*.png"))[:count]
+    """A folder of ``count`` symlinks to the first PNGs / JPEGs (sorted) under ``source``."""
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:count]
     if len(files) < count:
-        raise SystemExit(f"only {len(files)} PNGs under {source}; need {count}")
+        raise SystemExit(f"only {len(files)} images under {source}; need {count}")
     folder = work / f"corpus-{count}"
     folder.mkdir(parents=True)
     for i, f in enumerate(files):
-        (folder / f"{i:06d}.png").symlink_to(f)
+        (folder / f"{i:06d}{f.suffix.lower()}").symlink_to(f)
     return folder
 
 
-def pipeline_rate(folder: Path, model: str, batch_size: int, workers: int, work: Path) -> float:
+def pipeline_rate(folder: Path, model: str, batch_size: int, workers: int | None, work: Path) -> float:
     out = work / "pipeline.mms"
     shutil.rmtree(out, ignore_errors=True)
     result = mmsearch.index(folder, out=out, model=model, batch_size=batch_size, workers=workers, dedup=False)
@@ -109,7 +112,7 @@ def naive_rate(folder: Path, encoder, batch_size: int) -> float:  # noqa: ANN001
     return done / (time.perf_counter() - start)
 
 
-def peak_rss(folder: Path, model: str, batch_size: int, workers: int, work: Path) -> dict:
+def peak_rss(folder: Path, model: str, batch_size: int, workers: int | None, work: Path) -> dict:
     out = work / f"rss-{folder.name}.mms"
     shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(folder), str(out), model, str(batch_size), str(workers)],
@@ -123,16 +126,20 @@ def measure(model: str, folders: list[Path], args: argparse.Namespace, work: Pat
     encoder = load_encoder(model)
     big = folders[-1]
     tensors = predecoded(big, encoder)
-    pipeline_rate(folders[0], model, args.batch_size, args.workers, work)  # warm-up (page cache, lazy imports)
-    rates: dict[str, list[float]] = {"pipeline": [], "encoder": [], "naive": []}
+    settings = {w: None if w == "auto" else int(w) for w in args.workers}
+    pipeline_rate(folders[0], model, args.batch_size, settings[args.workers[0]], work)  # warm-up (page cache, imports)
+    rates: dict[str, list[float]] = {"encoder": [], "naive": [], **{f"pipeline/{w}": [] for w in settings}}
     for _ in range(args.repeats):
         rates["encoder"].append(encoder_rate(tensors, encoder, args.batch_size))
-        rates["pipeline"].append(pipeline_rate(big, model, args.batch_size, args.workers, work))
+        for w, workers in settings.items():
+            rates[f"pipeline/{w}"].append(pipeline_rate(big, model, args.batch_size, workers, work))
         rates["naive"].append(naive_rate(big, encoder, args.batch_size))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    rss = {f.name: peak_rss(f, model, args.batch_size, args.workers, work) for f in folders}
+    med["pipeline"] = med[f"pipeline/{args.workers[0]}"]
+    rss = {f.name: peak_rss(f, model, args.batch_size, settings[args.workers[0]], work) for f in folders}
     return {"model": model, "images": len(tensors), "images_per_s": med, "runs": rates,
             "pipeline_vs_encoder": med["pipeline"] / med["encoder"], "pipeline_vs_naive": med["pipeline"] / med["naive"],
+            "pipeline_vs_encoder_by_workers": {w: med[f"pipeline/{w}"] / med["encoder"] for w in settings},
             "peak_rss_mib": rss}
 
 
@@ -144,6 +151,9 @@ def table(results: list[dict]) -> str:
         rss = ", ".join(f"{k.split('-')[1]}: {v['main_mib']:.0f} / {v['worker_mib']:.0f}" for k, v in r["peak_rss_mib"].items())
         lines.append(f"{r['model']:<26}{r['images']:>7}{rate['pipeline']:>12.1f}{rate['encoder']:>11.1f}{rate['naive']:>9.1f}"
                      f"{r['pipeline_vs_encoder']:>10.2f}{r['pipeline_vs_naive']:>11.2f}  {rss}")
+        by_workers = ", ".join(f"{w}: {rate[f'pipeline/{w}']:.1f}/s ({ratio:.2f}x the encoder)"
+                               for w, ratio in r["pipeline_vs_encoder_by_workers"].items())
+        lines.append(f"{'':<4}pipeline by --workers: {by_workers}")
     return "\n".join(lines)
 
 
@@ -154,7 +164,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=500, help="the smaller corpus for the RSS comparison")
     parser.add_argument("--models", nargs="+", default=["openclip:mms-tiny/random", "builtin"])
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", nargs="+", default=["auto", "0", "2"],
+                        help="decode worker settings to run the pipeline with (auto or a number; the first is the "
+                        "headline and the RSS runs')")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = parser.parse_args()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -222,12 +221,12 @@ def _ingest_options(*, captions: str | Path | Sequence[str | Path], max_image_pi
                          decode_timeout_s=decode_timeout_s, **extra, **rest)
 
 
-def _workers(workers: int | None) -> int:
-    if workers is not None:
-        if workers < 0:
-            raise ConfigError("workers must be >= 0")
-        return workers
-    return max(1, min(4, (os.cpu_count() or 2)))
+def _workers(workers: int | None) -> int | None:
+    """The decode processes asked for; None: split the cores from the measured decode and encode costs of the
+    first images (:func:`mmsearch.ingest.encode.calibrate_workers`)."""
+    if workers is not None and workers < 0:
+        raise ConfigError("workers must be >= 0")
+    return workers
 
 
 def versions(path: str | Path) -> list[dict[str, Any]]:

@@ -17,10 +17,9 @@ import pytest
 from fakes import ColourEncoder, make_colour_folder
 
 import mmsearch
+import mmsearch.api
 from mmsearch.encoders import register_scheme
 from mmsearch.errors import EncoderMismatchError, StoreError
-
-import mmsearch.api
 
 LOADS: list[str] = []
 register_scheme("loadcount", lambda spec, device: ColourEncoder(str(spec)))
@@ -130,3 +129,37 @@ def test_the_cli_reindex_of_an_unchanged_folder_imports_no_model(folder: Path, t
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
     assert json.loads(runs[0].stdout.strip().splitlines()[-1])  # the first run embedded: a model loaded
     assert json.loads(runs[1].stdout.strip().splitlines()[-1]) == []
+
+
+# -- the cores split between decode workers and the encoder, from measured costs ---------------------
+def test_split_cores_follows_the_costs() -> None:
+    from mmsearch.ingest.encode import split_cores
+
+    assert split_cores(2, decode_s=0.001, encode_s=0.1) == 0  # OpenCLIP on 2 cores: the encoder gets both
+    assert split_cores(2, decode_s=0.05, encode_s=0.01) == 1  # a cheap encoder: one core decodes
+    assert split_cores(16, decode_s=0.05, encode_s=0.01) == 4  # capped at MAX_AUTO_WORKERS
+    assert split_cores(8, decode_s=0.01, encode_s=0.01) >= 1
+    assert split_cores(1, decode_s=1.0, encode_s=0.001) == 0  # one core: nothing to split
+
+
+def test_workers_default_to_a_calibration(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmsearch.ingest.images as images
+    from mmsearch.ingest import encode
+
+    for n in range(70):  # enough files for decode workers to be considered (>= 2 batches)
+        (folder / f"copy{n}.png").write_bytes((folder / "red.png").read_bytes())
+    calls = []
+
+    def recording(batcher: object, settings: object, paths: list[str]) -> int:
+        calls.append(len(paths))
+        workers = encode.calibrate_workers(batcher, settings, paths)  # type: ignore[arg-type]
+        calls.append(workers)
+        return workers
+
+    monkeypatch.setattr(images, "calibrate_workers", recording)
+    result = mmsearch.index(folder, out=tmp_path / "w.mms", model=MODEL, batch_size=8)
+    assert calls[0] == 74 and 0 <= calls[1] <= encode.MAX_AUTO_WORKERS
+    assert result.report.images_embedded == 74
+    calls.clear()
+    mmsearch.index(folder, out=tmp_path / "x.mms", model=MODEL, batch_size=8, workers=0)
+    assert calls == []  # asked for: no calibration

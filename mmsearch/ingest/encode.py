@@ -8,6 +8,9 @@ import contextlib
 import functools
 import logging
 import os
+import statistics
+import sys
+import time
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -39,6 +42,9 @@ def share_cpus_with_workers(encoder: Encoder, workers: int) -> Iterator[None]:
     if workers <= 0 or str(getattr(encoder, "device", "cpu")).startswith("cuda"):
         yield
         return
+    if "torch" not in sys.modules:  # an ONNX Runtime encoder: its threads are set when its session is made
+        yield
+        return
     import torch
 
     saved = torch.get_num_threads()
@@ -47,6 +53,57 @@ def share_cpus_with_workers(encoder: Encoder, workers: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+#: most decode processes the automatic split starts (each holds a decoded window; beyond this the encoder
+#: is the bottleneck on every machine measured)
+MAX_AUTO_WORKERS = 4
+CALIBRATION_IMAGES = 3
+
+
+def split_cores(cores: int, decode_s: float, encode_s: float, *, max_workers: int = MAX_AUTO_WORKERS) -> int:
+    """Decode processes for ``cores`` CPUs when one image costs ``decode_s`` to decode (one core) and ``encode_s``
+    to encode (all cores): the count with the least predicted time per image. ``w`` workers take ``decode_s / w``
+    per image while the encoder, on the other ``cores - w``, takes ``encode_s * cores / (cores - w)`` (the slower
+    one sets the pace); no worker decodes in this process, one image after the other: ``decode_s + encode_s``.
+    OpenCLIP's ViT-B-32 on 2 cores costs ~100x its decode: 0 workers, the encoder keeps both cores."""
+    best, best_time = 0, decode_s + encode_s
+    for w in range(1, min(max_workers, cores - 1) + 1):
+        predicted = max(decode_s / w, encode_s * cores / (cores - w))
+        if predicted < best_time * 0.97:  # a worker must win clearly: each costs a process and memory
+            best, best_time = w, predicted
+    return best
+
+
+def calibrate_workers(batcher: BatchEncoder, settings: Any, paths: Sequence[str]) -> int:
+    """The decode processes for this run, from a short calibration: the first ``paths`` decoded here (timed),
+    then encoded twice (the second timed: the first pays the model's warm-up). A CUDA encoder leaves the CPU to
+    decoding: one worker per core (at most :data:`MAX_AUTO_WORKERS`)."""
+    from .decode import decode_image
+
+    cores = os.cpu_count() or 1
+    if batcher.cuda:
+        return max(1, min(MAX_AUTO_WORKERS, cores))
+    if cores <= 1:
+        return 0
+    timings, pixels = [], []
+    for n, path in enumerate(paths[:CALIBRATION_IMAGES]):
+        start = time.perf_counter()
+        decoded = decode_image(path, settings, n)
+        timings.append(time.perf_counter() - start)
+        if decoded.ok and decoded.pixels is not None:
+            pixels.append(decoded.pixels)
+    if not pixels:
+        return min(MAX_AUTO_WORKERS, cores - 1)
+    batcher.images(pixels)  # warm-up
+    start = time.perf_counter()
+    batcher.images(pixels)
+    encode_s = (time.perf_counter() - start) / len(pixels)
+    decode_s = statistics.median(timings)
+    workers = split_cores(cores, decode_s, encode_s)
+    log.info("cores: decode %.1f ms, encode %.1f ms per image on %d cores -> %d decode worker(s)",
+             decode_s * 1e3, encode_s * 1e3, cores, workers)
+    return workers
 
 
 class LazyEncoder:

@@ -30,7 +30,7 @@ from ..errors import StoreError
 from . import quarantine
 from .decode import Decoded, DecodeSettings, batched
 from .discover import ImageFile, iter_image_files
-from .encode import share_cpus_with_workers
+from .encode import calibrate_workers, share_cpus_with_workers
 from .job import Job
 from .pool import decode_stream
 
@@ -173,6 +173,8 @@ class ImageIngest:
             skip_hashes=frozenset(self.by_hash),
         )
         workers = 0 if len(todo) < 2 * options.batch_size else options.workers
+        if workers is None:  # split the cores between decoding and the encoder from their measured costs
+            workers = calibrate_workers(self.job.batcher, settings, [f.os_path for f in todo])
         stream = decode_stream((f.os_path for f in todo), settings, workers=workers,
                                window=2 * options.batch_size + 2 * max(workers, 1))
         with share_cpus_with_workers(self.job.encoder, workers):

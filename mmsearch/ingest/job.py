@@ -53,7 +53,7 @@ class IngestOptions:
     """Knobs of the pipeline."""
 
     batch_size: int = 32
-    workers: int = 2  # decode processes; 0 decodes in the calling process
+    workers: int | None = 2  # decode processes; 0 decodes in the calling process; None: from a calibration
     shard_rows: int = 8192  # rows per committed shard: the most work a kill can lose
     decode_timeout_s: float | None = 30.0  # per image; None: no limit
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger (after reduced-size JPEG decode) -> too-large
