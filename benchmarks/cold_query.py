@@ -1,4 +1,5 @@
-"""Cold `mmsearch query` with the built-in model: whole process, text and --image, this code vs a baseline commit.
+"""Cold `mmsearch query` with the built-in model: whole process, text and --image, on a 1k-image and a
+1M-row collection, this code vs a baseline commit, in one run.
 
 Every run is a new process (`mmsearch query ... --json`, the venv's console script), so it pays every import
 and model load a user pays; the operating system's file cache is warm for all of them alike (one untimed
@@ -7,15 +8,23 @@ cache). Per run: wall time (monotonic clock around the process) and the process'
 rusage, i.e. what ``/usr/bin/time -v`` reports as "Maximum resident set size").
 
 The two codes run with the same venv: the baseline is a ``git worktree`` of ``--baseline`` (default
-4dcc114, before issue 16), put first on PYTHONPATH; the new code is ``--new`` (default: this checkout).
-Runs alternate baseline/new and text/image, so slow spells of a shared machine fall on all of them alike.
+4dcc114, before issue 16), put first on PYTHONPATH; the new code is ``--new`` (a source tree, default this
+checkout, or a commit checked out as a worktree). Runs alternate baseline/new, text/image and the two
+collections, so slow spells of a shared machine fall on all of them alike.
 
-The collection (``--rows`` images, default 1,000) is made of distinct variants (crops, flips, sizes) of
-the bundled data/sample photos, or of the images under ``--images DIR``, and is built once by the
-baseline code (so both codes read the same, older collection). The top hits of both codes are compared:
-the same ids, scores within 2e-3 (the embeddings of the same text must agree, cosine >= 0.999).
+Each code queries collections it built itself (the on-disk format moved on since the baseline, which
+cannot read a newer collection; and a collection built by the new code keeps what a query needs, e.g. the
+no-match threshold, in its index record):
 
-    python benchmarks/cold_query.py [--rows 1000] [--runs 7] [--baseline 4dcc114] [--images DIR]
+- ``1k``: ``--rows`` images (default 1,000), distinct variants (crops, flips, sizes) of the bundled
+  data/sample photos or of the images under ``--images DIR``, indexed by each code's ``mmsearch index``;
+  the top hits of both codes are compared (the same ids, scores within 2e-3).
+- ``1M``: ``--big-rows`` (default 1,000,000) synthetic unit vectors under the built-in model's spec, with
+  image metadata, written through each code's ``mmsearch.store`` in 8,192-row shards (as ``mmsearch
+  index`` does) with the same ids and vectors, and an ``IVF1024,Flat`` index (as benchmarks/versions.py
+  does). ``--big-rows 0`` leaves it out.
+
+    python benchmarks/cold_query.py [--rows 1000] [--big-rows 1000000] [--runs 5] [--baseline 4dcc114]
 
 Prints a table and writes benchmarks/results/cold_query.json (raw runs, medians, machine, commits).
 """
@@ -65,6 +74,48 @@ def make_images(out: Path, rows: int, source: Path) -> int:
         image.thumbnail((side, side))
         image.save(out / f"{sources[src].stem}_{variant:03d}.jpg", quality=88)
     return rows
+
+
+SYNTHETIC = """
+import sys, time
+import numpy as np
+from mmsearch.encoders.registry import load_encoder
+from mmsearch.indexes import IndexOptions, build_index
+from mmsearch.store import ModelInfo, Store
+
+out, rows, shard_rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+encoder = load_encoder("builtin")
+info = ModelInfo(spec=encoder.spec, preprocess_id=encoder.preprocess_id, dim=encoder.dim)
+store = Store.open_or_create(out, info, embedding_dtype="float16")
+rng = np.random.default_rng(0)
+centres = rng.normal(size=(256, info.dim)).astype(np.float32)
+started = time.perf_counter()
+for start in range(0, rows, shard_rows):
+    n = min(shard_rows, rows - start)
+    v = centres[rng.integers(0, len(centres), n)] + rng.normal(size=(n, info.dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    ids = store.reserve_ids(n)
+    store.append("images", {"id": ids, "uri": [f"/photos/{i // 1000:04d}/img_{i:07d}.jpg" for i in ids],
+                            "sha256": [f"{i:064x}" for i in ids], "bytes": [100_000 + int(i) % 5000 for i in ids],
+                            "width": [640] * n, "height": [480] * n, "mtime": [1.7e9 + float(i) for i in ids],
+                            "caption": [None] * n}, v)
+options = IndexOptions(factory="IVF1024,Flat")
+try:  # the new code keeps the no-match threshold in the index record, computed at build time
+    from mmsearch.api import with_probe_queries
+    options = with_probe_queries(options, store, "images", encoder)
+except ImportError:
+    pass
+build_index(store, "images", options)
+store.close() if hasattr(store, "close") else None
+print(f"{rows} rows in {time.perf_counter() - started:.1f} s")
+"""
+
+
+def build_synthetic(tree: Path, home: Path, out: Path, rows: int) -> float:
+    """The 1M-row collection, written through ``tree``'s mmsearch.store (``-P``: not the cwd's); seconds it took."""
+    start = time.perf_counter()
+    run_timed([sys.executable, "-P", "-c", SYNTHETIC, str(out), str(rows), "8192"], code_env(tree, home))
+    return time.perf_counter() - start
 
 
 def checkout_baseline(commit: str, where: Path) -> str:
@@ -127,14 +178,15 @@ def git_state(tree: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1000, help="images in the collection")
-    parser.add_argument("--runs", type=int, default=7, help="timed cold runs per configuration (>= 5)")
+    parser.add_argument("--rows", type=int, default=1000, help="images in the small collection")
+    parser.add_argument("--big-rows", type=int, default=1_000_000, help="rows of the synthetic collection (0: none)")
+    parser.add_argument("--runs", type=int, default=5, help="timed cold runs per configuration (>= 5)")
     parser.add_argument("--baseline", default="4dcc114", help="the commit to compare against")
     parser.add_argument("--new", default=str(ROOT),
                         help="the new code: a source tree, or a commit to check out (default: this checkout)")
     parser.add_argument("--images", type=Path, default=SAMPLE, help="source images (default: data/sample)")
     parser.add_argument("--out", type=Path, default=RESULTS / "cold_query.json")
-    parser.add_argument("--keep", type=Path, help="keep the work directory (collection, worktree) here")
+    parser.add_argument("--keep", type=Path, help="keep the work directory (collections, worktrees) here")
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5")
@@ -145,8 +197,10 @@ def main() -> None:
     baseline_tree = work / "baseline"
     new_tree = Path(args.new).resolve() if Path(args.new).is_dir() else work / "new"
     codes: dict[str, Path] = {}
+    sizes = ["1k"] + (["1M"] if args.big_rows else [])
     started = time.time()
     load_before = os.getloadavg()
+    builds: dict[str, float] = {}
     try:
         commit = checkout_baseline(args.baseline, baseline_tree)
         new_commit = None if new_tree != work / "new" else checkout_baseline(args.new, new_tree)
@@ -154,27 +208,30 @@ def main() -> None:
         images = work / "images"
         if not images.exists():
             make_images(images, args.rows, args.images)
-        collection = work / "images.mms"
-        build_s = None
-        if not collection.exists():
-            start = time.perf_counter()
-            run_timed([*mmsearch_command(), "index", str(images), "--out", str(collection), "--model", "builtin"],
-                      code_env(baseline_tree, home))
-            build_s = time.perf_counter() - start
-        manifest = json.loads((collection / "manifest.json").read_text())
-        print(f"collection: {args.rows} images ({collection}), built by {args.baseline} in "
-              f"{'-' if build_s is None else f'{build_s:.1f} s'}; model {manifest.get('model', {}).get('spec')}")
+        collections: dict[tuple[str, str], Path] = {}
+        for code, tree in codes.items():
+            small = collections[(code, "1k")] = work / f"{code}-1k.mms"
+            if not small.exists():
+                start = time.perf_counter()
+                run_timed([*mmsearch_command(), "index", str(images), "--out", str(small), "--model", "builtin"],
+                          code_env(tree, home))
+                builds[f"{code}/1k"] = round(time.perf_counter() - start, 1)
+            if args.big_rows:
+                big = collections[(code, "1M")] = work / f"{code}-1M.mms"
+                if not big.exists():
+                    builds[f"{code}/1M"] = round(build_synthetic(tree, home, big, args.big_rows), 1)
+        print(f"collections: {args.rows} images, {args.big_rows} synthetic rows; built in {builds}")
 
-        configs = [(code, kind) for kind in ("text", "image") for code in codes]
+        configs = [(size, kind, code) for size in sizes for kind in ("text", "image") for code in codes]
         hits: dict[str, list[tuple[int, float]]] = {}
-        for code, kind in configs:  # warm-up: file cache, ONNX exports
-            _, _, stdout = run_timed(query_args(collection, kind), code_env(codes[code], home))
-            hits[f"{code}/{kind}"] = top_hits(stdout)
-        runs: dict[str, list[dict[str, float]]] = {f"{code}/{kind}": [] for code, kind in configs}
+        for size, kind, code in configs:  # warm-up: file cache, ONNX exports
+            _, _, stdout = run_timed(query_args(collections[(code, size)], kind), code_env(codes[code], home))
+            hits[f"{size}/{kind}/{code}"] = top_hits(stdout)
+        runs: dict[str, list[dict[str, float]]] = {"/".join(c): [] for c in configs}
         for _ in range(args.runs):
-            for code, kind in configs:
-                wall, rss, _ = run_timed(query_args(collection, kind), code_env(codes[code], home))
-                runs[f"{code}/{kind}"].append({"wall_s": round(wall, 4), "peak_rss_mib": round(rss, 1)})
+            for size, kind, code in configs:
+                wall, rss, _ = run_timed(query_args(collections[(code, size)], kind), code_env(codes[code], home))
+                runs[f"{size}/{kind}/{code}"].append({"wall_s": round(wall, 4), "peak_rss_mib": round(rss, 1)})
     finally:
         for tree in (baseline_tree, work / "new"):
             if tree.exists():
@@ -189,29 +246,31 @@ def main() -> None:
         summary[name] = {"median_s": round(statistics.median(walls), 3), "min_s": min(walls), "max_s": max(walls),
                          "median_peak_rss_mib": round(statistics.median(rss), 1), "max_peak_rss_mib": max(rss)}
     agreement = {}
-    for kind in ("text", "image"):
-        old, new = hits[f"baseline/{kind}"], hits[f"new/{kind}"]
-        agreement[kind] = {
-            "same_ids": [i for i, _ in old] == [i for i, _ in new],
-            "max_score_diff": round(max(abs(a - b) for (_, a), (_, b) in zip(old, new)), 6),
-            "baseline_top": old[:3], "new_top": new[:3],
-        }
+    for size in sizes:
+        for kind in ("text", "image"):
+            old, new = hits[f"{size}/{kind}/baseline"], hits[f"{size}/{kind}/new"]
+            agreement[f"{size}/{kind}"] = {
+                "same_ids": [i for i, _ in old] == [i for i, _ in new],
+                "max_score_diff": round(max(abs(a - b) for (_, a), (_, b) in zip(old, new)), 6),
+                "baseline_top": old[:3], "new_top": new[:3],
+            }
 
-    print(f"\ncold `mmsearch query`, built-in model, {args.rows}-image collection, median of {args.runs} runs "
+    print(f"\ncold `mmsearch query`, built-in model, median of {args.runs} runs "
           f"(load average {load_before[0]:.1f} at start)")
-    header = f"{'query':<7}{'code':<10}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}"
+    header = f"{'rows':<6}{'query':<7}{'code':<10}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}"
     print(f"{header}{'speed-up':>10}{'RSS ratio':>11}")
-    for kind in ("text", "image"):
-        base = summary[f"baseline/{kind}"]
-        for code in ("baseline", "new"):
-            s = summary[f"{code}/{kind}"]
-            speed = base["median_s"] / s["median_s"]
-            ratio = s["median_peak_rss_mib"] / base["median_peak_rss_mib"]
-            print(f"{kind:<7}{code:<10}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
-                  f"{s['median_peak_rss_mib']:>14.0f}{speed:>9.1f}x{ratio:>10.2f}x")
-    for kind, a in agreement.items():
+    for size in sizes:
+        for kind in ("text", "image"):
+            base = summary[f"{size}/{kind}/baseline"]
+            for code in ("baseline", "new"):
+                s = summary[f"{size}/{kind}/{code}"]
+                speed = base["median_s"] / s["median_s"]
+                ratio = s["median_peak_rss_mib"] / base["median_peak_rss_mib"]
+                print(f"{size:<6}{kind:<7}{code:<10}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
+                      f"{s['median_peak_rss_mib']:>14.0f}{speed:>9.1f}x{ratio:>10.2f}x")
+    for name, a in agreement.items():
         verdict = "same top-5 ids" if a["same_ids"] else "DIFFERENT top-5 ids"
-        print(f"{kind} query: {verdict}, max score difference {a['max_score_diff']:.1e}")
+        print(f"{name} query: {verdict}, max score difference {a['max_score_diff']:.1e}")
 
     record = {
         "benchmark": "cold_query",
@@ -219,15 +278,17 @@ def main() -> None:
         "duration_s": round(time.time() - started, 1),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_average_start": load_before, "load_average_end": os.getloadavg()},
-        "settings": {"rows": args.rows, "runs": args.runs, "k": K, "text_query": TEXT_QUERY,
-                     "image_query": str(IMAGE_QUERY.relative_to(ROOT)), "model": "builtin",
-                     "images_from": str(args.images), "collection_built_by": "baseline"},
+        "settings": {"rows": args.rows, "big_rows": args.big_rows, "runs": args.runs, "k": K,
+                     "text_query": TEXT_QUERY, "image_query": str(IMAGE_QUERY.relative_to(ROOT)), "model": "builtin",
+                     "images_from": str(args.images), "collections_built_by": "each code its own",
+                     "big_index": "IVF1024,Flat" if args.big_rows else None},
         "codes": {"baseline": {"commit": commit, "tree": "git worktree"},
                   "new": {"commit": new_commit, "tree": "git worktree"} if new_commit else git_state(codes["new"])},
-        "collection_build_s": None if build_s is None else round(build_s, 1),
+        "collection_build_s": builds,
         "summary": summary,
-        "speed_up": {kind: round(summary[f"baseline/{kind}"]["median_s"] / summary[f"new/{kind}"]["median_s"], 2)
-                     for kind in ("text", "image")},
+        "speed_up": {f"{size}/{kind}": round(summary[f"{size}/{kind}/baseline"]["median_s"]
+                                             / summary[f"{size}/{kind}/new"]["median_s"], 2)
+                     for size in sizes for kind in ("text", "image")},
         "hits_agreement": agreement,
         "runs": runs,
     }
