@@ -138,10 +138,14 @@ RECIPES: dict[str, BuiltinRecipe] = {
 
 def get_recipe(version: str) -> BuiltinRecipe:
     """The recipe of a built-in model version; :class:`ConfigError` naming the known ones."""
+    if version == "v3" and version not in RECIPES:  # defined in its own module, which imports this one
+        from .builtin_v3 import V3_RECIPE
+
+        RECIPES["v3"] = V3_RECIPE
     try:
         return RECIPES[version]
     except KeyError:
-        known = ", ".join(f"builtin:{v}" for v in RECIPES)
+        known = ", ".join(f"builtin:{v}" for v in [*RECIPES, *(["v3"] if "v3" not in RECIPES else [])])
         raise ConfigError(f"unknown built-in model version {version!r}; available: {known}") from None
 
 
@@ -261,7 +265,8 @@ class BuiltinEncoder:
                 if isinstance(self.recipe, ExemplarRecipe):
                     from .builtin_exemplars import load_exemplar_bank
 
-                    exemplars = load_exemplar_bank(self.recipe, dim=bank.shape[1])
+                    loader = getattr(self.recipe, "load_exemplars", None)  # v3: flags + emoji banks
+                    exemplars = loader(bank.shape[1]) if loader else load_exemplar_bank(self.recipe, dim=bank.shape[1])
                     bank = np.concatenate([bank, exemplars.class_bank])
                 self._image_assets = (bank, exemplars)
             return self._image_assets
