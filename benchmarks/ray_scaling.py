@@ -1,6 +1,14 @@
 """Ray engine scaling: images/s with 1 and 2 local Ray workers vs the single-machine path, and an estimate.
 
     python benchmarks/ray_scaling.py [--images 600] [--model openclip:mms-tiny/random] [--repeats 3]
+    python benchmarks/ray_scaling.py --nodes 1 2 3 [--images 600] [--repeats 2]     # a multi-node cluster
+
+``--nodes``: a Ray cluster of N nodes on this machine (``tests/ray_cluster.py``: ``ray.cluster_utils.Cluster``,
+one raylet and object store per node, 1 CPU each), one actor per node (SPREAD), an ``IVF16,Flat`` index whose
+parts are N Ray tasks. Reports the cluster start-up per node, the wall time of each run and its part outside
+ingest, the overhead each extra node adds, and whether every run's collection is identical to the 1-node one
+(ids, uris, hashes, embeddings, the top-10 of the index for 50 queries). Results:
+benchmarks/results/ray_nodes.json.
 
 Default mode (CPU, this machine): copies ``--images`` real images (OpenMoji 256 px PNGs from
 ../shared/data/emoji, or ``--source``) to a temporary folder and indexes them, each run into a fresh
@@ -111,6 +119,109 @@ def summarise(runs: dict[str, list[dict]], count: int) -> list[dict]:
     return rows
 
 
+# -- nodes mode: a multi-node cluster on this machine --------------------------------------------------
+def run_nodes(args: argparse.Namespace) -> dict:
+    import ray
+
+    from mmsearch.distributed import index_with_ray
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ray_cluster import LocalCluster
+
+    work = Path(tempfile.mkdtemp(prefix="mms-ray-nodes-"))
+    src = work / "src"
+    count = _copy_corpus(Path(args.source or DEFAULT_SOURCE), args.images, src)
+    print(f"{count} images, model {args.model}, nodes {args.nodes}, {args.repeats} repeats", flush=True)
+    reference: Path | None = None
+    rows = []
+    try:
+        for n in args.nodes:
+            t0 = time.perf_counter()
+            cluster = LocalCluster(workers=n - 1, head_cpus=1)
+            start_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            cluster.connect(ray)
+            connect_s = time.perf_counter() - t0
+            runs = []
+            try:
+                for rep in range(args.repeats):
+                    out = work / f"nodes{n}-{rep}.mms"
+                    marks: dict[str, float] = {"t0": time.perf_counter()}
+                    progress = _phase_marks(marks)
+                    t0 = marks["t0"]
+                    result = index_with_ray(src, out=out, model=args.model, batch_size=args.batch_size, workers=n,
+                                            num_cpus_per_worker=1, index_factory="IVF16,Flat", index_parts=n,
+                                            progress=progress)
+                    wall = time.perf_counter() - t0
+                    phases = {"to_first_row_s": marks.get("first_images"),
+                              "index_parts_s": (marks["index_parts_done"] - marks["first_index"])
+                              if "index_parts_done" in marks and "first_index" in marks else None}
+                    same = "reference" if reference is None else _identical(reference, out)
+                    reference = reference or out
+                    runs.append({"wall_s": wall, "ingest_s": result.report.seconds, **phases,
+                                 "images": result.report.images_embedded, "identical": same,
+                                 "tasks_lost": result.report.cluster.tasks_lost})
+                    print(f"  {n} node(s) rep {rep}: {wall:.2f} s wall, {result.report.seconds:.2f} s ingest, "
+                          f"first row at {phases['to_first_row_s'] or 0:.2f} s, "
+                          f"index parts {phases['index_parts_s'] or 0:.2f} s, "
+                          f"identical to 1 node: {same}", flush=True)
+                    if out != reference:
+                        shutil.rmtree(out)
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+            wall = statistics.median(r["wall_s"] for r in runs)
+            ingest = statistics.median(r["ingest_s"] for r in runs)
+            first = statistics.median(r["to_first_row_s"] or 0 for r in runs)
+            parts = statistics.median(r["index_parts_s"] or 0 for r in runs)
+            rows.append({"nodes": n, "cluster_start_s": round(start_s, 2), "head_start_s": round(cluster.head_s, 2),
+                         "worker_node_start_s": [round(x, 2) for x in cluster.worker_s], "connect_s": round(connect_s, 2),
+                         "wall_s": round(wall, 2), "ingest_s": round(ingest, 2), "fixed_s": round(wall - ingest, 2),
+                         "to_first_row_s": round(first, 2), "index_parts_s": round(parts, 2),
+                         "images_per_s": round(count / wall, 1),
+                         "identical": all(r["identical"] in (True, "reference") for r in runs), "raw": runs})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    one = next((r for r in rows if r["nodes"] == 1), rows[0])
+    for r in rows:
+        extra = r["nodes"] - one["nodes"]
+        r["wall_overhead_per_extra_node_s"] = round((r["wall_s"] - one["wall_s"]) / extra, 2) if extra else 0.0
+        r["fixed_overhead_per_extra_node_s"] = round((r["fixed_s"] - one["fixed_s"]) / extra, 2) if extra else 0.0
+    return {"images": count, "model": args.model, "batch_size": args.batch_size, "repeats": args.repeats,
+            "cpus": os.cpu_count(), "load_average": os.getloadavg(), "rows": rows}
+
+
+def _phase_marks(marks: dict[str, float]):
+    """A progress callback noting when the first image row came back (the actors were up) and the index parts ran."""
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter() - marks["t0"]
+        marks.setdefault(f"first_{stage}", now)
+        if stage == "index" and total and done == total:
+            marks["index_parts_done"] = now
+
+    return progress
+
+
+def _identical(a: Path, b: Path) -> bool:
+    """Same ids, uris and hashes, embeddings equal (float16 noise aside), same top-10 from the index."""
+    import numpy as np
+
+    from mmsearch.indexes import load_index
+    from mmsearch.store import Store
+
+    sa, sb = Store.open(a), Store.open(b)
+    ta, tb = sa.scan("images", ["id", "uri", "sha256", "embedding"]), sb.scan("images", ["id", "uri", "sha256", "embedding"])
+    if ta.select(["id", "uri", "sha256"]).to_pylist() != tb.select(["id", "uri", "sha256"]).to_pylist():
+        return False
+    ea = np.asarray(ta.column("embedding").to_pylist(), np.float32)
+    eb = np.asarray(tb.column("embedding").to_pylist(), np.float32)
+    if ea.shape != eb.shape or float(np.abs(ea - eb).max(initial=0)) > 1e-3:
+        return False
+    queries = ea[:: max(1, len(ea) // 50)][:50]
+    ia, ib = load_index(sa, "images"), load_index(sb, "images")
+    return bool(np.array_equal(ia.search(queries, 10)[1], ib.search(queries, 10)[1]))
+
+
 # -- the estimate --------------------------------------------------------------------------------------
 def estimate(gpu: dict | None, cpu: dict | None) -> list[dict]:
     """Hours for 100M / 1B images with N workers, from measured per-worker rates.
@@ -163,9 +274,18 @@ def main() -> None:
     parser.add_argument("--source", help="image folder (default: ../shared/data/emoji/openmoji_256)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--from-json", type=Path, help="re-print (and re-estimate) a saved run instead of measuring")
+    parser.add_argument("--nodes", type=int, nargs="+", help="run on a local multi-node cluster of each size instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.nodes:
+        result = run_nodes(args)
+        (args.out / "ray_nodes.json").write_text(json.dumps(result, indent=2))
+        print(_table(result["rows"], ["nodes", "cluster_start_s", "worker_node_start_s", "wall_s", "to_first_row_s",
+                                      "ingest_s", "index_parts_s", "fixed_s",
+                                      "images_per_s", "wall_overhead_per_extra_node_s", "fixed_overhead_per_extra_node_s",
+                                      "identical"]))
+        return
     if args.from_json:
         result = json.loads(args.from_json.read_text())
         result["rows"] = summarise(result["raw"], result["images"])

@@ -19,6 +19,7 @@ Run as a script it is one of the processes a test starts:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 TESTS = str(Path(__file__).resolve().parent)
 if TESTS not in sys.path:
@@ -95,6 +96,22 @@ class LocalCluster:
     def name_of(self, node_id: str) -> str | None:
         return next((n for n, node in self.workers.items() if node.node_id == node_id), None)
 
+    def running(self, name: str, title: str) -> bool:
+        """Whether a worker process of node ``name`` is executing a task whose process title starts with ``title``
+        (Ray titles a worker ``ray::<function>`` while it runs one): its raylet's children, read from /proc."""
+        raylet = self.workers[name].all_processes["raylet"][0].process.pid
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == raylet and (proc / "cmdline").read_bytes().startswith(title.encode()):
+                    return True
+            except (OSError, ValueError, IndexError):
+                continue
+        return False
+
     def remove_worker(self, name: str, *, graceful: bool = False) -> None:
         """Kill a worker node (its raylet, object store and worker processes: SIGKILL unless ``graceful``)."""
         node = self.workers.pop(name)
@@ -160,6 +177,33 @@ def start_s3_emulator() -> tuple[subprocess.Popen, dict[str, str]] | str:
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     return proc, env
+
+
+@contextlib.contextmanager
+def s3_emulator() -> Iterator[dict[str, str] | str]:
+    """The S3 emulator running with os.environ pointing at it (yields that environment), or why it cannot run
+    (yields the reason). s3fs's cached filesystems are dropped on both ends: they hold a client for one endpoint."""
+    started = start_s3_emulator()
+    if isinstance(started, str):
+        yield started
+        return
+    import s3fs
+
+    proc, env = started
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3fs.S3FileSystem.clear_instance_cache()
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def make_bucket(env: dict[str, str], bucket: str) -> None:

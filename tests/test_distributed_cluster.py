@@ -19,7 +19,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 from fakes import COLOURS, make_colour_folder, noise_image  # noqa: E402
-from ray_cluster import ON_WORKERS, LocalCluster, actor_nodes, make_bucket, register_colour, start_s3_emulator  # noqa: E402
+from ray_cluster import ON_WORKERS, LocalCluster, actor_nodes, make_bucket, register_colour, s3_emulator  # noqa: E402
 
 import mmsearch  # noqa: E402
 from mmsearch.distributed import index_with_ray  # noqa: E402
@@ -36,21 +36,8 @@ RAY_KW = dict(task_rows=2, workers=2, num_cpus_per_worker=0.5, resources_per_wor
 @pytest.fixture(scope="module")
 def s3_env():
     """The S3 emulator's environment (started before the cluster, whose nodes inherit it), or why none."""
-    started = start_s3_emulator()
-    if isinstance(started, str):
-        yield started
-        return
-    proc, env = started
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=10)
+    with s3_emulator() as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
@@ -196,15 +183,11 @@ def test_worker_node_killed_mid_index_build(two_workers: LocalCluster, reference
 
 
 def _busy_worker_node(cluster: LocalCluster, timeout_s: float = 60) -> str:
-    """A worker node running an index part now (its ``worker`` resource in use: the task holds it)."""
-    from ray._private.state import available_resources_per_node
-
+    """A worker node one of whose processes is running an index part now (it sleeps PART_DELAY_ENV seconds first)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        free = available_resources_per_node()
         for name in sorted(cluster.workers, reverse=True):
-            if free.get(cluster.node_id(name), {}).get("worker", 1.0) < 1.0:
-                time.sleep(0.3)  # the task is pushed to its worker process, which sleeps PART_DELAY_ENV seconds
+            if cluster.running(name, "ray::add_part"):
                 return name
         time.sleep(0.05)
     raise AssertionError("no index part started on a worker node")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed")
 
+from ray_cluster import s3_emulator as running_emulator  # noqa: E402
 from synthetic_vectors import add_rows, clustered, make_store  # noqa: E402
 
 from mmsearch.errors import CollectionBusyError, CommitConflictError, ConfigError  # noqa: E402
@@ -118,20 +118,8 @@ def test_deletion_files_travel_with_the_collection(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def s3_emulator():
     """moto_server on 127.0.0.1 with boto / s3fs pointed at it, or the reason it cannot run."""
-    from ray_cluster import start_s3_emulator
-
-    started = start_s3_emulator()
-    if isinstance(started, str):
-        yield started
-        return
-    proc, env = started
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    proc.terminate()
-    proc.wait(timeout=10)
+    with running_emulator() as env:
+        yield env
 
 
 @pytest.fixture(params=["file", "memory", "s3"])
@@ -228,3 +216,35 @@ def test_without_conditional_writes_the_lease_still_refuses(tmp_path: Path) -> N
     add_rows(stale, "images", clustered(5, 8, seed=2))
     with pytest.raises(CommitConflictError):
         second.push()
+
+
+def test_a_checkpoint_at_the_url_is_resumed_from_another_staging_copy(tmp_path: Path) -> None:
+    """A run killed before it published: its checkpoint (``_draft.json`` + the shards it lists) is at the URL,
+    so a driver restarted on another machine (another staging copy) resumes it instead of embedding again."""
+    from mmsearch.distributed.ray_engine import _MirroredStore
+
+    url = f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
+    make_store(tmp_path / "a", images=40, texts=0, dim=8, shards=1)
+    first = RemoteMirror(url, tmp_path / "a")
+    first.push()
+    model = Store.open(tmp_path / "a").manifest.model
+    store = _MirroredStore.open_or_create(tmp_path / "a", model)
+    store.mirror = first
+    with pytest.raises(KeyboardInterrupt):
+        with store.transaction("index"):
+            add_rows(store, "images", clustered(15, 8, seed=4), shards=3)  # three checkpoints, each pushed
+            raise KeyboardInterrupt  # the driver dies here
+    store.close()
+    assert first.remote_manifest()["next_id"] == 40  # nothing published
+    assert first.fs.exists(f"{first.path}/_draft.json")
+
+    elsewhere = RemoteMirror(url, tmp_path / "b").pull()
+    resumed = _MirroredStore.open_or_create(elsewhere, model)
+    assert resumed.manifest.rows("images") == 55  # the 15 checkpointed rows are kept, not embedded again
+    resumed.mirror = RemoteMirror(url, tmp_path / "b")
+    with resumed.transaction("index"):
+        add_rows(resumed, "images", clustered(5, 8, seed=5))
+    assert resumed.mirror.remote_manifest()["next_id"] == 60
+    assert not resumed.mirror.fs.exists(f"{resumed.mirror.path}/_draft.json")  # spent once published
+    resumed.close()
+    _same(tmp_path / "b", RemoteMirror(url, tmp_path / "c").pull())

@@ -51,6 +51,13 @@ class ClusterEvents:
     def start(self, ray: Any) -> None:
         self._nodes_at_start = node_states(ray)
 
+    def finish(self, ray: Any) -> None:
+        """Note the nodes that left during the run (also those that took no task of ours with them)."""
+        for node_id, alive in node_states(ray).items():
+            if not alive and self._nodes_at_start.get(node_id) and node_id not in self.nodes_lost:
+                self.nodes_lost.append(node_id)
+                log.warning("cluster: node %s left the cluster during the run", node_id[:12])
+
     def lost(self, ray: Any, what: str, exc: BaseException, *, node: str | None, attempt: int, retries: int) -> None:
         """Record one lost task (``what``), and that it is retried unless ``attempt`` passed ``retries``."""
         self.tasks_lost += 1
@@ -74,7 +81,7 @@ class ClusterEvents:
             log.error("cluster: lost %s (%s) %d times: giving up", what, cause, attempt + 1)
 
     def summary(self) -> str:
-        if not self.tasks_lost:
+        if not self.tasks_lost and not self.nodes_lost:
             return "no task lost"
         nodes = f"{len(self.nodes_lost)} node(s) lost ({', '.join(n[:12] for n in self.nodes_lost)}), " if self.nodes_lost else ""
         return f"{nodes}{self.tasks_lost} task(s) lost, {self.tasks_retried} retried"

@@ -212,7 +212,8 @@ def _index(path_list: list[str | Path], root: Path, mirror: RemoteMirror | None,
                 built = build_indexes(store, job.report, encoder, index_factory=index_factory,  # type: ignore[arg-type]
                                       max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
                                       index_shards=index_shards)
-        if events.tasks_lost:
+        events.finish(ray)
+        if events.tasks_lost or events.nodes_lost:
             log.warning("cluster: %s; the collection is complete", events.summary())
         store.vacuum(retention_s)
     finally:

@@ -10,8 +10,8 @@ collection at a URL is worked on in a local staging directory (a full copy) and 
   last: a reader of the URL sees the old collection or the new one, never a manifest whose files are
   missing. Pushing after each shard commit keeps the remote as resumable as a local collection.
 
-Writers. A URL has no ``flock``, so the mirror takes two guards of its own (see docs/sharing.md, "URL
-collections"):
+Writers. A URL has no ``flock``, so the mirror takes two guards of its own (docs/ray.md,
+"Storage"):
 
 - a **writer lease**: ``_writer_lease.json`` at the URL names the writer (host, pid, staging copy) and an
   expiry, renewed while the run goes on (every push, and a heartbeat thread). A second writer finds an
@@ -47,6 +47,7 @@ from typing import Any
 from ..errors import CollectionBusyError, CommitConflictError, ConfigError, MissingExtraError, StoreError
 from .atomic import file_sha256
 from .manifest import MANIFEST_NAME, MODALITIES
+from .versions import DRAFT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class RemoteMirror:
                     pass
             if not self._conditional:
                 log.warning("%s offers no conditional write: the writer lease is best effort, one writer at a time "
-                            "(see docs/sharing.md)", self.url)
+                            "(see docs/ray.md)", self.url)
         return self._conditional
 
     def _create(self, target: str, data: bytes) -> None:
@@ -267,7 +268,13 @@ class RemoteMirror:
         self.local.mkdir(parents=True, exist_ok=True)
         local_manifest = self.local / MANIFEST_NAME
         mine = _listed_files(json.loads(local_manifest.read_text(encoding="utf-8"))) if local_manifest.is_file() else {}
-        for rel, sha in _listed_files(remote).items():
+        self._fetch(_listed_files(remote), mine)
+        (self.local / MANIFEST_NAME).write_text(json.dumps(remote, indent=2, sort_keys=True), encoding="utf-8")
+        self._pull_draft(remote)
+        return self.local
+
+    def _fetch(self, files: dict[str, str | None], mine: dict[str, str | None]) -> None:
+        for rel, sha in files.items():
             dest = self.local / rel
             if sha is not None and dest.is_file() and (mine.get(rel) == sha or file_sha256(dest) == sha):
                 continue
@@ -277,8 +284,30 @@ class RemoteMirror:
             tmp = dest.with_name(f".tmp-pull-{dest.name}")
             self.fs.get_file(f"{self.path}/{rel}", str(tmp))
             tmp.replace(dest)
-        (self.local / MANIFEST_NAME).write_text(json.dumps(remote, indent=2, sort_keys=True), encoding="utf-8")
-        return self.local
+
+    def _pull_draft(self, remote: dict[str, Any]) -> None:
+        """A run killed before it published left its checkpoint at the URL (``_draft.json`` + its files): take
+        it when this copy has none of its own, so a driver restarted on another machine resumes it too."""
+        local_draft = self.local / DRAFT_NAME
+        if local_draft.is_file():
+            return  # this copy's own checkpoint (the store drops it if it is not on the current version)
+        try:
+            data = self.fs.cat_file(f"{self.path}/{DRAFT_NAME}")
+            draft = json.loads(data)
+        except FileNotFoundError:
+            return
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("%s/%s is unreadable: not resuming it", self.url, DRAFT_NAME)
+            return
+        if draft.get("base_version") != remote.get("version"):
+            return  # made on another version: the store would drop it
+        try:
+            self._fetch({rel: sha for rel, sha in _listed_files(draft).items() if sha is not None}, {})
+        except FileNotFoundError as exc:
+            log.warning("%s/%s lists a file that is gone (%s): not resuming it", self.url, DRAFT_NAME, exc)
+            return
+        local_draft.write_bytes(data)
+        log.info("took the checkpoint of an interrupted run from %s", self.url)
 
     # -- writing the remote ----------------------------------------------------------------------
     def push(self, *, listing: dict[str, Any] | None = None, publish: bool = True) -> int:
@@ -308,6 +337,8 @@ class RemoteMirror:
             uploaded += 1
         if self._lease_held:
             self.renew()  # also says, before anything is published, that another writer took over
+        if listing is not None and (self.local / DRAFT_NAME).is_file():  # the checkpoint itself, for a restart elsewhere
+            self.fs.pipe_file(f"{self.path}/{DRAFT_NAME}", (self.local / DRAFT_NAME).read_bytes())
         if not publish:
             return uploaded
         self._publish(manifest, local_manifest.read_bytes())
@@ -364,6 +395,11 @@ class RemoteMirror:
         tmp = f"{self.path}/.tmp-{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}"
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, f"{self.path}/{MANIFEST_NAME}")
+        if not (self.local / DRAFT_NAME).is_file():  # published: the run's checkpoint at the URL is spent
+            try:
+                self.fs.rm_file(f"{self.path}/{DRAFT_NAME}")
+            except FileNotFoundError:
+                pass
 
 
 class RemoteWriterConflictError(CommitConflictError):
