@@ -68,6 +68,7 @@ class ImageIngest:
         self.tombstoned: dict[str, list[_Old]] = defaultdict(list)  # deleted rows, by path: candidates to restore
         self.tombstoned_hash: dict[int, tuple[str, int, int]] = {}  # id -> (sha256, width, height) of those
         self.restore: dict[int, str] = {}  # id -> path of the deleted rows whose file is back unchanged
+        self._caption_rows: dict[int, list[int]] | None = None  # image id -> ids of its caption rows (all rows)
         self.by_hash: dict[str, tuple[int, int, int]] = {}  # sha256 -> (id, width, height) of a stored row
         self.pending: dict[str, np.ndarray] = {}  # dedup key -> vector, for rows not yet committed
         self.replaced: dict[str, list[int]] = {}
@@ -127,10 +128,22 @@ class ImageIngest:
         return todo
 
     def _restorable(self, f: ImageFile) -> int | None:
-        """The deleted row ``f`` is, unchanged (same size, modification time and caption): the latest one."""
+        """The deleted row ``f`` is, unchanged (same size, modification time and caption, and the caption's own
+        row still stored: a repair that dropped it deleted the image to embed it again): the latest one."""
         same = [o.id for o in self.tombstoned.get(f.uri, ())
-                if o.bytes == f.bytes and o.mtime == f.mtime and o.caption == f.caption]
+                if o.bytes == f.bytes and o.mtime == f.mtime and o.caption == f.caption
+                and (not o.caption or o.id in self._captions())]
         return max(same) if same else None
+
+    def _captions(self) -> dict[int, list[int]]:
+        """Image id -> the ids of its caption rows, deleted ones included (read once, when first needed)."""
+        if self._caption_rows is None:
+            table = self.job.store.scan("texts", ["id", "image_id"], include_deleted=True).to_pydict()
+            self._caption_rows = defaultdict(list)
+            for t, img in zip(table["id"], table["image_id"]):
+                if img is not None:
+                    self._caption_rows[img].append(t)
+        return self._caption_rows
 
     def _restore(self) -> None:
         """Un-delete the rows (and their captions) of files that came back unchanged; tombstone the rows that
@@ -138,8 +151,7 @@ class ImageIngest:
         if not self.restore:
             return
         store = self.job.store
-        captions = store.scan("texts", ["id", "image_id"], include_deleted=True).to_pydict()
-        if store.undelete("texts", [t for t, img in zip(captions["id"], captions["image_id"]) if img in self.restore]):
+        if store.undelete("texts", [t for i in self.restore for t in self._captions().get(i, [])]):
             self.job.report.changed.add("texts")
         restored = store.undelete("images", list(self.restore))
         self._delete([i for uri in self.restore.values() for i in self.replaced.pop(uri, [])], replaced=True)
