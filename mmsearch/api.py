@@ -50,7 +50,8 @@ def index(
     """Embed image folders / images / text corpora into a collection and (re)build its indexes.
 
     Re-running on the same inputs embeds only what is new or changed and records removed inputs
-    as deletions. ``out`` defaults to ``PATH.mms`` beside the first input. The model defaults to
+    as deletions. ``out`` defaults to ``PATH.mms`` beside the first input when it is a folder, else to
+    ``NAME.mms`` in the current directory (a single file's folder is left alone). The model defaults to
     the collection's own model, else ``$MMSEARCH_MODEL``, else the built-in offline model.
 
     ``index_factory`` (``"auto"`` or a FAISS factory string such as ``"HNSW32"``),
