@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import os
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .build_builtin_assets import _save_atomic
-from .build_builtin_assets_exemplars import ExemplarClass, _npz_bytes, exemplar_features, text_bank
+from .build_builtin_assets_exemplars import ExemplarClass, exemplar_features, text_bank
 from .builtin import ASSETS_DIR, SentenceTower
 from .builtin_v3 import EMOJI_FEATURE, V3_RECIPE, V3Recipe, quadmean
 
@@ -76,12 +78,34 @@ def twemoji_classes(package: Path) -> list[ExemplarClass]:
     return classes
 
 
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` (readable by ``np.load``) with fixed member timestamps: same arrays, same bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_emoji_assets(recipe: V3Recipe, classes: Sequence[ExemplarClass], features: np.ndarray,
                        bank: np.ndarray) -> dict:
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     blob = _npz_bytes({"features": unit.astype(np.float16), "class_bank": bank.astype(np.float16)})
     path = recipe.emoji_path
-    _save_atomic(path, lambda tmp: tmp.write_bytes(blob))
+    _write_atomic(path, blob)
     record = {
         "spec": recipe.spec,
         "feature": EMOJI_FEATURE,
@@ -93,8 +117,7 @@ def write_emoji_assets(recipe: V3Recipe, classes: Sequence[ExemplarClass], featu
         "classes": [{"id": c.id, "name": c.name, "texts": c.texts, "exemplars": c.sources} for c in classes],
         "sha256": {path.name: hashlib.sha256(blob).hexdigest()},
     }
-    _save_atomic(path.with_suffix(".json"),
-                 lambda tmp: tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"))
+    _write_atomic(path.with_suffix(".json"), (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     return record
 
 

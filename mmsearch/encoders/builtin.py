@@ -138,14 +138,10 @@ RECIPES: dict[str, BuiltinRecipe] = {
 
 def get_recipe(version: str) -> BuiltinRecipe:
     """The recipe of a built-in model version; :class:`ConfigError` naming the known ones."""
-    if version == "v3" and version not in RECIPES:  # defined in its own module, which imports this one
-        from .builtin_v3 import V3_RECIPE
-
-        RECIPES["v3"] = V3_RECIPE
     try:
-        return RECIPES[version]
+        return RECIPES[version]  # builtin:v3 is added by mmsearch.encoders.builtin_v3 when imported (the registry does)
     except KeyError:
-        known = ", ".join(f"builtin:{v}" for v in [*RECIPES, *(["v3"] if "v3" not in RECIPES else [])])
+        known = ", ".join(f"builtin:{v}" for v in RECIPES)
         raise ConfigError(f"unknown built-in model version {version!r}; available: {known}") from None
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ModelUnavailableError
 from .base import l2_normalise
-from .builtin import ASSETS_DIR, ExemplarRecipe
+from .builtin import ASSETS_DIR, RECIPES, ExemplarRecipe
 from .builtin_exemplars import ExemplarBank, load_exemplar_bank
 
 #: the emoji exemplars' feature: the mean of grid2's four quadrant blocks (1,280-d)
@@ -69,6 +69,7 @@ V3_RECIPE = V3Recipe(
     base_bank="v1", feature="grid2", exemplar_scale=65.0, exemplar_bias=-30.0,
     flags_version="v2", emoji_scale=65.0, emoji_bias=-30.0,
 )
+RECIPES.setdefault("v3", V3_RECIPE)  # importing this module makes builtin:v3 known to get_recipe
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ def _build(parsed: ModelSpec, device: str | None) -> Encoder:
     if parsed.scheme in _custom_schemes:
         return _custom_schemes[parsed.scheme](parsed, device)
     if parsed.scheme == "builtin":
+        from . import builtin_v3  # noqa: F401  (registers the builtin:v3 recipe)
         from .builtin import BuiltinEncoder
 
         return BuiltinEncoder(version=parsed.arch, device=device)
