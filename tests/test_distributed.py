@@ -32,7 +32,7 @@ def register_colour() -> None:
 def local_ray():
     """One local Ray instance for the module; actors import this module and fakes from tests/."""
     path = os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,  # never another test run's
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
