@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .config import default_collection_for, default_model, remember_collection
 from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
-from .errors import ConfigError, EncoderMismatchError, MMSearchError, StoreError
+from .errors import ConfigError, EncoderMismatchError, MMSearchError
 from .indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
 from .indexes.choice import AUTO, choose_factory
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
@@ -20,7 +20,7 @@ from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
 from .store.lock import DEFAULT_WAIT_S
 from .store.manifest import MANIFEST_NAME
-from .store.store import DEFAULT_RETENTION_S
+from .store.store import DEFAULT_RETENTION_S, check_model
 
 if TYPE_CHECKING:  # the ingest package (PIL, pyarrow.compute) loads only to index: `open` for a query needs none of it
     from .ingest import IngestOptions, IngestReport, Progress
@@ -107,7 +107,7 @@ def index(
 
     def load() -> Encoder:
         encoder = load_encoder(spec, device=device)
-        _check_same_model(info, _model_info(encoder))
+        check_model(info, _model_info(encoder))  # as the writer's open checks it
         return encoder
 
     encoder = LazyEncoder(load) if eager is None else eager
@@ -136,17 +136,6 @@ def _collection_model(root: Path) -> ModelInfo | None:
             return store.manifest.model
     except MMSearchError:
         return None  # damaged or half-made: the writer's open repairs it, with the model loaded first
-
-
-def _check_same_model(have: ModelInfo, want: ModelInfo) -> None:
-    """The loaded model must still be the collection's (as :meth:`Store.open_or_create` checks it)."""
-    if have.spec != want.spec:
-        raise EncoderMismatchError(have.spec, want.spec)
-    if have.dim != want.dim or have.preprocess_id != want.preprocess_id:
-        raise StoreError(
-            f"model {want.spec!r} now has a dim or preprocessing different from the collection's; "
-            "re-index into a new directory"
-        )
 
 
 def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index_factory: str | None = None,

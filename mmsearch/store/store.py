@@ -113,7 +113,7 @@ class Store:
         try:
             if exists(root):
                 store = cls(root, read_current(root, lenient=True), lock=lock, wait_s=wait_s)
-                _check_model(store.manifest.model, model)
+                check_model(store.manifest.model, model)
                 store._prepare_for_writing(outermost=not lock.nested)
             else:
                 store = cls(root, Manifest(model=model, embedding_dtype=embedding_dtype, operation="create"),
@@ -587,7 +587,8 @@ def _pointer_version(root: Path) -> int | None:
         return None
 
 
-def _check_model(have: ModelInfo, want: ModelInfo) -> None:
+def check_model(have: ModelInfo, want: ModelInfo) -> None:
+    """``want`` (a loaded model) must be the collection's model ``have``: the same spec, dim and preprocessing."""
     if have.spec != want.spec:
         raise EncoderMismatchError(have.spec, want.spec)
     if have.dim != want.dim or have.preprocess_id != want.preprocess_id:
