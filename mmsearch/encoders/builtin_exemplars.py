@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -112,28 +113,35 @@ class ExemplarBank:
         return scale * self.similarities(features) + bias
 
 
-def load_exemplar_bank(recipe: ExemplarRecipe, dim: int) -> ExemplarBank:
-    """The exemplar bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
-    path = recipe.exemplars_path
+def read_shipped_bank(path: Path, spec: str, kind: str, builder: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The JSON record and arrays of a bank shipped at ``path`` (an .npz beside its .json), after checking the
+    bytes against the record's sha256; a missing, unreadable or altered bank is :class:`ModelUnavailableError`
+    naming the ``builder`` module that makes it again."""
     record_path = path.with_suffix(".json")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         blob = path.read_bytes()
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(
-            recipe.spec,
-            f"its exemplar bank is missing or unreadable ({exc}); reinstall mmsearch, or rebuild it with "
-            "python -m mmsearch.encoders.build_builtin_assets_exemplars",
+            spec, f"its {kind} bank is missing or unreadable ({exc}); reinstall mmsearch, or rebuild it with "
+            f"python -m {builder}",
         ) from exc
     if hashlib.sha256(blob).hexdigest() != record.get("sha256", {}).get(path.name):
-        raise ModelUnavailableError(recipe.spec, f"{path} does not match the sha256 in {record_path.name}; reinstall mmsearch")
+        raise ModelUnavailableError(spec, f"{path} does not match the sha256 in {record_path.name}; reinstall mmsearch")
     with np.load(path, allow_pickle=False) as arrays:
-        bank = ExemplarBank(
-            features=arrays["features"].astype(np.float32),
-            owner=arrays["owner"].astype(np.int64),
-            class_bank=arrays["class_bank"].astype(np.float32),
-            class_ids=tuple(str(c["id"]) for c in record["classes"]),
-        )
+        return record, {name: arrays[name] for name in arrays.files}
+
+
+def load_exemplar_bank(recipe: ExemplarRecipe, dim: int) -> ExemplarBank:
+    """The exemplar bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
+    path = recipe.exemplars_path
+    record, arrays = read_shipped_bank(path, recipe.spec, "exemplar", "mmsearch.encoders.build_builtin_assets_exemplars")
+    bank = ExemplarBank(
+        features=arrays["features"].astype(np.float32),
+        owner=arrays["owner"].astype(np.int64),
+        class_bank=arrays["class_bank"].astype(np.float32),
+        class_ids=tuple(str(c["id"]) for c in record["classes"]),
+    )
     if record.get("feature") != recipe.feature or bank.class_bank.shape[1] != dim:
         raise ModelUnavailableError(recipe.spec, f"{path.name} was built for another feature or text model; reinstall mmsearch")
     return bank

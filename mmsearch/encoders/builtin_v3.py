@@ -19,8 +19,6 @@ deterministic).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import numpy as np
 from ..errors import ModelUnavailableError
 from .base import l2_normalise
 from .builtin import ASSETS_DIR, RECIPES, ExemplarRecipe
-from .builtin_exemplars import ExemplarBank, load_exemplar_bank
+from .builtin_exemplars import ExemplarBank, load_exemplar_bank, read_shipped_bank
 
 #: the emoji exemplars' feature: the mean of grid2's four quadrant blocks (1,280-d)
 EMOJI_FEATURE = "quadmean"
@@ -107,21 +105,9 @@ class CompositeExemplars:
 def load_emoji_bank(recipe: V3Recipe, dim: int) -> EmojiBank:
     """The emoji bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
     path = recipe.emoji_path
-    record_path = path.with_suffix(".json")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        blob = path.read_bytes()
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(
-            recipe.spec,
-            f"its emoji bank is missing or unreadable ({exc}); reinstall mmsearch, or rebuild it with "
-            "python -m mmsearch.encoders.build_builtin_assets_v3",
-        ) from exc
-    if hashlib.sha256(blob).hexdigest() != record.get("sha256", {}).get(path.name):
-        raise ModelUnavailableError(recipe.spec, f"{path} does not match the sha256 in {record_path.name}; reinstall mmsearch")
-    with np.load(path, allow_pickle=False) as arrays:
-        features = l2_normalise(arrays["features"].astype(np.float32))
-        class_bank = arrays["class_bank"].astype(np.float32)
+    record, arrays = read_shipped_bank(path, recipe.spec, "emoji", "mmsearch.encoders.build_builtin_assets_v3")
+    features = l2_normalise(arrays["features"].astype(np.float32))
+    class_bank = arrays["class_bank"].astype(np.float32)
     classes = record["classes"]
     if (record.get("feature") != EMOJI_FEATURE or class_bank.shape != (len(classes), dim)
             or features.shape[0] != len(classes)):
