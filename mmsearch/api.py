@@ -83,7 +83,7 @@ def index(
     root = Path(out).expanduser() if out else default_collection_for(path_list[0])
     if retention_s < 0:
         raise ConfigError("retention_s must be >= 0")
-    options = _ingest_options(
+    options = ingest_options(
         batch_size=batch_size, workers=_workers(workers), shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
         max_image_pixels=max_image_pixels, dedup=dedup, captions=captions, text_column=text_column,
         id_column=id_column, path_column=path_column,
@@ -197,7 +197,7 @@ def model_for_collection(root: str | Path, model: str | None = None) -> str:
     return canonical_spec(model or default_model())
 
 
-def _ingest_options(*, captions: str | Path | Sequence[str | Path], max_image_pixels: int | None,
+def ingest_options(*, captions: str | Path | Sequence[str | Path], max_image_pixels: int | None,
                     decode_timeout_s: float | None, **rest: Any) -> IngestOptions:
     from .ingest import IngestOptions
 

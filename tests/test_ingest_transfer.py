@@ -15,7 +15,7 @@ import mmsearch
 from mmsearch.encoders.registry import load_encoder
 from mmsearch.ingest.decode import DecodeSettings, decode_image
 from mmsearch.ingest.encode import BatchEncoder
-from mmsearch.ingest.images import _model_input_px
+from mmsearch.ingest.images import model_input_px
 from mmsearch.ingest.transfer import split_transform
 
 TINY = "openclip:mms-tiny/random"
@@ -65,7 +65,7 @@ def test_indexed_embeddings_equal_encoding_with_the_whole_transform(tmp_path: Pa
     ids, vectors = (np.concatenate(part) for part in zip(*col.iter_embeddings("image")))
     stored = {col.item(int(i)).uri: v for i, v in zip(ids, vectors)}
     encoder = load_encoder(TINY)
-    whole = DecodeSettings(transform=encoder.image_transform, draft_px=_model_input_px(encoder.image_transform))
+    whole = DecodeSettings(transform=encoder.image_transform, draft_px=model_input_px(encoder.image_transform))
     decoded = [decode_image(str(p), whole) for p in paths]  # the same decode (pre-shrink) with the whole transform
     assert all(d.pixels is not None and d.pixels.dtype == np.float32 for d in decoded)
     with_whole = encoder.encode_images(torch.stack([torch.from_numpy(d.pixels) for d in decoded]))

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..api import IndexResult, _ingest_options, build_indexes, model_for_collection
+from ..api import IndexResult, build_indexes, ingest_options, model_for_collection
 from ..config import default_collection_for, remember_collection
 from ..errors import ConfigError, IngestError, MissingExtraError
 from ..ingest import IngestReport, Progress
@@ -45,7 +45,7 @@ from ..ingest.decode import Decoded
 from ..ingest.discover import ImageFile, classify
 from ..ingest.images import ImageIngest
 from ..ingest.job import Job
-from ..ingest.pipeline import _caption_manifests
+from ..ingest.pipeline import caption_manifests
 from ..ingest.texts import ingest_corpus
 from ..query.calibration import NULL_QUERIES
 from ..query.probes import PROBE_TEXTS
@@ -155,7 +155,7 @@ def _index(path_list: list[str | Path], root: Path, mirror: RemoteMirror | None,
            retention_s: float, resources_per_worker: dict[str, float] | None) -> IndexResult:
     ray = _import_ray()
     spec = model_for_collection(root, model)
-    options = _ingest_options(
+    options = ingest_options(
         batch_size=batch_size, workers=0, shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
         max_image_pixels=max_image_pixels, dedup=dedup, captions=captions, text_column=text_column,
         id_column=id_column, path_column=path_column,
@@ -184,7 +184,7 @@ def _index(path_list: list[str | Path], root: Path, mirror: RemoteMirror | None,
         with store.transaction("index"):  # one version at the end; shard commits are resumable checkpoints
             encoder = _RemoteEncoder(model_spec, dim, preprocess_id, pool)
             job = Job(store, encoder, options, RayIngestReport(cluster=events), progress, _RemoteBatcher(pool, dim),  # type: ignore[arg-type]
-                      captions=_caption_manifests(options))
+                      captions=caption_manifests(options))
             for raw in path_list:
                 path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
                 if classify(path) == "images":
@@ -271,13 +271,13 @@ class EmbedWorker:
     def __init__(self, spec: str, device: str | None, batch_size: int, setup: Callable[[], None] | None) -> None:
         from ..encoders.registry import load_encoder
         from ..ingest.encode import BatchEncoder
-        from ..ingest.images import _model_input_px
+        from ..ingest.images import model_input_px
 
         if setup is not None:
             setup()
         self.encoder = load_encoder(spec, device=device)
         self.batcher = BatchEncoder(self.encoder, batch_size)
-        self.draft_px = _model_input_px(self.encoder.image_transform)
+        self.draft_px = model_input_px(self.encoder.image_transform)
 
     def pid(self) -> int:
         return os.getpid()

@@ -60,7 +60,7 @@ def build_class_bank(picked: list[list[str]], tower: SentenceTower) -> np.ndarra
     return (bank / np.bincount(owner)[:, None]).astype(np.float32)
 
 
-def _save_atomic(path: Path, write: Callable[[Path], object]) -> None:
+def save_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
@@ -74,7 +74,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
-    _save_atomic(path, write)
+    save_atomic(path, write)
 
 
 def write_assets(recipe: BuiltinRecipe, names: list[str], bank: np.ndarray) -> dict:
@@ -98,7 +98,7 @@ def write_assets(recipe: BuiltinRecipe, names: list[str], bank: np.ndarray) -> d
         "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (recipe.bank_path, recipe.mean_path)},
     }
     json_path = ASSETS_DIR / f"builtin_{recipe.version}.json"
-    _save_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+    save_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
     return record
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .build_builtin_assets import _save_atomic
+from .build_builtin_assets import save_atomic
 from .builtin import ASSETS_DIR, ExemplarRecipe, Lite0Transform, SentenceTower, get_recipe, load_lite0
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def write_exemplar_assets(recipe: ExemplarRecipe, classes: Sequence[ExemplarClas
     stored_bank = bank.astype(np.float16)
     blob = _npz_bytes({"features": unit.astype(np.float16), "owner": owner, "class_bank": stored_bank})
     path = recipe.exemplars_path
-    _save_atomic(path, lambda tmp: tmp.write_bytes(blob))
+    save_atomic(path, lambda tmp: tmp.write_bytes(blob))
     record = {
         "spec": recipe.spec,
         "recipe": {k: getattr(recipe, k) for k in recipe.__dataclass_fields__},
@@ -163,7 +163,7 @@ def write_exemplar_assets(recipe: ExemplarRecipe, classes: Sequence[ExemplarClas
         "sha256": {path.name: hashlib.sha256(blob).hexdigest()},
     }
     json_path = path.with_suffix(".json")
-    _save_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
+    save_atomic(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8"))
     return record
 
 

@@ -180,7 +180,7 @@ class ImageIngest:
         transform = self.job.encoder.image_transform
         settings = DecodeSettings(
             # uint8 pixels when the transform splits (see ingest.transfer); a batcher that has no split runs it all
-            transform=getattr(self.job.batcher, "worker_transform", transform), draft_px=_model_input_px(transform),
+            transform=getattr(self.job.batcher, "worker_transform", transform), draft_px=model_input_px(transform),
             max_image_pixels=options.max_image_pixels, timeout_s=options.decode_timeout_s,
             skip_hashes=frozenset(self.by_hash),
         )
@@ -310,7 +310,7 @@ class ImageIngest:
                          and (e.get("uri") not in self.seen or e.get("uri") in embedded))
 
 
-def _model_input_px(transform: object) -> int | None:
+def model_input_px(transform: object) -> int | None:
     """The side of the model's input image (probed once), or None when the transform is not spatial."""
     from PIL import Image
 

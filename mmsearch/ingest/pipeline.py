@@ -38,7 +38,7 @@ def ingest(
 ) -> IngestReport:
     """Embed every new or changed input under ``paths`` into ``store``; record removed ones as deletions."""
     job = Job(store, encoder, options, IngestReport(), progress, BatchEncoder(encoder, options.batch_size),
-              captions=_caption_manifests(options))
+              captions=caption_manifests(options))
     for raw in paths:
         path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
         if classify(path) == "images":
@@ -49,7 +49,7 @@ def ingest(
     return job.report
 
 
-def _caption_manifests(options: IngestOptions) -> dict[str, str]:
+def caption_manifests(options: IngestOptions) -> dict[str, str]:
     captions: dict[str, str] = {}
     for manifest in options.captions:
         found = read_caption_manifest(Path(manifest), text_column=options.text_column, path_column=options.path_column)
