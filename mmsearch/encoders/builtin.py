@@ -583,16 +583,9 @@ class _OnnxImageRunner:
     backend = "onnx"
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
+        from .minilm import cpu_session
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting threads after a run: they slowed the FAISS search that follows an encode ~3x
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors (corrupt or foreign file)
-            raise EncoderError(f"onnxruntime cannot load {path}: {exc}; delete the file to re-export it") from exc
+        self.session = cpu_session(path, "delete the file to re-export it")
         self.path = path
 
     @classmethod

@@ -147,23 +147,29 @@ def normalise(pooled: np.ndarray) -> np.ndarray:
 # --- ONNX Runtime --------------------------------------------------------------------------------
 
 
+def cpu_session(path: Path, remedy: str) -> Any:
+    """An ONNX Runtime CPU session for the graph at ``path``, fully optimised and without busy-waiting threads
+    after a run (they slowed the FAISS search that follows an encode ~3x); a file it cannot load is an
+    :class:`EncoderError` ending with ``remedy``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors (corrupt or foreign file)
+        raise EncoderError(f"onnxruntime cannot load {path}: {exc}; {remedy}") from exc
+
+
 class OnnxSentenceTower:
     """The text tower in ONNX Runtime (CPU), tokenised by ``tokenizers``: no torch, no transformers."""
 
     backend = "onnx"
 
     def __init__(self, path: Path, spec: str = "builtin:v2") -> None:
-        import onnxruntime as ort
-
         self.tokenizer = load_tokenizer(spec)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting threads after a run: they slow the FAISS search that follows a query encode
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors (corrupt or foreign file)
-            raise EncoderError(f"onnxruntime cannot load {path}: {exc}; delete {path.parent} to re-export it") from exc
+        self.session = cpu_session(path, f"delete {path.parent} to re-export it")
         self.path = path
         width = self.session.get_outputs()[0].shape[-1]
         self.dim = width if isinstance(width, int) else 384
