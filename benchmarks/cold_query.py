@@ -133,7 +133,7 @@ def remove_baseline(where: Path) -> None:
 
 def mmsearch_command() -> list[str]:
     script = Path(sys.executable).parent / "mmsearch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mmsearch.cli.main"]
 
 
 def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:

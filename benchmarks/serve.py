@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 def start_server(collection: Path, port: int, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cli.main", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "mmsearch.cli.main", "serve", str(collection), "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(cmd, cwd=ROOT.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -70,7 +70,7 @@ json.dump({"errors": errors, "searches": searches, "versions": sorted(versions)}
 """
 
 SERVER = SETUP + """
-from cli.main import main
+from mmsearch.cli.main import main
 main(["serve", sys.argv[1], "--port", sys.argv[2], "--threads", "2"])
 """
 

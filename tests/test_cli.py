@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from fakes import make_colour_folder
 
-from cli.main import main
+from mmsearch.cli.main import main
 
 
 @pytest.fixture

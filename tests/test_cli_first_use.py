@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fakes import make_colour_folder
 
-from cli.main import main
+from mmsearch.cli.main import main
 from mmsearch.config import last_collection
 
 
@@ -220,7 +220,7 @@ def test_the_summary_says_exact_for_a_flat_index_and_formats_numbers_one_way(pho
 
 
 def test_progress_bars_do_not_stay_on_screen() -> None:
-    from cli.render import Progress
+    from mmsearch.cli.render import Progress
 
     with Progress(enabled=True) as progress:
         progress.update("images", 1, 2)

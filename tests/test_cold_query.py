@@ -51,7 +51,7 @@ print(json.dumps({
 
 CLI = """
 import json, sys
-from cli.main import main
+from mmsearch.cli.main import main
 try:
     main(["query", sys.argv[2], "--collection", sys.argv[1], "-k", "1", "--json"])
 except SystemExit as exit:
@@ -131,7 +131,7 @@ ENCODER_MODULES = ("onnxruntime", "tokenizers", "mmsearch.encoders.builtin", "mm
 
 CLI_ERROR = """
 import json, sys
-from cli.main import main
+from mmsearch.cli.main import main
 try:
     main(sys.argv[1:])
     code = 0

@@ -8,7 +8,7 @@ from fakes import COLOURS, make_colour_folder
 from PIL import Image
 
 import mmsearch
-from cli.main import main
+from mmsearch.cli.main import main
 from mmsearch.errors import ConfigError
 from mmsearch.evaluation import _p_any
 

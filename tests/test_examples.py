@@ -185,7 +185,7 @@ COMMAND_LINES = _command_lines()
 def test_command_lines_name_real_commands_and_flags(where: str, line: str) -> None:
     import click
 
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     tokens = [t for raw in shlex.split(line.replace("|", " ")) for t in [raw.strip("[]")] if t and t != "..."]
     words = [t for t in tokens[1:] if not t.startswith("-")]

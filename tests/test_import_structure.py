@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mmsearch", "cli")
+PACKAGES = ("mmsearch",)
 LAYERS = {
     "mmsearch": 0, "mmsearch.errors": 0,
     "mmsearch.store": 1, "mmsearch.config": 1,
@@ -22,7 +22,7 @@ LAYERS = {
     "mmsearch.search": 5, "mmsearch.evaluation": 5, "mmsearch.train": 5,
     "mmsearch.api": 6,
     "mmsearch.serve": 7, "mmsearch.distributed": 7,
-    "cli": 8,
+    "mmsearch.cli": 8, "mmsearch.__main__": 8,
 }
 
 #: what the code still does against the rules (issue 17); fix one, then remove it here

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fakes import make_colour_folder
 
 import mmsearch
-from cli.main import main
+from mmsearch.cli.main import main
 from mmsearch import QueryError
 
 NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]

@@ -151,7 +151,7 @@ def test_index_and_cli_keep_a_sharded_collection(tmp_path: Path, colour_model: s
     from click.testing import CliRunner
     from fakes import COLOURS, make_colour_folder
 
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     for i, name in enumerate(COLOURS):  # 8 distinct images: no tied scores
         make_colour_folder(tmp_path / "photos" / f"d{i}", [name], captions=True)

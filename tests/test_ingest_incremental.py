@@ -223,7 +223,7 @@ def test_non_utf8_names_are_indexed_and_followed_incrementally(tmp_path: Path, c
 def test_cli_index_flags_and_machine_readable_summary(tmp_path: Path, colour_model: str) -> None:
     from click.testing import CliRunner
 
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     folder = make_colour_folder(tmp_path / "imgs", ["red", "green"], captions=False)
     (folder / "broken.png").write_bytes(b"\x89PNG nope")

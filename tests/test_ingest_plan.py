@@ -116,7 +116,7 @@ def test_the_cli_reindex_of_an_unchanged_folder_imports_no_model(folder: Path, t
     out = tmp_path / "b.mms"
     code = (
         "import json, sys\n"
-        "from cli.main import main\n"
+        "from mmsearch.cli.main import main\n"
         "try:\n    main(['index', sys.argv[1], '--out', sys.argv[2], '--model', 'builtin', '--workers', '0'])\n"
         "except SystemExit as exit:\n    assert not exit.code, exit.code\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -14,7 +14,7 @@ from fakes import COLOURS, make_colour_folder
 from test_query_parts import _FakeChat, fake_chat  # noqa: F401  (fixture)
 
 import mmsearch
-from cli.main import main
+from mmsearch.cli.main import main
 from mmsearch import Filter, Q, QueryError
 
 ALL = ["red", "green", "blue", "yellow", "cyan", "magenta"]

@@ -129,7 +129,7 @@ def test_a_full_disk_during_the_commit_is_one_line_and_keeps_the_last_version(bu
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("mmsearch.store.store.write_version", full)
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     result = CliRunner().invoke(main, ["index", str(folder), "--out", str(out)])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -144,7 +144,7 @@ def test_a_garbage_manifest_without_versions_is_one_line(tmp_path: Path) -> None
     out = tmp_path / "c.mms"
     out.mkdir()
     (out / "manifest.json").write_bytes(os.urandom(500))
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     result = CliRunner().invoke(main, ["info", str(out)])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -163,7 +163,7 @@ def test_an_oversized_image_is_quarantined_without_being_read(tmp_path: Path, mo
 
 def test_verify_cli_exits_non_zero_naming_each_problem(built: tuple[Path, Path, list]) -> None:
     _, out, _ = built
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     assert CliRunner().invoke(main, ["verify", str(out)]).exit_code == 0
     shard, index = _listed(out, "shard"), _listed(out, "index")

@@ -314,7 +314,7 @@ def test_cli_serve_passes_flags_to_the_library(monkeypatch: pytest.MonkeyPatch, 
     from click.testing import CliRunner
 
     import mmsearch.serve
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     calls = []
     monkeypatch.setattr(mmsearch.serve, "run", lambda paths, **kw: calls.append((paths, kw)))

@@ -45,7 +45,7 @@ def test_writers_readers_and_the_server_at_once_with_kills(tmp_path: Path) -> No
     pairs = list(zip(texts.column("image_id").to_pylist(), texts.column("source").to_pylist()))
     assert len(pairs) == len(uris) and all(by_id[img] == src for img, src in pairs)  # each caption on its image
     assert Counter(src for _, src in pairs) == Counter(uris)
-    verify = subprocess.run([sys.executable, "-m", "cli.main", "verify", str(outcome.out), "--deep"],
+    verify = subprocess.run([sys.executable, "-m", "mmsearch.cli.main", "verify", str(outcome.out), "--deep"],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert not (outcome.out / "_draft.json").exists()
@@ -66,7 +66,7 @@ def test_a_second_writer_waits_then_fails_naming_the_holder(tmp_path: Path) -> N
         from sharing_harness import SETUP
 
         args = ["index", str(tmp_path / "a"), "--out", str(out), "--wait", "0"]
-        script = SETUP + f"from cli.main import main\nmain({args!r})"
+        script = SETUP + f"from mmsearch.cli.main import main\nmain({args!r})"
         cli = subprocess.run([sys.executable, "-c", script, "x"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert cli.returncode == 1 and "Traceback" not in cli.stderr

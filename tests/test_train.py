@@ -342,7 +342,7 @@ def test_train_cli(tmp_path: Path) -> None:
 
     from click.testing import CliRunner
 
-    from cli.main import main
+    from mmsearch.cli.main import main
 
     make_pairs(tmp_path / "photos", captions_dir=True)
     runner = CliRunner()
