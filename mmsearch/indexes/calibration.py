@@ -1,17 +1,116 @@
-"""The no-match threshold of an index, computed when it is built (the queries come from the caller's encoder:
-:data:`mmsearch.query.calibration.NULL_QUERIES`, unrelated phrases) and kept in its record."""
+"""The no-match calibration of an index, computed when it is built and kept with it.
+
+Two signals, both per model and per collection:
+
+- the raw threshold (:func:`threshold_from_null_scores`): a high percentile of the best scores that unrelated
+  text queries (:data:`mmsearch.query.calibration.NULL_QUERIES`, from the caller's encoder) reach here. Kept for
+  indexes built before the moments below; it does not travel between collections of different density (on a
+  set of flags every flag scores 0.8 against "the flag of X", far above any unrelated phrase).
+- the match z-score (:func:`match_z`): how far a hit's score stands above the query's *own* score distribution
+  over the whole collection, in standard deviations. The mean and variance of ``q . x`` over every stored
+  vector ``x`` are exact from the collection's mean vector and covariance (:class:`ScoreMoments`, summed shard
+  by shard at build time), so it needs no scan at query time and works for text and image queries alike. A
+  hit is a good match when its z-score is above :func:`z_cut` of the collection's size: the expected best of
+  that many unrelated, normally distributed scores (``sqrt(2 ln n)``), a cut fitted on no data set.
+
+``benchmarks/no_match.py`` measures both on the shared evaluation sets (docs/no-match.md).
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
 
 import numpy as np
 
 PERCENTILE = 95.0
+_EPS = 1e-12
 
 
 def threshold_from_null_scores(best_scores: np.ndarray) -> float:
-    """The no-match threshold: the PERCENTILE-th percentile of unrelated queries' best scores."""
+    """The raw no-match threshold: the PERCENTILE-th percentile of unrelated queries' best scores."""
     scores = np.asarray(best_scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
         return float("-inf")
     return float(np.percentile(scores, PERCENTILE))
+
+
+class ScoreMoments:
+    """Count, mean vector and covariance of a collection's vectors, accumulated chunk by chunk (a shard at a
+    time) in float64; from them, the mean and variance of any query's scores over the whole collection."""
+
+    def __init__(self, dim: int) -> None:
+        self.count = 0
+        self._sum = np.zeros(dim, dtype=np.float64)
+        self._outer = np.zeros((dim, dim), dtype=np.float64)
+
+    @classmethod
+    def of(cls, chunks: Iterable[np.ndarray]) -> ScoreMoments:
+        """The moments of all rows of ``chunks`` (e.g. ``embeddings for _ids, embeddings in store.iter_embeddings(m)``)."""
+        moments: ScoreMoments | None = None
+        for chunk in chunks:
+            chunk = np.atleast_2d(np.asarray(chunk))
+            if moments is None:
+                moments = cls(chunk.shape[1])
+            moments.add(chunk)
+        if moments is None:
+            raise ValueError("no vectors to compute score moments from: pass at least one (n, dim) chunk")
+        return moments
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Add ``(n, dim)`` vectors."""
+        v = np.asarray(vectors, dtype=np.float64)
+        if v.ndim != 2 or v.shape[1] != self._sum.shape[0]:
+            raise ValueError(f"expected (n, {self._sum.shape[0]}) vectors, got shape {v.shape}")
+        self.count += v.shape[0]
+        self._sum += v.sum(axis=0)
+        self._outer += v.T @ v
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The mean vector (float64)."""
+        return self._sum / max(self.count, 1)
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """The (population) covariance matrix (float64)."""
+        mean = self.mean
+        return self._outer / max(self.count, 1) - np.outer(mean, mean)
+
+    def score_mean_std(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: the mean and standard deviation of its inner-product scores over the collection."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
+        variance = np.einsum("id,de,ie->i", q, self.covariance, q)
+        return q @ self.mean, np.sqrt(np.maximum(variance, _EPS))
+
+    def to_array(self) -> np.ndarray:
+        """One float64 array to save with the index: row 0 the count, row 1 the sum, then the sum of outer products."""
+        head = np.zeros((2, self._sum.shape[0]), dtype=np.float64)
+        head[0, 0], head[1] = self.count, self._sum
+        return np.concatenate([head, self._outer])
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> ScoreMoments:
+        """The moments saved by :meth:`to_array`."""
+        a = np.asarray(array, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != a.shape[1] + 2:
+            raise ValueError(f"not saved score moments (shape {a.shape}); rebuild the index with `mmsearch index`")
+        moments = cls(a.shape[1])
+        moments.count, moments._sum, moments._outer = int(a[0, 0]), a[1].copy(), a[2:].copy()
+        return moments
+
+
+def match_z(queries: np.ndarray, scores: np.ndarray, moments: ScoreMoments) -> np.ndarray:
+    """The z-scores of ``scores`` (``(n,)`` or ``(n, k)``: one row of hit scores per query) against each query's
+    own score distribution over the collection: ``(score - mean) / std``."""
+    mean, std = moments.score_mean_std(queries)
+    s = np.asarray(scores, dtype=np.float64)
+    shape = (-1,) + (1,) * (s.ndim - 1)
+    return (s - mean.reshape(shape)) / std.reshape(shape)
+
+
+def z_cut(rows: int) -> float:
+    """The default z-score above which a hit is a good match in a collection of ``rows`` vectors: the expected
+    best z-score of ``rows`` unrelated (standard normal) scores, ``sqrt(2 ln rows)``."""
+    return math.sqrt(2.0 * math.log(max(int(rows), 2)))

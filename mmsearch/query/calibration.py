@@ -1,15 +1,17 @@
 """A calibrated "no good match" signal.
 
-The threshold for a collection is a high percentile of the best scores that *unrelated* text queries
-(NULL_QUERIES: abstract, non-visual phrases) reach against it. A text query whose score is above it is
-more similar than anything an unrelated query gets, so it is a good match; below it, an assistant should
-say it found nothing rather than pass noise along. It is computed when the index is built and kept in the
-index record (:mod:`mmsearch.indexes.calibration`), so a query process never recomputes it.
+A hit is a good match when its score stands out from the query's own scores over the whole collection: its
+z-score (:func:`match_z`, from the collection's mean vector and covariance, :class:`ScoreMoments`) is above
+:func:`z_cut` of the collection's size. Below it, an assistant should say it found nothing rather than pass
+noise along. The older raw threshold is a high percentile of the best scores that *unrelated* text queries
+(NULL_QUERIES: abstract, non-visual phrases) reach against the collection. Both are computed when the index
+is built (:mod:`mmsearch.indexes.calibration`), so a query process never recomputes them; docs/no-match.md
+has the measurements.
 """
 
 from __future__ import annotations
 
-from ..indexes.calibration import PERCENTILE, threshold_from_null_scores
+from ..indexes.calibration import PERCENTILE, ScoreMoments, match_z, threshold_from_null_scores, z_cut
 
 NULL_QUERIES = (
     "the quarterly tax filing deadline", "how to reset a forgotten router password", "an abstract theorem about prime numbers",
@@ -25,4 +27,4 @@ NULL_QUERIES = (
     "the results of an opinion poll", "an argument about the meaning of a word", "a cache invalidation strategy",
     "the timeline of a legal appeal",
 )
-__all__ = ["NULL_QUERIES", "PERCENTILE", "threshold_from_null_scores"]
+__all__ = ["NULL_QUERIES", "PERCENTILE", "ScoreMoments", "match_z", "threshold_from_null_scores", "z_cut"]
