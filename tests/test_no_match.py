@@ -1,0 +1,69 @@
+"""The no-match signal (mmsearch.indexes.calibration): a hit's z-score against its query's own score distribution
+over the collection, cut at the expected best of that many unrelated scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mmsearch.indexes.calibration import ScoreMoments, match_z, threshold_from_null_scores, z_cut
+from tests.synthetic_vectors import clustered, unit
+
+
+def test_moments_summed_shard_by_shard_are_those_of_the_whole_collection() -> None:
+    vectors = clustered(500, 32, seed=3)
+    whole = ScoreMoments.of([vectors])
+    chunked = ScoreMoments.of(np.array_split(vectors, 7))
+    assert whole.count == chunked.count == 500
+    np.testing.assert_allclose(chunked.mean, vectors.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(chunked.covariance, np.cov(vectors.T, bias=True), atol=1e-6)
+    saved = ScoreMoments.from_array(chunked.to_array())
+    np.testing.assert_allclose(saved.covariance, chunked.covariance)
+    np.testing.assert_allclose(saved.mean, whole.mean, atol=1e-9)
+    with pytest.raises(ValueError, match="rebuild the index"):
+        ScoreMoments.from_array(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="at least one"):
+        ScoreMoments.of([])
+
+
+def test_match_z_is_the_z_score_over_every_stored_vector_without_a_scan() -> None:
+    items, queries = clustered(800, 48, seed=1), clustered(20, 48, seed=2)
+    scores = queries @ items.T
+    expected = (scores - scores.mean(axis=1, keepdims=True)) / scores.std(axis=1, keepdims=True)
+    top = np.sort(scores, axis=1)[:, ::-1][:, :5]  # the hits a search returns: their z-scores, row by row
+    got = match_z(queries, top, ScoreMoments.of(np.array_split(items, 3)))
+    np.testing.assert_allclose(got, np.sort(expected, axis=1)[:, ::-1][:, :5], atol=1e-4)
+    np.testing.assert_allclose(match_z(queries, top[:, 0], ScoreMoments.of([items])), got[:, 0], atol=1e-9)
+
+
+def test_in_a_dense_collection_the_raw_threshold_calls_everything_a_match_and_the_z_score_does_not() -> None:
+    # like a set of flags: every item shares a strong common component, so any on-topic query scores high
+    # against all of them, far above what unrelated queries reach
+    dim, n = 64, 300
+    rng = np.random.default_rng(0)
+    common = unit(rng.normal(size=dim))
+    items = unit(2.0 * common + rng.normal(size=(n, dim)) / np.sqrt(dim) * 2)
+    queries = unit(items + rng.normal(size=(n, dim)) / np.sqrt(dim) * 0.8)  # query n's answer is item n
+    nulls = unit(rng.normal(size=(32, dim)) - 3 * common)  # unrelated, off-topic queries
+    scores = queries @ items.T
+    there = scores.max(axis=1)
+    removed = np.where(np.eye(n, dtype=bool), -np.inf, scores).max(axis=1)
+    raw = threshold_from_null_scores((nulls @ items.T).max(axis=1))
+    assert (there > raw).mean() == 1.0 and (removed > raw).mean() == 1.0  # good_match on every result list
+    cut = z_cut(n)
+    z_there = match_z(queries, there, ScoreMoments.of([items]))
+    z_removed = np.array([match_z(queries[i:i + 1], removed[i:i + 1], ScoreMoments.of([np.delete(items, i, 0)]))[0]
+                          for i in range(n)])
+    assert (z_there > cut).mean() > 0.8 and (z_removed > cut).mean() < 0.2
+
+
+@pytest.mark.parametrize("rows", [50, 2000])
+def test_the_cut_grows_with_the_collection_so_unrelated_queries_stay_below_it(rows: int) -> None:
+    assert z_cut(rows) == pytest.approx(math.sqrt(2 * math.log(rows))) and z_cut(1) == z_cut(2) > 0
+    rng = np.random.default_rng(rows)
+    items, queries = unit(rng.normal(size=(rows, 32))), unit(rng.normal(size=(300, 32)))  # nothing matches
+    best = match_z(queries, (queries @ items.T).max(axis=1), ScoreMoments.of([items]))
+    assert (best > z_cut(rows)).mean() < 0.1  # few unrelated queries pass it ...
+    assert z_cut(rows) - 1 < np.median(best) < z_cut(rows)  # ... and it sits just above their typical best
