@@ -151,8 +151,14 @@ class BatchEncoder:
         return self.device.startswith("cuda")
 
     @functools.cached_property
+    def numpy_batches(self) -> bool:
+        """Whether batches are NumPy arrays: an encoder that declares ``numpy_input = True`` (it takes NumPy
+        batches, e.g. an ONNX Runtime model), on the CPU. Nothing then imports torch here."""
+        return bool(getattr(self.encoder, "numpy_input", False)) and not self.cuda
+
+    @functools.cached_property
     def split(self) -> Any:
-        return split_transform(self.encoder.image_transform)
+        return split_transform(self.encoder.image_transform, numpy=self.numpy_batches)
 
     @property
     def worker_transform(self) -> Any:
@@ -178,7 +184,10 @@ class BatchEncoder:
         return self._chunked(list(texts), lambda part: self.encoder.encode_texts(part))
 
     def _stack(self, pixels: list[np.ndarray]) -> Any:
-        """One (N, ...) tensor; on CUDA, written into a reused pinned buffer so the copy is asynchronous."""
+        """One (N, ...) tensor (a NumPy array for :attr:`numpy_batches`); on CUDA, written into a reused pinned
+        buffer so the copy is asynchronous."""
+        if self.numpy_batches:
+            return np.stack(pixels)
         import torch
 
         if not self.cuda:

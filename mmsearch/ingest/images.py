@@ -177,10 +177,10 @@ class ImageIngest:
         if not todo:
             return  # nothing to decode: the encoder is not even asked for its transform (it may not be loaded)
         options = self.job.options
-        transform = self.job.encoder.image_transform
+        # uint8 pixels when the transform splits (see ingest.transfer); a batcher that has no split runs it all
+        transform = getattr(self.job.batcher, "worker_transform", self.job.encoder.image_transform)
         settings = DecodeSettings(
-            # uint8 pixels when the transform splits (see ingest.transfer); a batcher that has no split runs it all
-            transform=getattr(self.job.batcher, "worker_transform", transform), draft_px=model_input_px(transform),
+            transform=transform, draft_px=model_input_px(transform),
             max_image_pixels=options.max_image_pixels, timeout_s=options.decode_timeout_s,
             skip_hashes=frozenset(self.by_hash),
         )

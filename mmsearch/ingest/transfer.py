@@ -44,7 +44,10 @@ class SplitTransform:
     multiply_subtract: tuple[float, float] | None = None  # instead of /255 (+ mean/std): x * a - b
 
     def finish(self, batch: Any) -> Any:
-        """(N, C, H, W) uint8 tensor (any device) -> float32 exactly as the whole transform gives."""
+        """(N, C, H, W) uint8 tensor (any device) -> float32 exactly as the whole transform gives. A NumPy batch
+        is finished in NumPy (an encoder that takes NumPy input: no torch is imported)."""
+        if isinstance(batch, np.ndarray):
+            return self._finish_numpy(batch)
         import torch
 
         if self.multiply_subtract is not None:
@@ -57,17 +60,32 @@ class SplitTransform:
             x.sub_(mean).div_(std)
         return x
 
+    def _finish_numpy(self, batch: np.ndarray) -> np.ndarray:
+        """The same arithmetic in float32 NumPy (scalars cast to float32 first, as torch does)."""
+        x = batch.astype(np.float32)
+        if self.multiply_subtract is not None:
+            a, b = self.multiply_subtract
+            x *= np.float32(a)
+            x -= np.float32(b)
+            return x
+        x /= np.float32(255)
+        if self.mean is not None and self.std is not None:
+            x -= np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+            x /= np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+        return x
 
-def split_transform(transform: Any) -> SplitTransform | None:
+
+def split_transform(transform: Any, *, numpy: bool = False) -> SplitTransform | None:
     """The cut of a torchvision ``Compose(PIL steps..., ToTensor(), [Normalize()])``, or the one a transform
     offers itself (a ``split_uint8()`` method); None for any other transform, or when the cut does not
-    reproduce the whole transform exactly on a probe image."""
+    reproduce the whole transform exactly on a probe image. ``numpy``: the batches will be NumPy arrays
+    (checked that way; a transform's own cut is then taken without importing torch or torchvision)."""
+    if hasattr(transform, "split_uint8"):
+        return _verified(transform, transform.split_uint8(), numpy=numpy)
     try:
         from torchvision import transforms as T
     except ImportError:
         return None
-    if hasattr(transform, "split_uint8"):
-        return _verified(transform, transform.split_uint8())
     if not isinstance(transform, T.Compose):
         return None
     steps = list(transform.transforms)
@@ -80,18 +98,24 @@ def split_transform(transform: Any) -> SplitTransform | None:
     mean = std = None
     if tail:
         mean, std = tuple(float(v) for v in tail[0].mean), tuple(float(v) for v in tail[0].std)
-    return _verified(transform, SplitTransform(Uint8Head(head), mean, std))
+    return _verified(transform, SplitTransform(Uint8Head(head), mean, std), numpy=numpy)
 
 
-def _verified(transform: Any, split: SplitTransform) -> SplitTransform | None:
-    """``split`` if it gives exactly what ``transform`` gives on a probe image (with transparency), else None."""
-    import torch
+def _verified(transform: Any, split: SplitTransform, *, numpy: bool = False) -> SplitTransform | None:
+    """``split`` if it gives exactly what ``transform`` gives on a probe image (with transparency), else None;
+    ``numpy``: finishing a NumPy batch (no torch here; the transform itself may still use it)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     probe = Image.fromarray(rng.integers(0, 256, (61, 83, 4), dtype=np.uint8), "RGBA")
     try:
         whole = transform(probe)
+        if numpy:
+            cut = split.finish(split.head(probe)[None])[0]
+            whole = whole.numpy() if hasattr(whole, "numpy") else np.asarray(whole)
+            return split if whole.dtype == cut.dtype and np.array_equal(whole, cut) else None
+        import torch
+
         cut = split.finish(torch.from_numpy(split.head(probe))[None])[0]
     except Exception:  # a step that is not PIL -> PIL after all
         return None
