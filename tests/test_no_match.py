@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from mmsearch.indexes.calibration import ScoreMoments, match_z, threshold_from_null_scores, z_cut
+from mmsearch.indexes.calibration import ScoreMoments, good_matches, match_z, threshold_from_null_scores, z_cut
 from tests.synthetic_vectors import clustered, unit
 
 
@@ -22,6 +22,10 @@ def test_moments_summed_shard_by_shard_are_those_of_the_whole_collection() -> No
     saved = ScoreMoments.from_array(chunked.to_array())
     np.testing.assert_allclose(saved.covariance, chunked.covariance)
     np.testing.assert_allclose(saved.mean, whole.mean, atol=1e-9)
+    chunked.remove(vectors[400:])  # rows deleted since: taken out again
+    np.testing.assert_allclose(chunked.covariance, np.cov(vectors[:400].T, bias=True), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot remove"):
+        chunked.remove(vectors)  # more rows than it holds
     with pytest.raises(ValueError, match="rebuild the index"):
         ScoreMoments.from_array(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="at least one"):
@@ -57,6 +61,7 @@ def test_in_a_dense_collection_the_raw_threshold_calls_everything_a_match_and_th
     z_removed = np.array([match_z(queries[i:i + 1], removed[i:i + 1], ScoreMoments.of([np.delete(items, i, 0)]))[0]
                           for i in range(n)])
     assert (z_there > cut).mean() > 0.8 and (z_removed > cut).mean() < 0.2
+    np.testing.assert_array_equal(good_matches(queries, there, ScoreMoments.of([items])), z_there > cut)
 
 
 @pytest.mark.parametrize("rows", [50, 2000])

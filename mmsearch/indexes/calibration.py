@@ -67,6 +67,15 @@ class ScoreMoments:
         self._sum += v.sum(axis=0)
         self._outer += v.T @ v
 
+    def remove(self, vectors: np.ndarray) -> None:
+        """Take out ``(n, dim)`` vectors added before (rows deleted since the moments were computed)."""
+        v = np.asarray(vectors, dtype=np.float64)
+        if v.ndim != 2 or v.shape[1] != self._sum.shape[0] or v.shape[0] > self.count:
+            raise ValueError(f"cannot remove {v.shape} vectors from moments of {self.count} (n, {self._sum.shape[0]}) rows")
+        self.count -= v.shape[0]
+        self._sum -= v.sum(axis=0)
+        self._outer -= v.T @ v
+
     @property
     def mean(self) -> np.ndarray:
         """The mean vector (float64)."""
@@ -114,3 +123,9 @@ def z_cut(rows: int) -> float:
     """The default z-score above which a hit is a good match in a collection of ``rows`` vectors: the expected
     best z-score of ``rows`` unrelated (standard normal) scores, ``sqrt(2 ln rows)``."""
     return math.sqrt(2.0 * math.log(max(int(rows), 2)))
+
+
+def good_matches(queries: np.ndarray, scores: np.ndarray, moments: ScoreMoments) -> np.ndarray:
+    """Per hit (``scores`` as in :func:`match_z`), whether it is a good match: its z-score is above
+    ``z_cut(moments.count)``."""
+    return match_z(queries, scores, moments) > z_cut(moments.count)
