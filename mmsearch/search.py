@@ -20,6 +20,7 @@ from .query.calibration import NULL_QUERIES, threshold_from_null_scores
 from .query.combine import Q, Term, as_term, combine
 from .query.evidence import EvidenceBundle, EvidenceItem
 from .query.filters import Filter
+from .query.labels import labels_of, match_labels
 from .query.terms import ImageQuery, embed_terms
 from .store import Store
 
@@ -40,6 +41,8 @@ class Hit:
 
     ``good_match`` is set for text queries: True when the score is above the collection's calibrated
     no-match threshold (see :meth:`Collection.no_match_threshold`), False when not; None otherwise.
+    ``labels`` (images): the model's top concepts stored at index time, ``[{"name", "confidence"}, ...]``
+    best first (empty for texts and for collections indexed before labels; see docs/labels.md).
     """
 
     id: int
@@ -50,6 +53,7 @@ class Hit:
     caption: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     good_match: bool | None = None
+    labels: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The one JSON form of a hit, shared by the library, the CLI and the HTTP API."""
@@ -224,7 +228,9 @@ class Collection:
     def item(self, id: int) -> Hit:
         """One item's stored metadata as a :class:`Hit` (score 1.0: an item is identical to itself)."""
         modality = MODALITY_NAMES[self._modality_of(int(id))]
-        return self._hit(modality, self._rows_by_id(modality, [int(id)]).get(int(id)), int(id), 1.0)
+        labels = self._labels_by_id(modality, [int(id)])
+        return self._hit(modality, self._rows_by_id(modality, [int(id)]).get(int(id)), int(id), 1.0,
+                         labels=labels.get(int(id)))
 
     def set_metadata(self, ids: Sequence[int], columns: Mapping[str, Sequence[Any]], *, modality: str = "image") -> None:
         """Attach your own metadata columns to items (e.g. ``{"rating": [5, 3], "album": ["x", "y"]}``).
@@ -286,8 +292,9 @@ class Collection:
 
     def evidence(self, question: str, *, k: int = 5, k_texts: int | None = None, nearest_texts: int = 3,
                  filter: Filter | Mapping[str, Any] | None = None) -> EvidenceBundle:
-        """The best images and texts for ``question``, with citation ids (I1.., T1..) and, for each
-        image, its nearest texts in the collection (an image->text, retrieval-based caption)."""
+        """The best images and texts for ``question``, with citation ids (I1.., T1..) and, for each image, its
+        stored labels (what the model sees in it) and its nearest texts in the collection (an image->text,
+        retrieval-based caption) with their scores: only those above the text index's no-match threshold."""
         available = [m for m in ("images", "texts") if self._has_index(m)]
         if not available:
             raise IndexNotFoundError("image or text", str(self.path))
@@ -297,15 +304,19 @@ class Collection:
         images = self._run(plan, on_images)[0] if on_images else []
         texts = self._run(plan, on_texts)[0] if on_texts else []
         neighbours: list[list[Hit]] = [[] for _ in images]
+        related = None
         if images and "texts" in available and nearest_texts > 0:
+            related = self.no_match_threshold("text")
             vectors = self._vectors_of_ids([h.id for h in images])
-            neighbours = self._run(_Plan(vectors, [set() for _ in images], [False] * len(images)),
-                                   self._target(nearest_texts, "text"))
+            found = self._run(_Plan(vectors, [set() for _ in images], [False] * len(images)),
+                              self._target(nearest_texts, "text"))
+            neighbours = [[n for n in near if n.score > related] for near in found]
         threshold = self.no_match_threshold("image" if images else "text")
         return EvidenceBundle(
             question=question, model=self.model, threshold=threshold,
             images=[_evidence_item(f"I{n}", h, near) for n, (h, near) in enumerate(zip(images, neighbours), 1)],
             texts=[_evidence_item(f"T{n}", h, []) for n, h in enumerate(texts, 1)],
+            related_threshold=related,
         )
 
     # -- information -------------------------------------------------------------------------------
@@ -356,10 +367,20 @@ class Collection:
         target = _modality(modality)
         index = self._index(target)
         allowed = None
-        if filter is not None or where is not None:  # a filter needs every row's metadata; a plain search none
-            table, _ = self._table(target)
+        if filter is not None and not isinstance(filter, Filter):
+            filter = Filter.from_dict(filter)
+        if where is not None or (filter is not None and filter.has_metadata_conditions()):
+            table, _ = self._table(target)  # a metadata filter needs every row's metadata; a plain search none
             expression = _combine_filters(filter, where, target, table.column_names)
             allowed = None if expression is None else _filter_ids(table, expression)
+        if filter is not None and filter.labels:
+            if target != "images":
+                raise QueryError("the labels filter applies to images only (texts have no labels)")
+            if not self._store.manifest.labels.get(target):
+                raise QueryError(f"{self.path} has no labels to filter on; run `mmsearch index` on it again "
+                                 "to compute them (see docs/labels.md)")
+            labelled = match_labels(self._store.read_labels(target), filter.labels)
+            allowed = labelled if allowed is None else np.intersect1d(allowed, labelled)
         return _Target(target, index, allowed, int(k), dedup)
 
     def _run(self, plan: _Plan, target: _Target, *, search_params: dict[str, float] | None = None) -> list[list[Hit]]:
@@ -376,7 +397,9 @@ class Collection:
                 pairs = self._collapse(pairs, dedup)
             ranked.append(pairs[:k])
         rows = self._rows_by_id(target.modality, [i for pairs in ranked for i, _ in pairs])
-        return [[self._hit(target.modality, rows.get(i), i, s, threshold if plan.text_only[n] else None)
+        labels = self._labels_by_id(target.modality, [i for pairs in ranked for i, _ in pairs])
+        return [[self._hit(target.modality, rows.get(i), i, s, threshold if plan.text_only[n] else None,
+                           labels=labels.get(i))
                  for i, s in pairs] for n, pairs in enumerate(ranked)]
 
     def _collapse(self, pairs: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:
@@ -392,24 +415,48 @@ class Collection:
 
     def _vectors_of_ids(self, ids: list[int]) -> np.ndarray:
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        missing = set(range(len(ids)))
+        where = self._locate(ids)
+        missing = [n for n, i in enumerate(ids) if int(i) not in where]
+        if missing:
+            raise QueryError(f"no item with id {ids[missing[0]]} in this collection")
         for modality in ("images", "texts"):
-            _, sorted_ids = self._table(modality)
-            here = [n for n in missing if _find(sorted_ids, ids[n]) is not None]
+            here = [n for n, i in enumerate(ids) if where[int(i)] == modality]
             if here:
                 found = self._store.embeddings_by_id(modality, [ids[n] for n in here])
                 for n in here:
                     out[n] = found[ids[n]]
-                missing -= set(here)
-        if missing:
-            raise QueryError(f"no item with id {ids[min(missing)]} in this collection")
         return out
 
     def _modality_of(self, item_id: int) -> str:
+        modality = self._locate([item_id]).get(int(item_id))
+        if modality is None:
+            raise QueryError(f"no item with id {item_id} in this collection")
+        return modality[:-1]
+
+    def _locate(self, ids: Sequence[int]) -> dict[int, str]:
+        """The modality ("images" or "texts") of each live item among ``ids``.
+
+        Reads only the id column of the shards' row groups whose id statistics can hold them (or the metadata
+        already read), never every row's metadata: an item, ``similar`` or ``recommend`` costs the same on 1k
+        or 1M rows."""
+        wanted = np.unique(np.asarray(list(ids), dtype=np.int64))
+        found: dict[int, str] = {}
         for modality in ("images", "texts"):
-            if _find(self._table(modality)[1], item_id) is not None:
-                return modality[:-1]
-        raise QueryError(f"no item with id {item_id} in this collection")
+            if not len(wanted):
+                break
+            if modality in self._rows:
+                sorted_ids = self._rows[modality][1]
+                here = [int(i) for i in wanted if _find(sorted_ids, int(i)) is not None]
+            else:
+                here = []
+                for shard in self._store.manifest.shards[modality]:
+                    if len(here) == len(wanted):
+                        break
+                    table = self._store.read_shard(shard, ["id"], ids=wanted)
+                    here += [int(i) for i in table.column("id").to_pylist()]
+            found.update((i, modality) for i in here)
+            wanted = wanted[~np.isin(wanted, here)]
+        return found
 
     def _has_index(self, modality: str) -> bool:
         return modality in self._store.manifest.indexes
@@ -465,15 +512,21 @@ class Collection:
                 row.update({name: values.get(name) for name in names})
         return found
 
+    def _labels_by_id(self, modality: str, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """The stored labels of ``ids`` (read from the labels file's row groups that hold them), by id."""
+        if not len(ids) or not self._store.manifest.labels.get(modality):
+            return {}
+        return labels_of(self._store.read_labels(modality, ids=np.unique(np.asarray(ids, dtype=np.int64))))
+
     def _hit(self, modality: str, row: dict[str, Any] | None, item_id: int, score: float,
-             threshold: float | None = None) -> Hit:
+             threshold: float | None = None, *, labels: list[dict[str, Any]] | None = None) -> Hit:
         row = row if row is not None else {"id": item_id}
         good = None if threshold is None else bool(score > threshold)
         user = {k: v for k, v in row.items() if k not in _BUILTIN_COLUMNS}
         if modality == "images":
             meta = {**{k: row.get(k) for k in ("width", "height", "bytes", "mtime", "sha256")}, **user}
             return Hit(item_id, score, "image", uri=row.get("uri"), caption=row.get("caption"), metadata=meta,
-                       good_match=good)
+                       good_match=good, labels=list(labels or []))
         meta = {**{k: row.get(k) for k in ("key", "image_id")}, **user}
         return Hit(item_id, score, "text", uri=row.get("source"), text=row.get("text"), metadata=meta, good_match=good)
 
@@ -483,6 +536,7 @@ def _evidence_item(citation: str, hit: Hit, near: list[Hit]) -> EvidenceItem:
         citation=citation, id=hit.id, modality=hit.modality, score=hit.score, good_match=hit.good_match,
         uri=hit.uri, text=hit.text, caption=hit.caption,
         nearest_texts=[{"id": n.id, "text": n.text, "score": round(n.score, 4)} for n in near],
+        labels=list(hit.labels),
     )
 
 

@@ -89,7 +89,7 @@ def test_hit_json_form(col) -> None:
     import json
 
     d = col.search("red", k=1)[0].to_dict()
-    assert set(d) == {"id", "score", "modality", "uri", "text", "caption", "metadata", "good_match"}
+    assert set(d) == {"id", "score", "modality", "uri", "text", "caption", "metadata", "good_match", "labels"}
     assert d["metadata"]["width"] == 40
     json.dumps(d)
 

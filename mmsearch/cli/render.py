@@ -138,16 +138,21 @@ def hits_table(hits: list[Any]) -> str:
     if not hits:
         return "no results"
     width = shutil.get_terminal_size((120, 20)).columns
+    with_labels = any(getattr(h, "labels", None) for h in hits)
     rows = []
     for rank, h in enumerate(hits, 1):
         what = h.uri if h.modality == "image" else h.text
         extra = h.caption if h.modality == "image" else h.uri
-        rows.append((str(rank), f"{h.score:.4f}", str(h.id), str(what or ""), str(extra or "")))
-    header = ("#", "score", "id", "item", "caption / source")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        row = [str(rank), f"{h.score:.4f}", str(h.id), str(what or "")]
+        if with_labels:
+            row.append(labels_text(getattr(h, "labels", None) or []))
+        rows.append((*row, str(extra or "")))
+    header = ("#", "score", "id", "item", *(("labels",) if with_labels else ()), "caption / source")
+    fixed = len(header) - 1
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(fixed)]
     out = []
     for r in [header, *rows]:
-        line = "  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]
+        line = "  ".join(c.ljust(w) for c, w in zip(r[:fixed], widths)) + "  " + r[fixed]
         out.append(line[:width] if len(line) > width else line)
     first_weak = next((n for n, h in enumerate(hits) if getattr(h, "good_match", None) is False), None)
     if first_weak == 0:
@@ -155,6 +160,11 @@ def hits_table(hits: list[Any]) -> str:
     elif first_weak is not None:
         out.insert(first_weak + 1, WEAK_LINE)  # after the header and the good rows
     return "\n".join(out)
+
+
+def labels_text(labels: list[dict[str, Any]], n: int = 2) -> str:
+    """A hit's best ``n`` labels as the table shows them: ``tabby cat 0.62, tiger cat 0.21``."""
+    return ", ".join(f"{label['name']} {label['confidence']:.2f}" for label in labels[:n])
 
 
 def info_text(info: dict[str, Any]) -> str:

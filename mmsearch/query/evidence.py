@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class EvidenceItem:
-    """One cited piece of evidence. Images carry their nearest texts (a retrieval-based caption)."""
+    """One cited piece of evidence. Images carry their stored labels (what the model sees in them, with
+    confidences) and their nearest texts above the related-text threshold (a retrieval-based caption)."""
 
     citation: str  # "I1", "T2": how the answer cites it
     id: int
@@ -18,7 +19,8 @@ class EvidenceItem:
     uri: str | None = None
     text: str | None = None
     caption: str | None = None
-    nearest_texts: list[dict[str, Any]] = field(default_factory=list)  # {id, text, score}
+    nearest_texts: list[dict[str, Any]] = field(default_factory=list)  # {id, text, score}, score > the threshold
+    labels: list[dict[str, Any]] = field(default_factory=list)  # {name, confidence}, best first
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class EvidenceBundle:
     threshold: float | None  # scores above it are good matches (calibrated on this collection)
     images: list[EvidenceItem]
     texts: list[EvidenceItem]
+    #: an image's nearest texts pass only above this score (the text index's no-match threshold)
+    related_threshold: float | None = None
 
     @property
     def found(self) -> bool:
@@ -51,8 +55,12 @@ class EvidenceBundle:
                          + ("" if item.good_match is not False else ", weak match") + ")")
             if item.caption:
                 lines.append(f"    caption: {item.caption}")
+            if item.labels:
+                lines.append("    the model sees: " + ", ".join(f"{label['name']} ({label['confidence']:.2f})"
+                                                            for label in item.labels))
             if item.nearest_texts:
-                lines.append("    related texts: " + " | ".join(t["text"] for t in item.nearest_texts))
+                lines.append("    related texts: " + " | ".join(f"{t['text']} (similarity {t['score']:.3f})"
+                                                            for t in item.nearest_texts))
         for item in self.texts:
             lines.append(f"[{item.citation}] text (similarity {item.score:.3f}"
                          + ("" if item.good_match is not False else ", weak match") + f"): {item.text}")

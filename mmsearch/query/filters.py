@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import QueryError
 
@@ -27,6 +27,8 @@ class Filter:
     path, e.g. under the collection's common root). See :func:`path_glob_regex`.
     ``caption_contains`` matches the caption (images) or the text (texts), case-insensitively;
     ``where`` maps any column to a value (equality) or to a list of values (membership).
+    ``labels`` (images) keeps items whose stored labels (the model's top concepts, docs/labels.md) match one of
+    the names: equal to it or holding it as whole words, ignoring case (``cat`` matches "tabby cat").
     """
 
     path_glob: str | None = None
@@ -41,6 +43,15 @@ class Filter:
     height_min: int | None = None
     height_max: int | None = None
     where: Mapping[str, Any] = field(default_factory=dict)
+    labels: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.labels, str):
+            object.__setattr__(self, "labels", (self.labels,))
+        elif not all(isinstance(name, str) for name in self.labels):
+            raise QueryError(f"labels must be names (strings), not {list(self.labels)!r}")
+        else:
+            object.__setattr__(self, "labels", tuple(self.labels))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Filter:
@@ -55,8 +66,13 @@ class Filter:
         """True when no condition is set."""
         return not any(getattr(self, f.name) for f in fields(self) if f.name != "where") and not self.where
 
+    def has_metadata_conditions(self) -> bool:
+        """True when a condition needs the metadata columns (every one but ``labels``, read from its own file)."""
+        return any(getattr(self, f.name) for f in fields(self) if f.name not in ("where", "labels")) or bool(self.where)
+
     def expression(self, modality: str, columns: list[str]) -> Any:
-        """The pyarrow expression for ``modality`` ("images" or "texts") with these columns."""
+        """The pyarrow expression for ``modality`` ("images" or "texts") with these columns (``labels`` is not
+        in it: the labels live in their own file, see :func:`mmsearch.query.labels.match_labels`)."""
         import pyarrow.compute as pc
 
         path_col = "uri" if modality == "images" else "source"

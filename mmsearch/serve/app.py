@@ -26,6 +26,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..query.filters import Filter
 from ..search import Hit
 from .catalog import CollectionLike, Served, build_catalog
 from .errors import ApiError, install_handlers
@@ -234,16 +235,20 @@ def _search_routes(router: APIRouter, state: ServerState) -> None:
     opts = state.options
     k_param = Query(10, ge=1, le=opts.max_k, description="How many results.")
     modality_param = Query("image", description="What to return: images or texts.")
+    label_param = Query(None, max_length=200, description="Keep images whose stored labels match one of these "
+                        "names (repeat the parameter for several; whole words, any case). See docs/labels.md.")
 
     @router.get("/collections/{name}/search", tags=["search"])
     async def search_text(name: str, q: str = Query(..., min_length=1, max_length=opts.max_query_chars),
-                          k: int = k_param, modality: Modality = modality_param) -> dict[str, Any]:
+                          k: int = k_param, modality: Modality = modality_param,
+                          label: list[str] | None = label_param) -> dict[str, Any]:
         """Search by text: the ``k`` items most similar to the text ``q``."""
-        return await _search(state, name, {"type": "text", "text": q}, k, modality, text=q)
+        return await _search(state, name, {"type": "text", "text": q}, k, modality, text=q, filter=_labels(label))
 
     @router.post("/collections/{name}/search/image", tags=["search"])
     async def search_image(name: str, file: UploadFile = File(..., description="The query image."),
-                           k: int = k_param, modality: Modality = modality_param) -> dict[str, Any]:
+                           k: int = k_param, modality: Modality = modality_param,
+                           label: list[str] | None = label_param) -> dict[str, Any]:
         """Search by an uploaded image (multipart field ``file``)."""
         state.served(name)
         data = await file.read(opts.max_upload_bytes + 1)
@@ -251,14 +256,22 @@ def _search_routes(router: APIRouter, state: ServerState) -> None:
             raise ApiError(413, f"the upload is larger than {opts.max_upload_bytes} bytes", code="upload_too_large")
         image = await state.run(decode_upload, data, max_image_pixels=opts.max_image_pixels)
         query = {"type": "image", "filename": (file.filename or "")[:200], "bytes": len(data)}
-        return await _search(state, name, query, k, modality, image=image)
+        return await _search(state, name, query, k, modality, image=image, filter=_labels(label))
 
     @router.get("/collections/{name}/items/{item_id}/similar", tags=["search"])
     async def search_similar(name: str, item_id: int = PathParam(..., ge=0, le=MAX_ID), k: int = k_param,
-                             modality: Modality = modality_param) -> dict[str, Any]:
+                             modality: Modality = modality_param,
+                             label: list[str] | None = label_param) -> dict[str, Any]:
         """Items similar to item ``item_id`` (the item itself left out)."""
         await state.run(state.served(name).item, item_id)
-        return await _search(state, name, {"type": "id", "id": item_id}, k, modality, id=item_id)
+        return await _search(state, name, {"type": "id", "id": item_id}, k, modality, id=item_id,
+                             filter=_labels(label))
+
+
+def _labels(names: list[str] | None) -> Filter | None:
+    """The ``label`` query parameters as a filter (None: no such parameter)."""
+    names = [n for n in names or [] if n.strip()]
+    return Filter(labels=names) if names else None
 
 
 async def _search(state: ServerState, name: str, query: dict[str, Any], k: int, modality: str,

@@ -73,6 +73,9 @@ class Manifest:
     deletion_files: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {m: [] for m in MODALITIES})
     indexes: dict[str, IndexRecord] = field(default_factory=dict)  # per modality, written by the index layer
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # user metadata columns per modality
+    #: per modality, the model's top concepts per row (``extra/labels-<modality>.vN.parquet``: file, rows, sha256,
+    #: size, time, and how they were made: vocabulary, its sha256, k, temperature). Absent in older manifests.
+    labels: dict[str, dict[str, Any]] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     version: int = 0  # which version of the collection this manifest is (0: the first, or written before versions)
@@ -85,6 +88,7 @@ class Manifest:
         for record in self.indexes.values():
             out += record.needed_files()
         out += [info["file"] for info in self.extra.values() if info]
+        out += [info["file"] for info in self.labels.values() if info]
         return out
 
     def rows(self, modality: str) -> int:
@@ -119,6 +123,7 @@ class Manifest:
                 deletion_files={m: _listed_deletion_files(data["deleted"].get(m)) for m in MODALITIES},
                 indexes={m: IndexRecord.from_dict(r) for m, r in dict(data.get("indexes", {})).items()},
                 extra=dict(data.get("extra", {})),
+                labels=dict(data.get("labels", {})),
                 created_at=float(data["created_at"]),
                 updated_at=float(data["updated_at"]),
                 version=int(data.get("version", 0)),

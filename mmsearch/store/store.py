@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 #: how long a superseded version stays for readers that hold no lease (see docs/sharing.md)
 DEFAULT_RETENTION_S = 3600.0
 _NORM_TOLERANCE = 0.02
+#: rows per row group of a labels file (a hit's labels are read from the groups holding its id)
+LABEL_ROW_GROUP = 16_384
 
 
 class Store:
@@ -355,6 +357,22 @@ class Store:
                                          **file_stamp(self.root / rel)}
         self.commit()
 
+    def write_labels(self, modality: str, table: pa.Table, about: dict | None = None) -> None:
+        """Replace the labels of ``modality`` (``id``, ``labels`` list<string>, ``confidences`` list<float32>; one
+        row per labelled item) and commit. ``about`` (JSON-able: vocabulary, k, temperature) is kept beside them.
+
+        They live in ``extra/labels-<modality>.vN.parquet``, sorted by id in row groups of
+        ``LABEL_ROW_GROUP`` rows, so a hit's labels are read by id from the groups that hold it."""
+        _check_modality(modality)
+        self._require_writer()
+        table = table.sort_by("id")
+        rel = f"extra/labels-{modality}.v{self.next_version():08d}.parquet"
+        write_with_atomic(self.root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd",
+                                                                       row_group_size=LABEL_ROW_GROUP))
+        self.manifest.labels[modality] = {**(about or {}), "file": rel, "rows": table.num_rows,
+                                          "sha256": file_sha256(self.root / rel), **file_stamp(self.root / rel)}
+        self.commit()
+
     # -- reading ---------------------------------------------------------------------------
     def read_shard(self, shard: ShardInfo, columns: Sequence[str], *, ids: np.ndarray | None = None,
                    include_deleted: bool = False) -> pa.Table:
@@ -405,17 +423,32 @@ class Store:
             table = self.read_shard(shard, ["id", "embedding"])
             yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), dim)
 
-    def read_extra(self, modality: str) -> pa.Table | None:
-        """The user metadata columns of ``modality`` (with ``id``), or None when there are none."""
-        info = self.manifest.extra.get(modality)
+    def read_extra(self, modality: str, *, ids: np.ndarray | Sequence[int] | None = None) -> pa.Table | None:
+        """The user metadata columns of ``modality`` (with ``id``), or None when there are none; with ``ids``,
+        only their rows (read from the row groups whose id statistics can hold them)."""
+        return self._read_side_file(self.manifest.extra.get(modality), ids)
+
+    def read_labels(self, modality: str, *, ids: np.ndarray | Sequence[int] | None = None) -> pa.Table | None:
+        """The stored labels of ``modality`` (``id``, ``labels``, ``confidences``), or None when there are none
+        (a collection indexed before labels, or by a run that did not label); with ``ids``, only their rows."""
+        return self._read_side_file(self.manifest.labels.get(modality), ids)
+
+    def _read_side_file(self, info: dict | None, ids: np.ndarray | Sequence[int] | None) -> pa.Table | None:
+        """A file beside the shards (user metadata, labels): all of it, or only the rows of ``ids``."""
         if not info:
             return None
         try:
-            return pq.read_table(self.root / info["file"])
+            # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas
+            with pq.ParquetFile(self.root / info["file"]) as parquet:
+                if ids is None:
+                    return parquet.read()
+                wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+                table = parquet.read_row_groups(_row_groups_holding(parquet, wanted))
         except FileNotFoundError as exc:
             raise self._gone_or_corrupt(info["file"], exc) from exc
         except (OSError, pa.ArrowException) as exc:
             raise CorruptShardError(str(self.root / info["file"]), str(exc)) from exc
+        return _rows_where(table, np.isin(_int64_values(table.column("id")), wanted))
 
     def iter_tables(self, modality: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         """Live rows of each shard in turn (only ``columns``, plus ``id``): memory is one shard."""

@@ -39,7 +39,7 @@ def check(store, *, deep: bool = False) -> list[str]:  # noqa: ANN001 - a Store
             stamp = stamps.get(rel, {})
             if why := damage(root, rel, stamp.get("sha256"), stamp.get("bytes", -1), full=True):
                 problems.append(f"{rel}: {why} (the {modality} index)")
-    for info in m.extra.values():
+    for info in [*m.extra.values(), *m.labels.values()]:
         if info and (why := damage(root, info["file"], info.get("sha256"), info.get("bytes", -1), full=True)):
             problems.append(f"{info['file']}: {why}")
     if deep:

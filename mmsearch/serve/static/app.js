@@ -183,6 +183,13 @@ function card(hit, index, collection) {
     caption.textContent = hit.modality === "text" ? hit.text : hit.caption;
     body.append(caption);
   }
+  if (hit.labels && hit.labels.length) {
+    const labels = document.createElement("div");
+    labels.className = "labels";
+    labels.title = "what the model sees (stored labels, with confidences)";
+    labels.textContent = hit.labels.slice(0, 3).map((l) => `${l.name} ${l.confidence.toFixed(2)}`).join(" · ");
+    body.append(labels);
+  }
   const uri = document.createElement("div");
   uri.className = "uri";
   uri.textContent = baseName(hit.uri);
