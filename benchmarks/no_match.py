@@ -16,7 +16,8 @@ point as its answer). Signals:
 "ceiling" is 0.5 + R@1/2: a signal that looks at the top hit cannot tell "there" from "removed" on a query whose
 answer is not the top hit (both lists start with the same item), so its AUROC is about at most this.
 "top hit" is a second view, the question a per-hit mark answers: the AUROC of the signal between queries whose
-top hit is an answer and queries whose top hit is wrong (answer there).
+top hit is an answer and queries whose top hit is wrong (answer there), and the precision/recall of the mark on
+the top hit (in the JSON: "top_hit").
 
     python benchmarks/no_match.py [--model builtin] [--data ../shared/data] [--cache /tmp/mmsearch-no-match]
 
@@ -102,11 +103,18 @@ def measure(queries: np.ndarray, query_groups: np.ndarray, items: np.ndarray, it
     right = top[:, 0]  # is the top hit an answer? (a per-hit mark's own question, with the answer there)
     top_hit = {"raw": auroc(there[right], there[~right]), "z": auroc(z_there[right], z_there[~right])} \
         if 0 < right.sum() < len(right) else {"raw": None, "z": None}
+    def top_pr(signal: np.ndarray, at: float) -> dict:  # the mark on the top hit vs whether that hit is right
+        marked = signal > at
+        return {"precision": round(float((marked & right).sum() / max(marked.sum(), 1)), 3),
+                "recall": round(float((marked & right).sum() / max(right.sum(), 1)), 3)}
+
     return {"queries": int(len(queries)), "items": int(len(items)), "R@1": round(100 * r1, 1),
             "R@10": round(100 * r10, 1), "ceiling": round(0.5 + r1 / 2, 3),
             "top_hit_auroc": {k: None if v is None else round(v, 3) for k, v in top_hit.items()},
-            "raw": {"auroc": round(auroc(there, removed), 3), "cut": round(raw_cut, 4), **pr(there, removed, raw_cut)},
-            "z": {"auroc": round(auroc(z_there, z_removed), 3), "cut": round(cut, 3), **pr(z_there, z_removed, cut)}}
+            "raw": {"auroc": round(auroc(there, removed), 3), "cut": round(raw_cut, 4), **pr(there, removed, raw_cut),
+                    "top_hit": top_pr(there, raw_cut)},
+            "z": {"auroc": round(auroc(z_there, z_removed), 3), "cut": round(cut, 3), **pr(z_there, z_removed, cut),
+                  "top_hit": top_pr(z_there, cut)}}
 
 
 def main() -> None:
