@@ -72,3 +72,18 @@ def test_the_cut_grows_with_the_collection_so_unrelated_queries_stay_below_it(ro
     best = match_z(queries, (queries @ items.T).max(axis=1), ScoreMoments.of([items]))
     assert (best > z_cut(rows)).mean() < 0.1  # few unrelated queries pass it ...
     assert z_cut(rows) - 1 < np.median(best) < z_cut(rows)  # ... and it sits just above their typical best
+
+
+def test_moments_of_a_collection_are_of_its_live_rows_and_survive_a_save(tmp_path) -> None:
+    from mmsearch.indexes.calibration import collection_moments, read_moments, write_moments
+    from tests.synthetic_vectors import make_store
+
+    store, ids, vectors, _ = make_store(tmp_path / "c.mms", images=400, texts=0, shards=3)
+    store.mark_deleted("images", ids[:50].tolist())
+    store.commit()
+    moments = collection_moments(store, "images")
+    assert moments.count == 350
+    np.testing.assert_allclose(moments.covariance, np.cov(vectors[50:].T, bias=True), atol=1e-6)
+    write_moments(tmp_path / "m.npy", moments)
+    again = read_moments(tmp_path / "m.npy")
+    assert again.count == 350 and np.array_equal(again.to_array(), moments.to_array())

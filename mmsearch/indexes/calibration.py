@@ -18,10 +18,15 @@ Two signals, both per model and per collection:
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
+
+from ..store import Store
+from ..store.atomic import write_bytes_atomic
 
 PERCENTILE = 95.0
 _EPS = 1e-12
@@ -129,3 +134,20 @@ def good_matches(queries: np.ndarray, scores: np.ndarray, moments: ScoreMoments)
     """Per hit (``scores`` as in :func:`match_z`), whether it is a good match: its z-score is above
     ``z_cut(moments.count)``."""
     return match_z(queries, scores, moments) > z_cut(moments.count)
+
+
+def collection_moments(store: Store, modality: str) -> ScoreMoments:
+    """The score moments of a collection's live ``modality`` rows (one read pass over its shards)."""
+    return ScoreMoments.of(vectors for _ids, vectors in store.iter_embeddings(modality))
+
+
+def write_moments(path: Path, moments: ScoreMoments) -> None:
+    """Save moments as one ``.npy`` file, atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, moments.to_array(), allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_moments(path: Path) -> ScoreMoments:
+    """Moments saved by :func:`write_moments`."""
+    return ScoreMoments.from_array(np.load(path, allow_pickle=False))
