@@ -258,6 +258,11 @@ class Collection:
             writer.write_extra(target, _merge_extra(writer.read_extra(target), update))
         self.refresh()
 
+    def labels(self, ids: Sequence[int], *, modality: str = "image") -> dict[int, list[dict[str, Any]]]:
+        """The stored labels of ``ids`` (``{id: [{"name", "confidence"}, ...]}``; ids without labels left out),
+        read by id from the labels file. See docs/labels.md."""
+        return self._labels_by_id(_modality(modality), [int(i) for i in ids])
+
     # -- embeddings for pipelines ------------------------------------------------------------------
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), dim) float32 stored embeddings, in the order given (images or texts)."""
@@ -379,7 +384,7 @@ class Collection:
             if not self._store.manifest.labels.get(target):
                 raise QueryError(f"{self.path} has no labels to filter on; run `mmsearch index` on it again "
                                  "to compute them (see docs/labels.md)")
-            labelled = match_labels(self._store.read_labels(target), filter.labels)
+            labelled = match_labels(self._store.read_labels(target), filter.labels, filter.label_min_confidence)
             allowed = labelled if allowed is None else np.intersect1d(allowed, labelled)
         return _Target(target, index, allowed, int(k), dedup)
 

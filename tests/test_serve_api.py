@@ -395,3 +395,27 @@ def test_docs_are_served_from_installed_files(client: httpx.Client) -> None:
 def test_page_addresses_with_search_state_serve_the_page(client: httpx.Client) -> None:
     page = client.get("/", params={"collection": "main", "q": "a red square", "modality": "text", "k": "12"})
     assert page.status_code == 200 and "/static/app.js" in page.text
+
+
+def test_hits_carry_labels_and_the_label_filter(tmp_path: Path) -> None:
+    from mmsearch.encoders import load_encoder
+    from mmsearch.query.labels import Vocabulary, update_labels
+    from mmsearch.store import Store
+
+    folder = make_colour_folder(tmp_path / "imgs", ["red", "green", "blue"])
+    root = mmsearch.index(folder, out=tmp_path / "l.mms", model=COLOUR, workers=0).path
+    names = ["red", "green", "blue", "white"]
+    with Store.open_for_writing(root) as store, store.transaction("labels"):
+        update_labels(store, load_encoder(COLOUR), cache=tmp_path / "cache",
+                      vocabulary=Vocabulary("colours", [f"{n} thing" for n in names], [[n] for n in names]))
+    with live_server(create_app({"l": root}, **LIMITS)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        hits = c.get("/api/collections/l/search", params={"q": "red", "k": 3}).json()["hits"]
+        assert hits[0]["labels"][0] == {"name": "red thing", "confidence": 1.0}
+        only = c.get("/api/collections/l/search", params=[("q", "red"), ("k", 3), ("label", "green"),
+                                                          ("label", "BLUE")]).json()["hits"]
+        assert sorted(Path(h["uri"]).name for h in only) == ["blue.png", "green.png"]
+        similar = c.get(f"/api/collections/l/items/{hits[0]['id']}/similar", params={"label": "blue"}).json()["hits"]
+        assert [Path(h["uri"]).name for h in similar] == ["blue.png"]
+        assert c.get(f"/api/collections/l/items/{hits[0]['id']}").json()["labels"][0]["name"] == "red thing"
+        error = error_of(c.get("/api/collections/l/search", params={"q": "red", "modality": "text", "label": "x"}), 400)
+        assert "images only" in error["message"] or "text" in error["message"]

@@ -28,7 +28,8 @@ class Filter:
     ``caption_contains`` matches the caption (images) or the text (texts), case-insensitively;
     ``where`` maps any column to a value (equality) or to a list of values (membership).
     ``labels`` (images) keeps items whose stored labels (the model's top concepts, docs/labels.md) match one of
-    the names: equal to it or holding it as whole words, ignoring case (``cat`` matches "tabby cat").
+    the names: equal to it or holding it as whole words, ignoring case (``cat`` matches "tabby cat"), at a
+    confidence of at least ``label_min_confidence``.
     """
 
     path_glob: str | None = None
@@ -44,8 +45,11 @@ class Filter:
     height_max: int | None = None
     where: Mapping[str, Any] = field(default_factory=dict)
     labels: Sequence[str] = ()
+    label_min_confidence: float = 0.05
 
     def __post_init__(self) -> None:
+        if not 0 <= float(self.label_min_confidence) <= 1:
+            raise QueryError(f"label_min_confidence must be in [0, 1], not {self.label_min_confidence!r}")
         if isinstance(self.labels, str):
             object.__setattr__(self, "labels", (self.labels,))
         elif not all(isinstance(name, str) for name in self.labels):
@@ -64,11 +68,13 @@ class Filter:
 
     def is_empty(self) -> bool:
         """True when no condition is set."""
-        return not any(getattr(self, f.name) for f in fields(self) if f.name != "where") and not self.where
+        return not any(getattr(self, f.name) for f in fields(self) if f.name not in ("where", "label_min_confidence")) \
+            and not self.where
 
     def has_metadata_conditions(self) -> bool:
         """True when a condition needs the metadata columns (every one but ``labels``, read from its own file)."""
-        return any(getattr(self, f.name) for f in fields(self) if f.name not in ("where", "labels")) or bool(self.where)
+        skip = ("where", "labels", "label_min_confidence")
+        return any(getattr(self, f.name) for f in fields(self) if f.name not in skip) or bool(self.where)
 
     def expression(self, modality: str, columns: list[str]) -> Any:
         """The pyarrow expression for ``modality`` ("images" or "texts") with these columns (``labels`` is not

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 LABEL_K = 5
 #: softmax(TEMPERATURE * cosine): CLIP's logit scale (exp(4.6052) = 100), used for every model (docs/labels.md)
 TEMPERATURE = 100.0
+#: the labels filter matches a stored name only at this confidence or more (a 5th name at 0.001 says little)
+FILTER_MIN_CONFIDENCE = 0.05
 #: rows scored per matrix product (memory: rows x vocabulary floats)
 BATCH_ROWS = 4096
 VOCABULARY_DIR = Path(__file__).parent / "vocabulary"
@@ -213,15 +215,17 @@ def labels_of(table: pa.Table | None) -> dict[int, list[dict[str, Any]]]:
     return out
 
 
-def match_labels(table: pa.Table | None, wanted: Iterable[str]) -> np.ndarray:
-    """Ids whose stored labels match one of ``wanted``: a name equal to it or holding it as whole words,
-    ignoring case (``cat`` matches "tabby cat" and "cat face emoji", not "catamaran")."""
+def match_labels(table: pa.Table | None, wanted: Iterable[str], min_confidence: float = FILTER_MIN_CONFIDENCE) -> np.ndarray:
+    """Ids whose stored labels of at least ``min_confidence`` match one of ``wanted``: a name equal to it or
+    holding it as whole words, ignoring case (``cat`` matches "tabby cat" and "cat face emoji", not "catamaran")."""
     patterns = [re.compile(rf"(?<![\w]){re.escape(w.strip().lower())}(?![\w])") for w in wanted if w.strip()]
     if table is None or not patterns:
         return np.zeros(0, np.int64)
     ids = _ids(table)
-    hits = [i for i, names in zip(ids.tolist(), table.column("labels").to_pylist())
-            if any(p.search(n.lower()) for n in names or [] for p in patterns)]
+    hits = [i for i, names, confidences in zip(ids.tolist(), table.column("labels").to_pylist(),
+                                               table.column("confidences").to_pylist())
+            if any(c >= min_confidence and p.search(n.lower())
+                   for n, c in zip(names or [], confidences or []) for p in patterns)]
     return np.asarray(hits, np.int64)
 
 

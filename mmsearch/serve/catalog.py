@@ -44,11 +44,12 @@ class Item:
     text: str | None
     caption: str | None
     metadata: dict[str, Any]
+    labels: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The item's JSON form (the keys of ``Hit.to_dict()`` but ``score``)."""
+        """The item's JSON form (the keys of ``Hit.to_dict()`` but ``score`` and ``good_match``)."""
         return {"id": self.id, "modality": self.modality, "uri": self.uri, "text": self.text,
-                "caption": self.caption, "metadata": self.metadata}
+                "caption": self.caption, "metadata": self.metadata, "labels": self.labels}
 
 
 @dataclass
@@ -89,7 +90,10 @@ class Served:
             table, ids = self._table(modality)
             pos = int(np.searchsorted(ids, item_id))
             if pos < len(ids) and ids[pos] == item_id:
-                return _item(modality, table.slice(pos, 1).to_pylist()[0])
+                item = _item(modality, table.slice(pos, 1).to_pylist()[0])
+                if modality == "images":
+                    item.labels = self.collection.labels([item_id]).get(item_id, [])
+                return item
         raise ApiError(404, f"collection {self.name!r} has no item with id {item_id}", code="unknown_id")
 
     def roots(self) -> tuple[Path, ...]:
