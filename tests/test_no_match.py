@@ -64,6 +64,14 @@ def test_in_a_dense_collection_the_raw_threshold_calls_everything_a_match_and_th
     np.testing.assert_array_equal(good_matches(queries, there, ScoreMoments.of([items])), z_there > cut)
 
 
+def test_a_query_that_scores_every_row_alike_matches_nothing() -> None:
+    items = np.eye(8, dtype=np.float32)  # one-hot items; a query with no preference scores 1/sqrt(8) on each
+    query = unit(np.ones((1, 8))).astype(np.float32)
+    scores = (query @ items.T)[:, :3]
+    assert not good_matches(query, scores, ScoreMoments.of([items])).any()
+    assert good_matches(items[:1], np.array([[1.0]]), ScoreMoments.of([items])).all()  # an exact item does
+
+
 @pytest.mark.parametrize("rows", [50, 2000])
 def test_the_cut_grows_with_the_collection_so_unrelated_queries_stay_below_it(rows: int) -> None:
     assert z_cut(rows) == pytest.approx(math.sqrt(2 * math.log(rows))) and z_cut(1) == z_cut(2) > 0

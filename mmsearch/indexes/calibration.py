@@ -29,7 +29,7 @@ from ..store import Store
 from ..store.atomic import write_bytes_atomic
 
 PERCENTILE = 95.0
-_EPS = 1e-12
+MIN_SCORE_STD = 1e-3  # a query whose scores spread less than this scores every row alike: nothing stands out
 
 
 def threshold_from_null_scores(best_scores: np.ndarray) -> float:
@@ -93,10 +93,11 @@ class ScoreMoments:
         return self._outer / max(self.count, 1) - np.outer(mean, mean)
 
     def score_mean_std(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per query: the mean and standard deviation of its inner-product scores over the collection."""
+        """Per query: the mean and standard deviation of its inner-product scores over the collection (at least
+        MIN_SCORE_STD, so that float noise on a query that scores every row alike is no match)."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
         variance = np.einsum("id,de,ie->i", q, self.covariance, q)
-        return q @ self.mean, np.sqrt(np.maximum(variance, _EPS))
+        return q @ self.mean, np.sqrt(np.maximum(variance, MIN_SCORE_STD**2))
 
     def to_array(self) -> np.ndarray:
         """One float64 array to save with the index: row 0 the count, row 1 the sum, then the sum of outer products."""
