@@ -9,12 +9,30 @@ where the model is).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # keep `import mmsearch` free of torch
     import numpy as np
     import torch
     from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec (see :func:`mmsearch.encoders.registry.parse_spec`)."""
+
+    scheme: str  # "openclip" | "builtin" | a registered scheme
+    arch: str
+    pretrained: str | None = None  # an OpenCLIP tag, "random", or None for builtin
+    weights_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.scheme != "openclip":
+            return f"{self.scheme}:{self.arch}"
+        if self.weights_path:
+            return f"openclip:{self.arch}@{self.weights_path}"
+        return f"openclip:{self.arch}/{self.pretrained}"
 
 
 @runtime_checkable

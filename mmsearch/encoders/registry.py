@@ -7,22 +7,26 @@ Spec strings (scheme-prefixed, parsed in one place):
   (e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``)
 - ``openclip:ARCH@/path/weights.safetensors`` – OpenCLIP architecture with a local weights file
 - ``openclip:ARCH/random`` – seeded random initialisation (tests and benchmarks; seed 0)
+- ``SCHEME:ARG`` – a backend plugged in with :func:`register_scheme`, or named by an installed package's
+  entry point in the group ``mmsearch.schemes`` (``adapter:DIR``, a trained adapter, comes that way from
+  mmsearch's own ``pyproject.toml``); the entry point is loaded on the first spec that uses the scheme
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from .base import Encoder
+from .base import Encoder, ModelSpec
 
 BUILTIN_SPEC = "builtin:v3"
 
 
 EncoderFactory = Callable[["ModelSpec", "str | None"], Encoder]
+#: the entry-point group of model schemes: ``name = "module:factory"``, ``factory(spec, device) -> Encoder``
+ENTRY_POINT_GROUP = "mmsearch.schemes"
 _custom_schemes: dict[str, EncoderFactory] = {}
 
 
@@ -33,34 +37,35 @@ def register_scheme(scheme: str, factory: EncoderFactory) -> None:
     _custom_schemes[scheme] = factory
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model spec."""
+def registered_schemes() -> tuple[str, ...]:
+    """The schemes registered so far with :func:`register_scheme` (entry points count once loaded)."""
+    return tuple(sorted(_custom_schemes))
 
-    scheme: str  # "openclip" | "builtin"
-    arch: str
-    pretrained: str | None = None  # an OpenCLIP tag, "random", or None for builtin
-    weights_path: str | None = None
 
-    def __str__(self) -> str:
-        if self.scheme != "openclip":
-            return f"{self.scheme}:{self.arch}"
-        if self.weights_path:
-            return f"openclip:{self.arch}@{self.weights_path}"
-        return f"openclip:{self.arch}/{self.pretrained}"
+def _scheme_factory(scheme: str) -> EncoderFactory | None:
+    """The factory of a registered scheme, loading its entry point (group :data:`ENTRY_POINT_GROUP`) once."""
+    if scheme in _custom_schemes or not scheme.isidentifier() or scheme in ("openclip", "builtin"):
+        return _custom_schemes.get(scheme)
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP, name=scheme):
+        try:
+            factory = entry.load()
+        except Exception as exc:  # a broken plugin is one typed error naming it
+            raise ConfigError(f"model scheme {scheme!r} ({entry.value}) cannot be loaded: {exc}") from exc
+        with _lock:
+            _custom_schemes.setdefault(scheme, factory)
+        return _custom_schemes[scheme]
+    return None
 
 
 def parse_spec(spec: str) -> ModelSpec:
     """Parse a model spec string; raise :class:`ConfigError` naming the accepted forms."""
     spec = (spec or "").strip()
     scheme, sep, rest = spec.partition(":")
-    if scheme == "adapter" and scheme not in _custom_schemes:  # trained adapters register on first use
-        from ..train import register
-
-        register()
     if scheme == "builtin":
         return ModelSpec("builtin", rest or BUILTIN_SPEC.partition(":")[2])
-    if scheme in _custom_schemes and rest:
+    if rest and _scheme_factory(scheme) is not None:
         return ModelSpec(scheme, rest)
     if scheme == "openclip" and sep and rest:
         if "@" in rest:
@@ -98,8 +103,9 @@ def load_encoder(spec: str, *, device: str | None = None) -> Encoder:
 
 
 def _build(parsed: ModelSpec, device: str | None) -> Encoder:
-    if parsed.scheme in _custom_schemes:
-        return _custom_schemes[parsed.scheme](parsed, device)
+    factory = _scheme_factory(parsed.scheme)
+    if factory is not None:
+        return factory(parsed, device)
     if parsed.scheme == "builtin":
         from . import builtin_v3  # noqa: F401  (registers the builtin:v3 recipe)
         from .builtin import BuiltinEncoder
@@ -128,6 +134,8 @@ def local_models(weights: tuple[str, ...] | list[str] = ()) -> list[dict[str, ob
         {"spec": BUILTIN_SPEC, "kind": "built-in (the default)", "source": source, "ok": have},
         {"spec": "builtin:v1", "kind": "built-in", "source": source, "ok": have},
     ]
+    from .openclip import hub_cache_dir
+
     cache = hub_cache_dir()
     if cache.is_dir() and any(cache.glob("models--*")):  # only then import open_clip (seconds)
         from .openclip import cached_pretrained
@@ -164,14 +172,10 @@ def fetch_weights(spec: str, to: str) -> str:
 
 
 def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache OpenCLIP weights are looked up in: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``,
-    else ``~/.cache/huggingface/hub``."""
-    import os
+    """The Hugging Face hub cache OpenCLIP weights are looked up in (see :func:`mmsearch.encoders.openclip.hub_cache_dir`)."""
+    from . import openclip
 
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(home).expanduser() / "hub"
+    return openclip.hub_cache_dir()
 
 
 def _hub_unreachable(timeout_s: float = 3.0) -> str:

@@ -134,25 +134,24 @@ def apply_head(head: torch.nn.Module, vecs: np.ndarray) -> np.ndarray:
 
 
 def _base_encoder(spec: str, device: str | None) -> Any:
-    """The base model: the registry's cached instance when loaded, else a fresh one.
-
-    Not ``load_encoder``: this runs inside the registry's (non-reentrant) lock when resolving ``adapter:`` specs.
-    """
-    from ..encoders.registry import _build, _cache, parse_spec
+    """The base model, through the registry (its lock is re-entrant: this runs while an ``adapter:`` spec loads)."""
+    from ..encoders.registry import load_encoder, parse_spec
 
     parsed = parse_spec(spec)
     if parsed.scheme == SCHEME:
         raise ConfigError(f"adapter base model {spec!r} is itself an adapter; stacking adapters is not supported")
-    return _cache.get((str(parsed), device)) or _build(parsed, device)
+    return load_encoder(str(parsed), device=device)
 
 
-def _factory(spec: Any, device: str | None) -> AdapterEncoder:
+def encoder_factory(spec: Any, device: str | None) -> AdapterEncoder:
+    """The ``adapter`` model scheme: ``adapter:DIR`` -> the adapter saved in DIR on its base model. Named by the
+    ``mmsearch.schemes`` entry point in pyproject.toml, so the registry finds it without importing this layer."""
     return AdapterEncoder.load(spec.arch, device=device)
 
 
 def register() -> None:
-    """Make ``adapter:/path/to/adapter`` model specs resolve (idempotent)."""
-    from ..encoders.registry import _custom_schemes, register_scheme
+    """Make ``adapter:/path/to/adapter`` model specs resolve (idempotent; the entry point does it on first use)."""
+    from ..encoders.registry import register_scheme, registered_schemes
 
-    if SCHEME not in _custom_schemes:
-        register_scheme(SCHEME, _factory)
+    if SCHEME not in registered_schemes():
+        register_scheme(SCHEME, encoder_factory)
