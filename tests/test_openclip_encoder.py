@@ -30,7 +30,7 @@ def test_random_weights_are_identical_in_every_load(tiny_model: str) -> None:
 
 
 def test_local_weights_file_round_trip(tiny_model: str, tmp_path) -> None:
-    enc = OpenCLIPEncoder(parse_spec(tiny_model))
+    enc = OpenCLIPEncoder(parse_spec(tiny_model), backend="torch")
     path = tmp_path / "tiny.pt"
     torch.save(enc._model.state_dict(), path)
     from_file = load_encoder(f"openclip:mms-tiny@{path}")
@@ -42,7 +42,7 @@ def test_transform_is_picklable_and_stable(tiny_model: str) -> None:
     enc = load_encoder(tiny_model)
     t = pickle.loads(pickle.dumps(enc.image_transform))
     img = Image.new("RGB", (64, 64), (1, 2, 3))
-    assert torch.equal(t(img), enc.image_transform(img))
+    assert np.array_equal(np.asarray(t(img)), np.asarray(enc.image_transform(img)))
     assert "Resize" in enc.preprocess_id and "Normalize" in enc.preprocess_id
 
 
