@@ -277,7 +277,25 @@ def test_the_text_graph_cache_name_follows_the_weights_content(tmp_path) -> None
 def test_an_image_query_by_numpy_equals_the_tensor_path(torch_encoder, photos) -> None:
     import torch
 
-    transform = torch_encoder.image_transform
+    assert torch_encoder.image_transform.tensors is False  # on the CPU its transform gives NumPy arrays
+    transform = Lite0Transform(224, 224)  # tensors
     by_tensor = torch_encoder.encode_images(torch.stack([transform(p) for p in photos]))
     np.testing.assert_allclose(torch_encoder.embed_pil_images(photos), by_tensor, atol=1e-6)
     assert np.array_equal(transform.array(photos[0]), transform(photos[0]).numpy())
+    as_numpy = torch_encoder.image_transform(photos[0])
+    assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, transform(photos[0]).numpy())
+
+
+def test_the_uint8_cut_finishes_numpy_and_tensors_exactly(photos) -> None:
+    import torch
+
+    from mmsearch.ingest.transfer import split_transform
+
+    for tensors in (True, False):
+        transform = Lite0Transform(224, 224, tensors=tensors)
+        split = split_transform(transform, numpy=not tensors)
+        assert split is not None, f"the cut was not exact (tensors={tensors})"
+        for image in (photos[0], photos[1].convert("RGBA"), photos[2].convert("L")):
+            whole = transform.array(image)
+            assert np.array_equal(split.finish(split.head(image)[None])[0], whole)
+            assert torch.equal(split.finish(torch.from_numpy(split.head(image))[None])[0], torch.from_numpy(whole))

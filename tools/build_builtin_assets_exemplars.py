@@ -2,7 +2,7 @@
 
     npm pack flag-icons@7.5.0                     # the flags' source (MIT), from the npm registry
     pip install cairosvg                          # renders the SVGs (needs the cairo library)
-    python -m mmsearch.encoders.build_builtin_assets_exemplars --flag-icons flag-icons-7.5.0.tgz
+    python tools/build_builtin_assets_exemplars.py --flag-icons flag-icons-7.5.0.tgz
 
 Each exemplar class is one flag of ``flag-icons`` (its ``country.json``: 270 countries, regions and
 organisations; the blank "Unknown" flag is left out). Its exemplars are the package's two SVG drawings
@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .build_builtin_assets import save_atomic
-from .builtin import ASSETS_DIR, ExemplarRecipe, Lite0Transform, SentenceTower, get_recipe, load_lite0
+from build_builtin_assets import save_atomic
+from mmsearch.encoders.builtin_recipes import ASSETS_DIR, ExemplarRecipe, get_recipe
+from mmsearch.encoders.builtin_torch import load_lite0
+from mmsearch.encoders.builtin_transform import Lite0Transform
+from mmsearch.encoders.minilm import SentenceTower
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -101,7 +104,7 @@ def exemplar_features(classes: Sequence[ExemplarClass], recipe: ExemplarRecipe, 
     """Image features of every exemplar (class order, then exemplar order), as a query image gets them."""
     import torch
 
-    from .builtin_exemplars import features_and_logits
+    from mmsearch.encoders.builtin_torch import features_and_logits
 
     model = load_lite0(recipe.spec)
     transform = Lite0Transform(recipe.resize_px, recipe.crop_px)

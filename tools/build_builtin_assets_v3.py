@@ -1,7 +1,7 @@
 """Build the emoji exemplar bank of ``builtin:v3`` and write it into ``mmsearch/encoders/assets/``.
 
     npm pack emoji-datasource-twitter@16.0.0      # Twemoji 64 px PNGs (CC-BY 4.0) + emoji.json (MIT)
-    python -m mmsearch.encoders.build_builtin_assets_v3 --twemoji emoji-datasource-twitter-16.0.0.tgz
+    python tools/build_builtin_assets_v3.py --twemoji emoji-datasource-twitter-16.0.0.tgz
 
 One exemplar class per emoji of the package's ``emoji.json`` that has a Twemoji image, in ``sort_order``,
 leaving out the "Flags" category (v2's flag classes, from flag-icons, are reused) and the "Component" one
@@ -28,9 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .build_builtin_assets_exemplars import ExemplarClass, exemplar_features, text_bank
-from .builtin import ASSETS_DIR, SentenceTower
-from .builtin_v3 import EMOJI_FEATURE, V3_RECIPE, V3Recipe, quadmean
+from build_builtin_assets_exemplars import ExemplarClass, exemplar_features, text_bank
+from mmsearch.encoders.builtin_recipes import ASSETS_DIR
+from mmsearch.encoders.minilm import SentenceTower
+from mmsearch.encoders.builtin_v3 import EMOJI_FEATURE, V3_RECIPE, V3Recipe, quadmean
 
 SKIP_CATEGORIES = {"Flags", "Component"}
 TWEMOJI_SOURCE = {

@@ -10,7 +10,7 @@ through the same softmax as in ``builtin:v1``, and the class's row of the class 
 sentence embedding of its descriptions ("the flag of Japan", ...). Everything else is ``builtin:v1``.
 
 The bank is generic: any set of classes with exemplar images and descriptions can be added by the
-asset-building script (``python -m mmsearch.encoders.build_builtin_assets_exemplars``); the shipped
+asset-building script (``python tools/build_builtin_assets_exemplars.py`` in the repository); the shipped
 bank holds the world's flags, rendered from the MIT-licensed ``flag-icons`` npm package (see
 ``assets/README.md``).
 """
@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,53 +29,13 @@ from ..errors import ModelUnavailableError
 from .base import l2_normalise
 
 if TYPE_CHECKING:
-    import torch
-
-    from .builtin import ExemplarRecipe
+    from .builtin_recipes import ExemplarRecipe
 
 #: image features exemplars can be compared in: the network's pooled 1280-d feature, or the mean of
 #: each cell of a 2 x 2 grid over its last feature map (5120-d: keeps the coarse layout, which tells
-#: flags apart that share colours)
+#: flags apart that share colours); computed by :func:`mmsearch.encoders.builtin_torch.features_and_logits`
+#: (and the exported graph)
 FEATURES = ("pool", "grid2")
-
-
-def _grid2(feature_map: torch.Tensor) -> torch.Tensor:
-    """Mean over the four overlapping quadrants of an (N, C, H, W) map -> (N, 4C), quadrant-major.
-
-    Slices, not ``adaptive_avg_pool2d``, so the ONNX exporter takes it for any odd map size; for
-    H = W = 7 the windows are rows/columns 0-3 and 3-6, as adaptive pooling to 2 x 2 would take them.
-    """
-    import torch
-
-    h, w = feature_map.shape[-2:]
-    rows = (slice(0, (h + 1) // 2), slice(h // 2, h))
-    cols = (slice(0, (w + 1) // 2), slice(w // 2, w))
-    return torch.cat([feature_map[:, :, r, c].mean(dim=(2, 3)) for r in rows for c in cols], dim=1)
-
-
-def features_and_logits(model: Any, batch: torch.Tensor, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features of kind ``feature``, ImageNet logits) of timm's EfficientNet for a transformed batch."""
-    if feature not in FEATURES:
-        raise ValueError(f"unknown exemplar feature {feature!r}; use one of {', '.join(FEATURES)}")
-    feature_map = model.forward_features(batch)
-    pooled = feature_map.mean(dim=(2, 3))
-    logits = model.classifier(pooled)
-    return (pooled if feature == "pool" else _grid2(feature_map)), logits
-
-
-def feature_head(model: Any, feature: str) -> torch.nn.Module:
-    """``model`` wrapped so that ``forward`` returns (features, logits): the graph that ONNX exports."""
-    import torch
-
-    class FeatureHead(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return features_and_logits(self.model, batch, feature)
-
-    return FeatureHead().eval()
 
 
 @dataclass(frozen=True)
@@ -116,7 +76,7 @@ class ExemplarBank:
 def read_shipped_bank(path: Path, spec: str, kind: str, builder: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The JSON record and arrays of a bank shipped at ``path`` (an .npz beside its .json), after checking the
     bytes against the record's sha256; a missing, unreadable or altered bank is :class:`ModelUnavailableError`
-    naming the ``builder`` module that makes it again."""
+    naming the ``builder`` script (in the repository's ``tools/``) that makes it again."""
     record_path = path.with_suffix(".json")
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -124,7 +84,7 @@ def read_shipped_bank(path: Path, spec: str, kind: str, builder: str) -> tuple[d
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(
             spec, f"its {kind} bank is missing or unreadable ({exc}); reinstall mmsearch, or rebuild it with "
-            f"python -m {builder}",
+            f"python tools/{builder}.py (in the mmsearch repository)",
         ) from exc
     if hashlib.sha256(blob).hexdigest() != record.get("sha256", {}).get(path.name):
         raise ModelUnavailableError(spec, f"{path} does not match the sha256 in {record_path.name}; reinstall mmsearch")
@@ -135,7 +95,7 @@ def read_shipped_bank(path: Path, spec: str, kind: str, builder: str) -> tuple[d
 def load_exemplar_bank(recipe: ExemplarRecipe, dim: int) -> ExemplarBank:
     """The exemplar bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
     path = recipe.exemplars_path
-    record, arrays = read_shipped_bank(path, recipe.spec, "exemplar", "mmsearch.encoders.build_builtin_assets_exemplars")
+    record, arrays = read_shipped_bank(path, recipe.spec, "exemplar", "build_builtin_assets_exemplars")
     bank = ExemplarBank(
         features=arrays["features"].astype(np.float32),
         owner=arrays["owner"].astype(np.int64),

@@ -13,7 +13,7 @@ layout). The image graph is v2's (same ONNX file); the emoji logits are ``scale 
 calibration (65, -30), placed beside the ImageNet and flag logits before the same softmax. Texts embed exactly
 as in v1 and v2 (same sentence encoder, same centring mean).
 
-The bank is built by ``python -m mmsearch.encoders.build_builtin_assets_v3`` (registry packages only,
+The bank is built by ``python tools/build_builtin_assets_v3.py`` in the repository (registry packages only,
 deterministic).
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 
 from ..errors import ModelUnavailableError
 from .base import l2_normalise
-from .builtin import ASSETS_DIR, RECIPES, ExemplarRecipe
 from .builtin_exemplars import ExemplarBank, load_exemplar_bank, read_shipped_bank
+from .builtin_recipes import ASSETS_DIR, RECIPES, ExemplarRecipe
 
 #: the emoji exemplars' feature: the mean of grid2's four quadrant blocks (1,280-d)
 EMOJI_FEATURE = "quadmean"
@@ -105,7 +105,7 @@ class CompositeExemplars:
 def load_emoji_bank(recipe: V3Recipe, dim: int) -> EmojiBank:
     """The emoji bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
     path = recipe.emoji_path
-    record, arrays = read_shipped_bank(path, recipe.spec, "emoji", "mmsearch.encoders.build_builtin_assets_v3")
+    record, arrays = read_shipped_bank(path, recipe.spec, "emoji", "build_builtin_assets_v3")
     features = l2_normalise(arrays["features"].astype(np.float32))
     class_bank = arrays["class_bank"].astype(np.float32)
     classes = record["classes"]

