@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-
 from build_builtin_assets import save_atomic
+
 from mmsearch.encoders.builtin_recipes import ASSETS_DIR, ExemplarRecipe, get_recipe
 from mmsearch.encoders.builtin_torch import load_lite0
 from mmsearch.encoders.builtin_transform import Lite0Transform

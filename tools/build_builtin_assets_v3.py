@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
 from build_builtin_assets_exemplars import ExemplarClass, exemplar_features, text_bank
+
 from mmsearch.encoders.builtin_recipes import ASSETS_DIR
-from mmsearch.encoders.minilm import SentenceTower
 from mmsearch.encoders.builtin_v3 import EMOJI_FEATURE, V3_RECIPE, V3Recipe, quadmean
+from mmsearch.encoders.minilm import SentenceTower
 
 SKIP_CATEGORIES = {"Flags", "Component"}
 TWEMOJI_SOURCE = {
