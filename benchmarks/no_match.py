@@ -9,9 +9,11 @@ point as its answer). Signals:
 - raw: the best score, cut at the raw threshold an index build keeps today (95th percentile of the best scores
   of NULL_QUERIES against the collection);
 - z: the best score's z-score against the query's own scores over the collection (mmsearch.indexes.calibration
-  .match_z, from the collection's mean and covariance), cut at z_cut(rows) = sqrt(2 ln rows). Nothing is fitted
-  on any set: the moments come from the collection itself, the cut from its size alone. With the answer
-  removed, the moments are those of the collection without it (computed exactly from the scores).
+  .match_z, from the collection's mean and covariance); its mark is good_matches' decision on the first of the
+  10 best hits (outlier_counts: each hit tested against the collection without the better ones, at
+  z_cut = sqrt(2 ln rows)). Nothing is fitted on any set: the moments come from the collection itself, the cut
+  from its size alone. With the answer removed, the moments are those of the collection without it (computed
+  exactly from the scores).
 
 "ceiling" is 0.5 + R@1/2: a signal that looks at the top hit cannot tell "there" from "removed" on a query whose
 answer is not the top hit (both lists start with the same item), so its AUROC is about at most this.
@@ -39,7 +41,7 @@ import numpy as np
 
 from mmsearch.encoders.registry import load_encoder
 from mmsearch.evaluation import embed_images
-from mmsearch.indexes.calibration import ScoreMoments, match_z, threshold_from_null_scores, z_cut
+from mmsearch.indexes.calibration import ScoreMoments, match_z, outlier_counts, threshold_from_null_scores, z_cut
 from mmsearch.query.calibration import NULL_QUERIES
 
 ROOT = Path(__file__).resolve().parent
@@ -88,33 +90,38 @@ def measure(queries: np.ndarray, query_groups: np.ndarray, items: np.ndarray, it
     r1, r10 = float(top[:, 0].mean()), float(top.any(axis=1).mean())
     there = scores.max(axis=1)
     removed = np.where(answers, -np.inf, scores).max(axis=1)
-    z_there = match_z(queries, there, ScoreMoments.of([items]))
+    moments = ScoreMoments.of([items])
+    mean_there, std_there = moments.score_mean_std(queries)
+    z_there = match_z(queries, there, moments)
     rest = (~answers).sum(axis=1)  # the moments of the collection without the answer, exactly, from the scores
     mean = np.where(answers, 0.0, scores).sum(axis=1) / rest
-    var = np.where(answers, 0.0, scores ** 2).sum(axis=1) / rest - mean ** 2
-    z_removed = (removed - mean) / np.sqrt(np.maximum(var, 1e-12))
+    std = np.sqrt(np.maximum(np.where(answers, 0.0, scores ** 2).sum(axis=1) / rest - mean ** 2, 1e-12))
+    z_removed = (removed - mean) / std
+    best = -np.sort(-scores, axis=1)[:, :10]  # the hits a search returns, best first
+    best_removed = -np.sort(-np.where(answers, -np.inf, scores), axis=1)[:, :10]
+    good_there = outlier_counts(best, mean_there, std_there, len(items)) > 0  # the mark on the first hit
+    good_removed = outlier_counts(best_removed, mean, std, rest) > 0
     raw_cut = threshold_from_null_scores((nulls @ items.T).max(axis=1))
     cut = z_cut(len(items))
 
-    def pr(pos: np.ndarray, neg: np.ndarray, at: float) -> dict:
-        tp, fp = int((pos > at).sum()), int((neg > at).sum())
+    def pr(pos: np.ndarray, neg: np.ndarray) -> dict:  # marked good with the answer there / removed
+        tp, fp = int(pos.sum()), int(neg.sum())
         return {"precision": round(tp / max(tp + fp, 1), 3), "recall": round(tp / len(pos), 3)}
 
     right = top[:, 0]  # is the top hit an answer? (a per-hit mark's own question, with the answer there)
     top_hit = {"raw": auroc(there[right], there[~right]), "z": auroc(z_there[right], z_there[~right])} \
         if 0 < right.sum() < len(right) else {"raw": None, "z": None}
-    def top_pr(signal: np.ndarray, at: float) -> dict:  # the mark on the top hit vs whether that hit is right
-        marked = signal > at
+    def top_pr(marked: np.ndarray) -> dict:  # the mark on the top hit vs whether that hit is right
         return {"precision": round(float((marked & right).sum() / max(marked.sum(), 1)), 3),
                 "recall": round(float((marked & right).sum() / max(right.sum(), 1)), 3)}
 
     return {"queries": int(len(queries)), "items": int(len(items)), "R@1": round(100 * r1, 1),
             "R@10": round(100 * r10, 1), "ceiling": round(0.5 + r1 / 2, 3),
             "top_hit_auroc": {k: None if v is None else round(v, 3) for k, v in top_hit.items()},
-            "raw": {"auroc": round(auroc(there, removed), 3), "cut": round(raw_cut, 4), **pr(there, removed, raw_cut),
-                    "top_hit": top_pr(there, raw_cut)},
-            "z": {"auroc": round(auroc(z_there, z_removed), 3), "cut": round(cut, 3), **pr(z_there, z_removed, cut),
-                  "top_hit": top_pr(z_there, cut)}}
+            "raw": {"auroc": round(auroc(there, removed), 3), "cut": round(raw_cut, 4), **pr(there > raw_cut, removed > raw_cut),
+                    "top_hit": top_pr(there > raw_cut)},
+            "z": {"auroc": round(auroc(z_there, z_removed), 3), "cut": round(cut, 3), **pr(good_there, good_removed),
+                  "top_hit": top_pr(good_there)}}
 
 
 def main() -> None:

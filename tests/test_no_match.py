@@ -61,7 +61,7 @@ def test_in_a_dense_collection_the_raw_threshold_calls_everything_a_match_and_th
     z_removed = np.array([match_z(queries[i:i + 1], removed[i:i + 1], ScoreMoments.of([np.delete(items, i, 0)]))[0]
                           for i in range(n)])
     assert (z_there > cut).mean() > 0.8 and (z_removed > cut).mean() < 0.2
-    np.testing.assert_array_equal(good_matches(queries, there, ScoreMoments.of([items])), z_there > cut)
+    np.testing.assert_array_equal(good_matches(queries, there[:, None], ScoreMoments.of([items]))[:, 0], z_there > cut)
 
 
 def test_a_query_that_scores_every_row_alike_matches_nothing() -> None:
@@ -70,6 +70,17 @@ def test_a_query_that_scores_every_row_alike_matches_nothing() -> None:
     scores = (query @ items.T)[:, :3]
     assert not good_matches(query, scores, ScoreMoments.of([items])).any()
     assert good_matches(items[:1], np.array([[1.0]]), ScoreMoments.of([items])).all()  # an exact item does
+
+
+def test_a_copy_of_the_answer_does_not_hide_it() -> None:
+    # five items, two of them the same: against all five, neither copy stands out (z 1.22 < cut 1.79), but
+    # each hit is tested against the collection without the better ones, so both are good matches
+    items = np.eye(8, dtype=np.float32)[[0, 0, 1, 2, 3]]
+    query, scores, moments = items[:1], np.array([[1.0, 1.0, 0.0]]), ScoreMoments.of([items])
+    assert (match_z(query, scores, moments)[0, :2] < z_cut(5)).all()
+    assert good_matches(query, scores, moments).tolist() == [[True, True, False]]
+    padded = np.array([[1.0, -np.inf, np.nan]])  # fewer hits than asked for: padding is never a match
+    assert good_matches(items[2:3], padded, moments).tolist() == [[True, False, False]]
 
 
 @pytest.mark.parametrize("rows", [50, 2000])

@@ -11,7 +11,9 @@ Two signals, both per model and per collection:
   vector ``x`` are exact from the collection's mean vector and covariance (:class:`ScoreMoments`, summed shard
   by shard at build time), so it needs no scan at query time and works for text and image queries alike. A
   hit is a good match when its z-score is above :func:`z_cut` of the collection's size: the expected best of
-  that many unrelated, normally distributed scores (``sqrt(2 ln n)``), a cut fitted on no data set.
+  that many unrelated, normally distributed scores (``sqrt(2 ln n)``), a cut fitted on no data set. The hits
+  are tested in turn, each against the collection without the better ones (:func:`outlier_counts`, a
+  generalized ESD test), so that two copies of the answer do not hide each other.
 
 ``benchmarks/no_match.py`` measures both on the shared evaluation sets (docs/no-match.md).
 """
@@ -131,10 +133,35 @@ def z_cut(rows: int) -> float:
     return math.sqrt(2.0 * math.log(max(int(rows), 2)))
 
 
+def outlier_counts(scores: np.ndarray, mean: np.ndarray, std: np.ndarray, rows: int | np.ndarray) -> np.ndarray:
+    """How many of each query's best scores stand out from the rest of the collection (a generalized ESD test,
+    Rosner 1983): ``scores`` ``(n, k)``, each row best first (non-finite padding ignored); ``mean``, ``std``:
+    each query's score mean and spread over all ``rows`` items. The i-th best is tested against the collection
+    without the i-1 better ones (their scores are known, so this needs no scan), at ``z_cut`` of the items
+    left; the count is the largest i that passes, so a near-duplicate of the answer does not mask it."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    n = np.broadcast_to(np.asarray(rows, dtype=np.float64), (s.shape[0],)).copy()
+    total = np.asarray(mean, dtype=np.float64) * n
+    squares = (np.asarray(std, dtype=np.float64) ** 2 + np.asarray(mean, dtype=np.float64) ** 2) * n
+    count = np.zeros(s.shape[0], dtype=np.int64)
+    for i in range(s.shape[1]):
+        here = np.isfinite(s[:, i]) & (n >= 2)
+        value = np.where(here, s[:, i], 0.0)
+        m = total / np.maximum(n, 1)
+        spread = np.sqrt(np.maximum(squares / np.maximum(n, 1) - m**2, MIN_SCORE_STD**2))
+        cut = np.sqrt(2.0 * np.log(np.maximum(n, 2)))
+        count = np.where(here & ((value - m) / spread > cut), i + 1, count)
+        total, squares, n = total - value, squares - value**2, n - here
+    return count
+
+
 def good_matches(queries: np.ndarray, scores: np.ndarray, moments: ScoreMoments) -> np.ndarray:
-    """Per hit (``scores`` as in :func:`match_z`), whether it is a good match: its z-score is above
-    ``z_cut(moments.count)``."""
-    return match_z(queries, scores, moments) > z_cut(moments.count)
+    """Per hit, whether it is a good match: ``scores`` ``(n, k)``, each query's hits best first, as a search
+    returns them. The first :func:`outlier_counts` hits of each row are."""
+    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    mean, std = moments.score_mean_std(queries)
+    counts = outlier_counts(s, mean, std, moments.count)
+    return np.arange(s.shape[1])[None, :] < counts[:, None]
 
 
 def collection_moments(store: Store, modality: str) -> ScoreMoments:

@@ -11,7 +11,15 @@ has the measurements.
 
 from __future__ import annotations
 
-from ..indexes.calibration import PERCENTILE, ScoreMoments, good_matches, match_z, threshold_from_null_scores, z_cut
+from ..indexes.calibration import (
+    PERCENTILE,
+    ScoreMoments,
+    good_matches,
+    match_z,
+    outlier_counts,
+    threshold_from_null_scores,
+    z_cut,
+)
 
 NULL_QUERIES = (
     "the quarterly tax filing deadline", "how to reset a forgotten router password", "an abstract theorem about prime numbers",
@@ -27,4 +35,5 @@ NULL_QUERIES = (
     "the results of an opinion poll", "an argument about the meaning of a word", "a cache invalidation strategy",
     "the timeline of a legal appeal",
 )
-__all__ = ["NULL_QUERIES", "PERCENTILE", "ScoreMoments", "good_matches", "match_z", "threshold_from_null_scores", "z_cut"]
+__all__ = ["NULL_QUERIES", "PERCENTILE", "ScoreMoments", "good_matches", "match_z", "outlier_counts",
+           "threshold_from_null_scores", "z_cut"]
