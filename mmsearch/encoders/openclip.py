@@ -77,7 +77,7 @@ class OpenCLIPEncoder:
         self._cache_dir = Path(cache_dir)
         self._requested = backend
         self.device = pick_device(device)
-        self._model: Any = None
+        self._torch_model: Any = None
         self._onnx: OnnxOpenCLIP | None = None
         want_onnx = backend == "onnx" or (backend == "auto" and self.device == "cpu" and onnx_runtime_ready())
         if backend == "onnx" and self.device != "cpu":
@@ -91,7 +91,14 @@ class OpenCLIPEncoder:
         if self._onnx is not None:
             self.dim = self._onnx.dim
             self.preprocess_id = self._onnx.preprocess_id
-            self._model = None  # the checked export replaces it (memory)
+            self._torch_model = None  # the checked export replaces it (memory; :attr:`_model` reloads it)
+
+    @property
+    def _model(self) -> Any:
+        """The PyTorch model (open_clip), loaded on first use when the towers run in ONNX Runtime."""
+        if self._torch_model is None:
+            self._load_torch()
+        return self._torch_model
 
     # -- which runtime --------------------------------------------------------------------------------------
     @property
@@ -172,7 +179,7 @@ class OpenCLIPEncoder:
             raise EncoderError(f"could not load OpenCLIP model {self.spec!r}: {exc}") from exc
         model.eval()
         self._weights = pretrained
-        self._model = model
+        self._torch_model = model
         self._transform = preprocess
         self._tokenizer = open_clip.get_tokenizer(spec.arch)
         self.dim = _text_dim(model, self._tokenizer, self.device)
