@@ -1,7 +1,7 @@
 """Top-5 label accuracy of stored labels (mmsearch.query.labels) on the labelled shared sets.
 
 For each set every image is embedded once with the model (cached under /tmp), labelled exactly as
-``update_labels`` does (zero-shot over the model's vocabulary, top 5, softmax at the logit scale), and
+``update_labels`` does (zero-shot over the model's vocabulary, top 5, softmax at the model's temperature), and
 scored: an image counts as right when one of its 5 names holds every content word of the set's label
 (lower case, plural "s" dropped, "a/an/the/of/flag/emoji"-style filler kept only where the name has it).
 ``coverage`` is the share of images whose label matches *some* name of the vocabulary at all: the ceiling.
@@ -79,9 +79,10 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", default=SETS)
     args = parser.parse_args()
     from mmsearch.encoders import canonical_spec, load_encoder
-    from mmsearch.query.labels import LABEL_K, TEMPERATURE, top_labels, vocabulary_embeddings, vocabulary_for
+    from mmsearch.query.labels import LABEL_K, temperature_for, top_labels, vocabulary_embeddings, vocabulary_for
 
     model = canonical_spec(args.model)
+    temperature = temperature_for(model)
     vocabulary = vocabulary_for(model)
     started = time.perf_counter()
     vocab_vectors = vocabulary_embeddings(load_encoder(model), model, vocabulary, CACHE / "vocab")
@@ -92,7 +93,7 @@ def main() -> None:
         t0 = time.perf_counter()
         vectors = embed(model, spec, items)
         embed_s = time.perf_counter() - t0
-        indices, confidences = top_labels(vectors, vocab_vectors, LABEL_K, TEMPERATURE)
+        indices, confidences = top_labels(vectors, vocab_vectors, LABEL_K, temperature)
         top1 = top5 = covered = 0
         for item, row in zip(items, indices):
             want = words(truth(spec.split(":")[0], item))
@@ -106,12 +107,13 @@ def main() -> None:
                      "top5_of_covered": round(100 * top5 / covered, 1) if covered else None,
                      "mean_top1_confidence": round(float(confidences[:, 0].mean()), 3), "embed_s": round(embed_s, 1)})
     result = {"model": model, "vocabulary": vocabulary.name, "names": len(vocabulary.names), "k": LABEL_K,
-              "temperature": TEMPERATURE, "rows": rows, "seconds": round(time.perf_counter() - started, 1),
+              "temperature": temperature, "rows": rows, "seconds": round(time.perf_counter() - started, 1),
               "load": "2 shared CPU cores, 5 helpers working at once", "cpu_count": os.cpu_count()}
     out = Path(__file__).parent / "results" / f"labels-{model.replace(':', '_')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"model {model}, vocabulary {vocabulary.name} ({len(vocabulary.names)} names), top {LABEL_K}")
+    print(f"temperature {temperature}; conf1: the mean confidence of the first label")
     print(f"{'set':22} {'images':>6} {'top1':>6} {'top5':>6} {'coverage':>8} {'top5/cov':>8} {'conf1':>6}")
     for r in rows:
         print(f"{r['set']:22} {r['images']:6d} {r['top1']:6.1f} {r['top5']:6.1f} {r['coverage']:8.1f} "

@@ -3,7 +3,8 @@
 One approach for every model: zero-shot over a vocabulary. The vocabulary's prompts are embedded with the
 collection's own text encoder (once per model and vocabulary: cached under the model cache), each image
 embedding is scored against them by cosine, and the top ``LABEL_K`` names are kept with softmax confidences at
-``TEMPERATURE`` (CLIP's logit scale, 100).
+:func:`temperature_for` the model: CLIP's logit scale (100) for OpenCLIP and other models, ``BUILTIN_TEMPERATURE``
+for the built-in model (docs/labels.md says how it was chosen).
 
 Vocabularies: the built-in model's own classes (the 1,000 ImageNet classes of its class bank, plus the flag
 bank of ``builtin:v2`` and the emoji bank of ``builtin:v3``); any other model the shipped ImageNet-1k class
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 
 #: names kept per image
 LABEL_K = 5
-#: softmax(TEMPERATURE * cosine): CLIP's logit scale (exp(4.6052) = 100), used for every model (docs/labels.md)
+#: softmax(TEMPERATURE * cosine): CLIP's logit scale (exp(4.6052) = 100), for every model but the built-in one
 TEMPERATURE = 100.0
+#: the built-in model's: where the mean top-1 label confidence equals the mean top-1 probability of the model's own
+#: classifier (softmax of its class logits) on unlabelled images of the repository (data/sample, tests/fixtures)
+BUILTIN_TEMPERATURE = 22.5
 #: the labels filter matches a stored name only at this confidence or more (a 5th name at 0.001 says little)
 FILTER_MIN_CONFIDENCE = 0.05
 #: rows scored per matrix product (memory: rows x vocabulary floats)
@@ -92,6 +96,11 @@ def vocabulary_for(spec: str) -> Vocabulary:
             names.append(f"flag of {entry['name']}" if kind == "flag" else f"{entry['name']} {kind}")
             prompts.append(list(entry["texts"]))
     return Vocabulary("+".join(["imagenet1k", *(Path(b).stem for b in banks)]), names, prompts)
+
+
+def temperature_for(spec: str) -> float:
+    """The softmax temperature (logit scale) of the labels' confidences for the model ``spec``."""
+    return BUILTIN_TEMPERATURE if spec.partition(":")[0] == "builtin" else TEMPERATURE
 
 
 def vocabulary_embeddings(encoder: Encoder, spec: str, vocabulary: Vocabulary, cache: Path | None = None) -> np.ndarray:
@@ -159,8 +168,9 @@ def update_labels(store: Store, encoder: Encoder, *, modality: str = "images", c
 
     spec = store.manifest.model.spec
     vocabulary = vocabulary or vocabulary_for(spec)
+    temperature = temperature_for(spec)
     about = {"vocabulary": vocabulary.name, "vocabulary_sha256": vocabulary.sha256, "k": LABEL_K,
-             "temperature": TEMPERATURE}
+             "temperature": temperature}
     info = store.manifest.labels.get(modality) or {}
     old = store.read_labels(modality) if all(info.get(k) == v for k, v in about.items()) else None
     labelled = _ids(old) if old is not None else np.zeros(0, np.int64)
@@ -189,7 +199,7 @@ def update_labels(store: Store, encoder: Encoder, *, modality: str = "images", c
         return 0
     if scored:
         vectors = vocabulary_embeddings(encoder, spec, vocabulary, cache)
-        indices, confidences = top_labels(np.concatenate(new_vectors), vectors)
+        indices, confidences = top_labels(np.concatenate(new_vectors), vectors, LABEL_K, temperature)
         names = np.asarray(vocabulary.names, dtype=object)
         kept_parts.append(pa.table({
             "id": pa.array(np.concatenate(new_ids), pa.int64()),
