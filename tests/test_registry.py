@@ -47,3 +47,18 @@ def test_unknown_tag_lists_known_tags() -> None:
 def test_unknown_architecture() -> None:
     with pytest.raises(ConfigError, match="unknown OpenCLIP architecture"):
         load_encoder("openclip:NoSuchArch/random")
+
+
+def test_adapter_specs_resolve_through_the_entry_point_without_importing_train_first() -> None:
+    """``adapter:`` comes from the ``mmsearch.schemes`` entry point (pyproject.toml), not a hard-coded import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mmsearch.encoders import parse_spec; from mmsearch.encoders.registry import "
+            "registered_schemes; assert 'mmsearch.train' not in sys.modules; s = parse_spec('adapter:/x/ad'); "
+            "print(s.scheme, s.arch, 'adapter' in registered_schemes(), 'mmsearch.train.adapter' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["adapter", "/x/ad", "True", "True"]
+    with pytest.raises(ConfigError, match="unknown model spec"):
+        parse_spec("nosuchscheme:x")

@@ -46,9 +46,13 @@ def _scheme_factory(scheme: str) -> EncoderFactory | None:
     """The factory of a registered scheme, loading its entry point (group :data:`ENTRY_POINT_GROUP`) once."""
     if scheme in _custom_schemes or not scheme.isidentifier() or scheme in ("openclip", "builtin"):
         return _custom_schemes.get(scheme)
-    from importlib.metadata import entry_points
+    from importlib.metadata import distributions
 
-    for entry in entry_points(group=ENTRY_POINT_GROUP, name=scheme):
+    # every distribution, not entry_points()'s first per name: a stale *.egg-info of the same project in the
+    # working directory must not hide the installed metadata
+    found = [ep for dist in distributions() for ep in dist.entry_points
+             if ep.group == ENTRY_POINT_GROUP and ep.name == scheme]
+    for entry in found[:1]:
         try:
             factory = entry.load()
         except Exception as exc:  # a broken plugin is one typed error naming it
