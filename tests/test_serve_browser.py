@@ -47,8 +47,21 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = make_colour_folder(root / "imgs", ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"])
     transparent_flag(folder / "a_flag_with_a_rather_long_file_name_that_must_not_be_cut.png")
     col = mmsearch.index(folder, out=root / "colours.mms", model="colour:v1", workers=0).path
+    _label(col, root / "cache")
     with live_server(create_app([col], worker_threads=2, torch_threads=None)) as url:
         yield url
+
+
+def _label(col: Path, cache: Path) -> None:
+    """Store labels as ``mmsearch index`` does: a colour vocabulary, so each square's first label is its colour."""
+    from mmsearch.encoders import load_encoder
+    from mmsearch.query.labels import Vocabulary, update_labels
+    from mmsearch.store import Store
+
+    names = list(COLOURS)
+    with Store.open_for_writing(col) as store, store.transaction("labels"):
+        update_labels(store, load_encoder("colour:v1"), cache=cache,
+                      vocabulary=Vocabulary("colours", [f"{n} thing" for n in names], [[n] for n in names]))
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +141,14 @@ def test_search_page_in_chromium(page, base_url: str, tmp_path: Path) -> None:
     assert clicked not in shown and len(shown) == IMAGES - 1
     page.wait_for_function(ALL_THUMBS_LOADED)
     page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+
+
+def test_cards_show_what_the_model_sees(page, base_url: str) -> None:
+    _open(page, base_url, "/?q=a+red+square")
+    _wait_for_results(page, "“a red square” — ")
+    first = page.locator(".hit").first
+    assert first.locator(".uri").inner_text() == "red.png"
+    assert first.locator(".labels").inner_text().startswith("red thing 1.00")
 
 
 def test_full_file_names_are_shown(page, base_url: str) -> None:
