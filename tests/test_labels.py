@@ -38,6 +38,31 @@ def label(root: Path, cache: Path, vocabulary: Vocabulary = COLOURS) -> int:
         return update_labels(store, load_encoder(store.manifest.model.spec), cache=cache, vocabulary=vocabulary)
 
 
+def forget(root: Path, ids: list[int] = (), *, deleted: list[int] = (), everything: bool = False) -> None:
+    """Leave ``ids`` out of the stored labels (as rows ingested since the last labelling are), delete rows
+    ``deleted``, or drop the labels altogether; whether or not ``mmsearch.index`` labelled the collection."""
+    with Store.open_for_writing(root) as store, store.transaction("test"):
+        if everything:
+            store.manifest.labels.clear()
+        elif ids:
+            import pyarrow.compute as pc
+
+            table = store.read_labels("images")
+            info = {k: v for k, v in store.manifest.labels["images"].items()
+                    if k not in ("file", "rows", "sha256", "bytes", "mtime_ns")}
+            store.write_labels("images", table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa_ids(ids)))),
+                               info)
+        if deleted:
+            store.mark_deleted("images", deleted)
+        store.commit()
+
+
+def pa_ids(ids: list[int]):  # noqa: ANN201
+    import pyarrow as pa
+
+    return pa.array(ids, pa.int64())
+
+
 @pytest.fixture
 def built(tmp_path, colour_model: str) -> Path:
     folder = make_colour_folder(tmp_path / "imgs", ["red", "green", "blue", "yellow"])
@@ -57,21 +82,20 @@ def test_each_image_gets_its_colour_first_with_confidences(built, tmp_path) -> N
     assert all(h.labels == [] for h in col.search("blue", modality="text", k=2))  # texts have none
 
 
-def test_labels_are_incremental_and_drop_deleted_rows(built, tmp_path, colour_model: str) -> None:
+def test_labels_are_incremental_and_drop_deleted_rows(built, tmp_path) -> None:
     cache = tmp_path / "cache"
     assert label(built, cache) == 4
     version = Store.open(built).version
     assert label(built, cache) == 0 and Store.open(built).version == version  # nothing to do: no new version
-    (tmp_path / "imgs" / "red.png").unlink()
-    make_colour_folder(tmp_path / "more", ["cyan"])
-    mmsearch.index([tmp_path / "imgs", tmp_path / "more", tmp_path / "corpus.txt"], out=built, model=colour_model)
-    assert label(built, cache) == 1  # only the new image is scored
-    store = Store.open(built)
-    by_id = labels_of(store.read_labels("images"))
+    col = mmsearch.open(built)
+    red, blue = col.search("red", k=1)[0].id, col.search("blue", k=1)[0].id
+    forget(built, [blue], deleted=[red])  # blue as if ingested since; red deleted
+    assert label(built, cache) == 1  # only blue is scored
+    by_id = labels_of(Store.open(built).read_labels("images"))
     table, ids = mmsearch.open(built).metadata("image")
-    assert sorted(by_id) == sorted(ids.tolist())  # the deleted red square's labels went
+    assert sorted(by_id) == sorted(ids.tolist()) and red not in by_id  # the deleted red square's labels went
     names = {Path(u).stem: by_id[i][0]["name"] for u, i in zip(table.column("uri").to_pylist(), ids.tolist())}
-    assert names == {"green": "green thing", "blue": "blue thing", "yellow": "yellow thing", "cyan": "cyan thing"}
+    assert names == {"green": "green thing", "blue": "blue thing", "yellow": "yellow thing"}
 
 
 def test_another_vocabulary_labels_every_row_again(built, tmp_path) -> None:
@@ -86,6 +110,7 @@ def test_another_vocabulary_labels_every_row_again(built, tmp_path) -> None:
 
 
 def test_label_filter(built, tmp_path) -> None:
+    forget(built, everything=True)
     col = mmsearch.open(built)
     with pytest.raises(QueryError, match="no labels.*mmsearch index"):
         col.search("red", filter=mmsearch.Filter(labels=["red"]))
@@ -231,3 +256,22 @@ def test_vocabularies_by_model() -> None:
     assert len(v1.names) == 1000 and len(v2.names) > 1200 and len(v3.names) > len(v2.names) + 1000
     assert "flag of Japan" in v2.names and any(n.endswith(" emoji") for n in v3.names)
     assert len({v1.sha256, v2.sha256, v3.sha256}) == 3
+
+
+def test_the_encoder_loads_only_when_the_vocabulary_is_not_cached(built, tmp_path, colour_model: str) -> None:
+    loads = []
+
+    def load():  # noqa: ANN202 - what api.py passes: load the collection's encoder on demand
+        loads.append(1)
+        return load_encoder(colour_model)
+
+    def run() -> int:
+        with Store.open_for_writing(built) as store, store.transaction("labels"):
+            return update_labels(store, load, cache=tmp_path / "cache", vocabulary=COLOURS)
+
+    assert run() == 4 and len(loads) == 1
+    assert run() == 0 and len(loads) == 1  # nothing new: no model
+    yellow = mmsearch.open(built).search("yellow", k=1)[0].id
+    forget(built, [yellow])
+    assert run() == 1 and len(loads) == 1  # a row to label, the vocabulary cached: still no model
+    assert mmsearch.open(built).item(yellow).labels[0]["name"] == "yellow thing"

@@ -23,7 +23,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 import numpy as np
 
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from ..store import Store
 
 log = logging.getLogger(__name__)
+
+#: an encoder, or a function that loads one: called only when the vocabulary's embedding is not cached
+EncoderSource = Union["Encoder", Callable[[], "Encoder"]]
 
 #: names kept per image
 LABEL_K = 5
@@ -103,23 +106,36 @@ def temperature_for(spec: str) -> float:
     return BUILTIN_TEMPERATURE if spec.partition(":")[0] == "builtin" else TEMPERATURE
 
 
-def vocabulary_embeddings(encoder: Encoder, spec: str, vocabulary: Vocabulary, cache: Path | None = None) -> np.ndarray:
+def vocabulary_embeddings(encoder: EncoderSource, spec: str, vocabulary: Vocabulary, cache: Path | None = None,
+                          *, dim: int | None = None) -> np.ndarray:
     """(len(names), dim) float32 unit rows: per name, the normalised mean text embedding of its prompts.
 
     Cached as ``labels/<spec>-<vocabulary sha256>.npy`` under the model cache (``cache`` or
-    :func:`mmsearch.config.cache_dir`), so a collection's next index run does not embed them again."""
+    :func:`mmsearch.config.cache_dir`), so a collection's next index run does not embed them again: ``encoder``
+    may be a function that loads one, called only when the cache has no embedding of ``dim`` columns."""
     from ..config import cache_dir
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)[:80]
     digest = hashlib.sha256(f"{spec}\n{vocabulary.sha256}".encode()).hexdigest()[:16]
     path = Path(cache or cache_dir()) / "labels" / f"{safe}-{digest}.npy"
+    if not hasattr(encoder, "encode_texts"):
+        loaded: Encoder | None = None
+
+        def load() -> Encoder:
+            nonlocal loaded
+            loaded = loaded or encoder()  # type: ignore[operator]
+            return loaded
+    else:
+        def load() -> Encoder:
+            return encoder  # type: ignore[return-value]
     if path.is_file():
         try:
             cached = np.load(path)
-            if cached.shape == (len(vocabulary.names), encoder.dim):
+            if cached.ndim == 2 and len(cached) == len(vocabulary.names) and cached.shape[1] == (dim or load().dim):
                 return cached.astype(np.float32, copy=False)
         except (OSError, ValueError):
             pass  # a damaged cache file is made again
+    encoder = load()
     flat = [p for prompts in vocabulary.prompts for p in prompts]
     owner = np.repeat(np.arange(len(vocabulary.prompts)), [len(p) for p in vocabulary.prompts])
     vectors = np.asarray(encoder.encode_texts(flat), dtype=np.float32)
@@ -157,12 +173,14 @@ def top_labels(embeddings: np.ndarray, vocabulary_vectors: np.ndarray, k: int = 
     return indices, confidences
 
 
-def update_labels(store: Store, encoder: Encoder, *, modality: str = "images", cache: Path | None = None,
+def update_labels(store: Store, encoder: EncoderSource, *, modality: str = "images", cache: Path | None = None,
                   vocabulary: Vocabulary | None = None) -> int:
     """Label the rows of ``modality`` that have no labels yet, drop those of deleted rows, and write the labels
     file when anything changed (a commit: inside a writer transaction, a checkpoint). Returns how many rows
     were scored. Labels made with another vocabulary, k or temperature are all made again.
 
+    ``encoder`` is the collection's encoder, or a function that loads it (called only when the vocabulary's
+    embedding is not cached yet: an index run with nothing new, or with the cache warm, loads no model).
     ``vocabulary`` replaces the model's own (:func:`vocabulary_for`), e.g. a domain's names."""
     import pyarrow as pa
 
@@ -198,7 +216,7 @@ def update_labels(store: Store, encoder: Encoder, *, modality: str = "images", c
     if not scored and not dropped and (old is not None or not len(live_ids)):
         return 0
     if scored:
-        vectors = vocabulary_embeddings(encoder, spec, vocabulary, cache)
+        vectors = vocabulary_embeddings(encoder, spec, vocabulary, cache, dim=store.manifest.model.dim)
         indices, confidences = top_labels(np.concatenate(new_vectors), vectors, LABEL_K, temperature)
         names = np.asarray(vocabulary.names, dtype=object)
         kept_parts.append(pa.table({
