@@ -435,6 +435,9 @@ def _listed_files(manifest: dict[str, Any]) -> dict[str, str | None]:
         extra = manifest.get("extra", {}).get(modality)
         if extra:
             files[extra["file"]] = extra.get("sha256")
+        labels = manifest.get("labels", {}).get(modality)
+        if labels:
+            files[labels["file"]] = labels.get("sha256")
         deleted = manifest.get("deleted", {}).get(modality)
         for entry in deleted.get("files", []) if isinstance(deleted, dict) else []:
             files[entry["file"]] = entry["sha256"]

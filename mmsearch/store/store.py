@@ -463,16 +463,16 @@ class Store:
         wanted = {int(i) for i in ids}
         found: dict[int, np.ndarray] = {}
         for shard in self.manifest.shards[modality]:
-            if len(found) == len(wanted):
+            missing = np.fromiter(wanted.difference(found), dtype=np.int64)
+            if not len(missing):
                 break
-            shard_ids = self.read_shard(shard, ["id"], include_deleted=True).column("id").to_numpy()
-            if not wanted.intersection(shard_ids.tolist()):
+            # only the row groups whose id statistics can hold the ids still missing
+            table = self.read_shard(shard, ["embedding"], ids=missing, include_deleted=True)
+            if not table.num_rows:
                 continue
-            table = self.read_shard(shard, ["id", "embedding"], include_deleted=True)
             vectors = embeddings_to_numpy(table.column("embedding"), self.manifest.model.dim)
-            hits = [(int(i), v) for i, v in zip(shard_ids, vectors) if int(i) in wanted]
-            self._check_norms(shard, np.stack([v for _, v in hits]) if hits else vectors[:0])
-            found.update(hits)
+            self._check_norms(shard, vectors)
+            found.update(zip(_int64_values(table.column("id")).tolist(), vectors))
         return found
 
     def _check_norms(self, shard: ShardInfo, vectors: np.ndarray) -> None:
