@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Protocol, Sequence
 
 from .config import default_collection_for, default_model, remember_collection
 from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
 from .errors import ConfigError, EncoderMismatchError, MMSearchError
-from .indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
+from .indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolve_options, update_index
 from .indexes.choice import AUTO, choose_factory
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
 from .store.lock import DEFAULT_WAIT_S
 from .store.manifest import MANIFEST_NAME
+from .store.remote import is_url
 from .store.store import DEFAULT_RETENTION_S, check_model
 
 if TYPE_CHECKING:  # the ingest package (PIL, pyarrow.compute) loads only to index: `open` for a query needs none of it
-    from .ingest import IngestOptions, IngestReport, Progress
+    from .ingest import EmbedStage, IngestOptions, IngestReport, Progress
 
 
 @dataclass
@@ -37,15 +39,42 @@ class IndexResult:
     seconds: float = 0.0
 
 
+@dataclass
+class Build:
+    """One build's working parts, opened by an :class:`Engine`: the collection (open for writing, locked), the
+    embed stage that fills it, the report to fill, and the index step."""
+
+    root: Path
+    store: Store
+    stage: EmbedStage
+    report: IngestReport
+    #: (the ingest report, what the caller asked of the indexes) -> the indexes (re)built
+    build_indexes: Callable[[IngestReport, IndexRequest], dict[str, IndexInfo]]
+    remember: bool = True  # whether ``root`` becomes the default collection (a URL's local copy does not)
+
+
+class Engine(Protocol):
+    """Where a build's heavy work runs, given to :func:`index` as ``engine=`` (as httpx takes a transport):
+    :class:`LocalEngine` (the default) or ``mmsearch.distributed.RayEngine``. :func:`index` does the rest the same
+    way for every engine: ingest plans and commits, then the index step, then one published version."""
+
+    def open(self, out: str | Path, paths: Sequence[str | Path], *, model: str | None, device: str | None,
+             ingest: IngestOptions, embedding_dtype: str, wait_s: float | None,
+             progress: Progress | None) -> ContextManager[Build]:
+        """The collection ``out`` (created if need be) and what embeds into it, for the time of one build."""
+        ...
+
+
+#: the keywords of :func:`index`'s flat form that are :class:`IndexRequest` fields, by their flat name
+INDEX_KEYWORDS = {"index_factory": "factory", "max_index_memory_bytes": "max_index_memory_bytes",
+                  "target_recall": "target_recall", "index_shards": "parts"}
+
+
 def index(
     paths: str | Path | Sequence[str | Path], *, out: str | Path | None = None, model: str | None = None,
-    batch_size: int = 32, workers: int | None = None, shard_rows: int = 8192,
-    embedding_dtype: str = "float16", device: str | None = None, index_factory: str | None = None,
-    max_index_memory_bytes: int | None = None, target_recall: float | None = None,
-    progress: Progress | None = None, decode_timeout_s: float | None = 30.0, max_image_pixels: int | None = None,
-    dedup: bool = True, captions: str | Path | Sequence[str | Path] = (), text_column: str | None = None,
-    id_column: str | None = None, path_column: str | None = None, index_shards: int | None = None,
-    wait_s: float | None = DEFAULT_WAIT_S, retention_s: float = DEFAULT_RETENTION_S,
+    ingest: IngestOptions | None = None, index: IndexRequest | None = None, engine: Engine | None = None,  # noqa: A002
+    device: str | None = None, embedding_dtype: str = "float16", progress: Progress | None = None,
+    wait_s: float | None = DEFAULT_WAIT_S, retention_s: float = DEFAULT_RETENTION_S, **options: Any,
 ) -> IndexResult:
     """Embed image folders / images / text corpora into a collection and (re)build its indexes.
 
@@ -54,73 +83,119 @@ def index(
     ``NAME.mms`` in the current directory (a single file's folder is left alone). The model defaults to
     the collection's own model, else ``$MMSEARCH_MODEL``, else the built-in offline model.
 
-    ``index_factory`` (``"auto"`` or a FAISS factory string such as ``"HNSW32"``),
-    ``max_index_memory_bytes`` and ``target_recall`` (recall@10 the search parameters are tuned to)
-    default to what the collection's indexes were built with, else ``"auto"``, 4 GiB and 0.95.
-    Indexes are updated in place (new shards added, deletions applied) or rebuilt when they would drift.
-    ``index_shards`` > 1 keeps each index as that many parts searched together (default: the collection's, else 1).
+    ``ingest``: :class:`~mmsearch.ingest.IngestOptions` (batch size, decode processes, shard rows, decode time
+    limit, decompression-bomb limit, dedup, caption manifests, corpus columns). ``index``:
+    :class:`~mmsearch.indexes.IndexRequest` (factory ``"auto"`` or a FAISS string such as ``"HNSW32"``, memory
+    budget, target recall@10, parts); a field left None keeps what the collection's indexes were built with, else
+    ``"auto"``, 4 GiB, 0.95 and 1 part. Indexes are updated in place (new shards added, deletions applied) or
+    rebuilt when they would drift. The same knobs may be given as keywords, the older flat form, which still works:
+    any :class:`IngestOptions` field (``batch_size=8``, ``captions=...``), and ``index_factory``,
+    ``max_index_memory_bytes``, ``target_recall``, ``index_shards`` (= ``IndexRequest.parts``); a keyword overrides
+    the same field of an options object given too. The option objects are the preferred form.
 
-    Ingest: ``decode_timeout_s`` bounds each image decode (None: no limit); ``max_image_pixels`` rejects
-    larger images as decompression bombs (after reduced-size JPEG decoding); ``dedup`` embeds identical
-    image content once; ``captions`` are caption manifests (.jsonl/.csv/.parquet: image path -> caption);
-    ``text_column`` / ``id_column`` choose the columns of text corpora (``text_column`` / ``path_column``
-    those of caption manifests).
+    ``engine``: where decoding and encoding run: :class:`LocalEngine` (default, this machine) or
+    ``mmsearch.distributed.RayEngine(RayOptions(...))`` (a Ray cluster; ``out`` may then be an fsspec URL).
 
     Sharing: the run holds the collection's writer lock (waiting up to ``wait_s`` seconds for another writer;
     None: for ever) and publishes one new version at its end, so readers never see it half done; a killed run
     resumes where it stopped. Versions superseded more than ``retention_s`` seconds ago, and not held by a
     reader, are removed afterwards (see docs/sharing.md).
     """
-    from .ingest import ingest
-    from .ingest.encode import LazyEncoder
+    from .ingest import ingest as run_ingest
 
     started = time.perf_counter()
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not path_list:
         raise ConfigError("nothing to index: give at least one folder, image or text corpus")
-    if batch_size < 1 or shard_rows < 1:
-        raise ConfigError("batch_size and shard_rows must be at least 1")
-    root = Path(out).expanduser() if out else default_collection_for(path_list[0])
+    ingest_opts, request = options_from_keywords(ingest, index, options)
     if retention_s < 0:
         raise ConfigError("retention_s must be >= 0")
-    options = ingest_options(
-        batch_size=batch_size, workers=_workers(workers), shard_rows=shard_rows, decode_timeout_s=decode_timeout_s,
-        max_image_pixels=max_image_pixels, dedup=dedup, captions=captions, text_column=text_column,
-        id_column=id_column, path_column=path_column,
-    )
-    spec = model_for_collection(root, model)
-    created = not root.exists()
-    lock = Store.lock(root, wait_s)  # before the model loads: a busy collection is said at once
-    existing = None if created else _collection_model(root)
-    try:
-        # a new collection needs the model's contract (dim, preprocessing) now; an existing one has it, and the
-        # model loads only when something is embedded or an index needs its queries: an unchanged re-index
-        # (files compared by uri, size, mtime and caption; corpora by key and text) loads none
-        eager = load_encoder(spec, device=device) if existing is None else None
-    except BaseException:
-        lock.release()
-        if created:
-            shutil.rmtree(root, ignore_errors=True)  # nothing was written but the lock file
-        raise
-    info = _model_info(eager) if eager is not None else existing
-    assert info is not None
-
-    def load() -> Encoder:
-        encoder = load_encoder(spec, device=device)
-        check_model(info, _model_info(encoder))  # as the writer's open checks it
-        return encoder
-
-    encoder = LazyEncoder(load) if eager is None else eager
-    with Store.open_or_create(root, info, embedding_dtype=embedding_dtype, lock=lock) as store:
-        with store.transaction("index"):
-            report = ingest(store, encoder, path_list, options=options, progress=progress)
-            built = build_indexes(store, report, encoder, index_factory=index_factory,
-                                  max_index_memory_bytes=max_index_memory_bytes, target_recall=target_recall,
-                                  index_shards=index_shards)
+    engine = engine if engine is not None else LocalEngine()
+    target = out if out else default_collection_for(path_list[0])
+    with engine.open(target, path_list, model=model, device=device, ingest=ingest_opts, embedding_dtype=embedding_dtype,
+                     wait_s=wait_s, progress=progress) as build:
+        store = build.store
+        with store.transaction("index"):  # one version at the end; shard commits are resumable checkpoints
+            report = run_ingest(store, None, path_list, options=ingest_opts, progress=progress, stage=build.stage,
+                                report=build.report)
+            built = build.build_indexes(report, request)
         store.vacuum(retention_s)
         spec = store.manifest.model.spec
-    remember_collection(root)
-    return IndexResult(root, spec, report, built, time.perf_counter() - started)
+    if build.remember:
+        remember_collection(build.root)
+    return IndexResult(build.root, spec, report, built, time.perf_counter() - started)
+
+
+def options_from_keywords(ingest: IngestOptions | None, index: IndexRequest | None,
+                          keywords: dict[str, Any]) -> tuple[IngestOptions, IndexRequest]:
+    """The option objects of a build: those given, with the flat keywords of :func:`index` applied over them."""
+    from .ingest import IngestOptions
+
+    ingest_fields = {f.name for f in dataclasses.fields(IngestOptions)}
+    ingest_kw, index_kw = {}, {}
+    for name, value in keywords.items():
+        if name in ingest_fields:
+            if not (name == "max_image_pixels" and value is None):  # None: the default
+                ingest_kw[name] = value
+        elif name in INDEX_KEYWORDS:
+            index_kw[INDEX_KEYWORDS[name]] = value
+        else:
+            raise TypeError(f"index() got an unexpected keyword argument {name!r}")
+    return (dataclasses.replace(ingest or IngestOptions(), **ingest_kw),
+            dataclasses.replace(index or IndexRequest(), **index_kw))
+
+
+class LocalEngine:
+    """This machine: decode processes and the model here (:class:`~mmsearch.ingest.LocalStage`), the index
+    built here. The default engine of :func:`index`."""
+
+    @contextlib.contextmanager
+    def open(self, out: str | Path, paths: Sequence[str | Path], *, model: str | None, device: str | None,
+             ingest: IngestOptions, embedding_dtype: str, wait_s: float | None,
+             progress: Progress | None) -> Iterator[Build]:
+        """Lock (or create) the collection, then load the model only if something needs it."""
+        from .ingest import IngestReport, LocalStage
+        from .ingest.encode import LazyEncoder
+
+        if is_url(out):
+            raise ConfigError(f"{out}: a URL collection needs the Ray engine (mmsearch.distributed.RayEngine; "
+                              "`mmsearch index --engine ray`): the local engine writes local paths")
+        root = Path(out).expanduser()
+        created = not root.exists()
+        lock = Store.lock(root, wait_s)  # before the model loads: a busy collection is said at once
+        try:
+            existing = None if created else _collection_model(root)  # the manifest, read once before the writer's open
+            spec = _spec_for(existing, model)
+            # a new collection needs the model's contract (dim, preprocessing) now; an existing one has it, and the
+            # model loads only when something is embedded or an index needs its queries: an unchanged re-index
+            # (files compared by uri, size, mtime and caption; corpora by key and text) loads none
+            eager = load_encoder(spec, device=device) if existing is None else None
+        except BaseException:
+            lock.release()
+            if created:
+                shutil.rmtree(root, ignore_errors=True)  # nothing was written but the lock file
+            raise
+        info = _model_info(eager) if eager is not None else existing
+        assert info is not None
+
+        def load() -> Encoder:
+            encoder = load_encoder(spec, device=device)
+            check_model(info, _model_info(encoder))  # as the writer's open checks it
+            return encoder
+
+        encoder = LazyEncoder(load) if eager is None else eager
+        with Store.open_or_create(root, info, embedding_dtype=embedding_dtype, lock=lock) as store:
+            yield Build(root, store, LocalStage(encoder, ingest), IngestReport(),
+                        lambda report, request: build_indexes(store, report, encoder, request))
+
+
+def _spec_for(existing: ModelInfo | None, model: str | None) -> str:
+    """The model of a build: the collection's own (``model``, if given, must be it), else ``model`` or the default."""
+    if existing is not None:
+        if model is not None and canonical_spec(model) != existing.spec:
+            raise EncoderMismatchError(existing.spec, canonical_spec(model))
+        return existing.spec
+    return canonical_spec(model or default_model())
 
 
 def _model_info(encoder: Encoder) -> ModelInfo:
@@ -138,15 +213,13 @@ def _collection_model(root: Path) -> ModelInfo | None:
         return None  # damaged or half-made: the writer's open repairs it, with the model loaded first
 
 
-def build_indexes(store: Store, report: IngestReport, encoder: Encoder, *, index_factory: str | None = None,
-                  max_index_memory_bytes: int | None = None, target_recall: float | None = None,
-                  index_shards: int | None = None) -> dict[str, IndexInfo]:
-    """The index step of :func:`index` (also used by the Ray engine): update each modality's index whose rows
-    or options changed; ``None`` options keep the collection's own, else the defaults."""
+def build_indexes(store: Store, report: IngestReport, encoder: Encoder,
+                  request: IndexRequest | None = None) -> dict[str, IndexInfo]:
+    """The index step of :func:`index` (the Ray engine's too): update each modality's index whose rows or options
+    changed; a ``request`` field left None keeps the collection's own, else the default."""
     built = {}
     for modality in MODALITIES:
-        opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
-                               target_recall=target_recall, index_shards=index_shards)
+        opts = resolve_options(store, modality, request or IndexRequest())
         if modality in report.changed or needs_update(store, modality, opts):
             result = update_index(store, modality, with_probe_queries(opts, store, modality, encoder))
             if result:
@@ -195,28 +268,6 @@ def model_for_collection(root: str | Path, model: str | None = None) -> str:
             raise EncoderMismatchError(existing, canonical_spec(model))
         return existing
     return canonical_spec(model or default_model())
-
-
-def ingest_options(*, captions: str | Path | Sequence[str | Path], max_image_pixels: int | None,
-                    decode_timeout_s: float | None, **rest: Any) -> IngestOptions:
-    from .ingest import IngestOptions
-
-    if decode_timeout_s is not None and decode_timeout_s <= 0:
-        raise ConfigError("decode_timeout_s must be positive (or None for no limit)")
-    if max_image_pixels is not None and max_image_pixels < 1:
-        raise ConfigError("max_image_pixels must be at least 1")
-    manifests = [captions] if isinstance(captions, (str, Path)) else list(captions)
-    extra = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
-    return IngestOptions(captions=tuple(str(Path(c).expanduser()) for c in manifests),
-                         decode_timeout_s=decode_timeout_s, **extra, **rest)
-
-
-def _workers(workers: int | None) -> int | None:
-    """The decode processes asked for; None: split the cores from the measured decode and encode costs of the
-    first images (:func:`mmsearch.ingest.encode.calibrate_workers`)."""
-    if workers is not None and workers < 0:
-        raise ConfigError("workers must be >= 0")
-    return workers
 
 
 def versions(path: str | Path) -> list[dict[str, Any]]:

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .query.chat import ChatConfig
 
 #: a collection directory's suffix (``PATH.mms``); here, not in the ingest package, so that reading the
 #: configuration imports nothing heavy (a cold query pays every import)
@@ -35,17 +32,23 @@ def default_model() -> str:
     return os.environ.get("MMSEARCH_MODEL") or FALLBACK_MODEL
 
 
-def chat_config(url: str | None = None, model: str | None = None) -> ChatConfig | None:
-    """The chat endpoint for ``ask``: arguments > ``$MMSEARCH_CHAT_*``; None when no URL is configured."""
-    from .query.chat import ChatConfig
+class ChatEndpoint(NamedTuple):
+    """Where the chat endpoint for ``ask`` is (``mmsearch.query.chat.ChatConfig(**endpoint._asdict())``)."""
 
+    url: str
+    model: str
+    api_key: str | None = None
+
+
+def chat_endpoint(url: str | None = None, model: str | None = None) -> ChatEndpoint | None:
+    """The chat endpoint for ``ask``: arguments > ``$MMSEARCH_CHAT_*``; None when no URL is configured."""
     url = url or os.environ.get("MMSEARCH_CHAT_URL")
     if not url:
         return None
     model = model or os.environ.get("MMSEARCH_CHAT_MODEL")
     if not model:
         raise ConfigError("a chat URL is set but no model: set MMSEARCH_CHAT_MODEL or pass --chat-model")
-    return ChatConfig(url=url, model=model, api_key=os.environ.get("MMSEARCH_CHAT_API_KEY") or None)
+    return ChatEndpoint(url=url, model=model, api_key=os.environ.get("MMSEARCH_CHAT_API_KEY") or None)
 
 
 def faiss_gpu_allowed() -> bool:

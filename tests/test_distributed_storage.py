@@ -221,14 +221,14 @@ def test_without_conditional_writes_the_lease_still_refuses(tmp_path: Path) -> N
 def test_a_checkpoint_at_the_url_is_resumed_from_another_staging_copy(tmp_path: Path) -> None:
     """A run killed before it published: its checkpoint (``_draft.json`` + the shards it lists) is at the URL,
     so a driver restarted on another machine (another staging copy) resumes it instead of embedding again."""
-    from mmsearch.distributed.ray_engine import _MirroredStore
+    from mmsearch.distributed.ray_engine import MirroredStore
 
     url = f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
     make_store(tmp_path / "a", images=40, texts=0, dim=8, shards=1)
     first = RemoteMirror(url, tmp_path / "a")
     first.push()
     model = Store.open(tmp_path / "a").manifest.model
-    store = _MirroredStore.open_or_create(tmp_path / "a", model)
+    store = MirroredStore.open_or_create(tmp_path / "a", model)
     store.mirror = first
     with pytest.raises(KeyboardInterrupt):
         with store.transaction("index"):
@@ -239,7 +239,7 @@ def test_a_checkpoint_at_the_url_is_resumed_from_another_staging_copy(tmp_path: 
     assert first.fs.exists(f"{first.path}/_draft.json")
 
     elsewhere = RemoteMirror(url, tmp_path / "b").pull()
-    resumed = _MirroredStore.open_or_create(elsewhere, model)
+    resumed = MirroredStore.open_or_create(elsewhere, model)
     assert resumed.manifest.rows("images") == 55  # the 15 checkpointed rows are kept, not embedded again
     resumed.mirror = RemoteMirror(url, tmp_path / "b")
     with resumed.transaction("index"):

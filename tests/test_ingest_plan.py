@@ -143,7 +143,7 @@ def test_split_cores_follows_the_costs() -> None:
 
 
 def test_workers_default_to_a_calibration(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmsearch.ingest.images as images
+    import mmsearch.ingest.stage as stage
     from mmsearch.ingest import encode
 
     for n in range(70):  # enough files for decode workers to be considered (>= 2 batches)
@@ -156,7 +156,7 @@ def test_workers_default_to_a_calibration(folder: Path, tmp_path: Path, monkeypa
         calls.append(workers)
         return workers
 
-    monkeypatch.setattr(images, "calibrate_workers", recording)
+    monkeypatch.setattr(stage, "calibrate_workers", recording)
     result = mmsearch.index(folder, out=tmp_path / "w.mms", model=MODEL, batch_size=8)
     assert calls[0] == 74 and 0 <= calls[1] <= encode.MAX_AUTO_WORKERS
     assert result.report.images_embedded == 74

@@ -73,7 +73,8 @@ def main(verbose: int) -> None:
               help="Collection directory [default: PATH.mms]; with --engine ray also an fsspec URL (s3://, gs://, file://).")
 @click.option("--model", "-m", help="Model spec, e.g. builtin, openclip:ViT-B-32/laion2b_s34b_b79k.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--workers", type=click.IntRange(0, 64), help="Decode worker processes [default: CPUs, max 4].")
+@click.option("--workers", type=click.IntRange(0, 64), help="Decode worker processes [default: split the cores from "
+              "measured decode and encode costs]; with --engine ray: encoder actors [default: 2].")
 @click.option("--device", help="torch device (cpu, cuda, cuda:1) [default: cuda if available].")
 @click.option("--shard-rows", default=8192, show_default=True, type=click.IntRange(1),
               help="Rows per committed shard (the most work a killed run loses).")
@@ -108,13 +109,17 @@ def main(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_library_errors
 def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_size: int,
-              workers: int | None, device: str | None, engine: str, address: str | None, num_gpus_per_worker: float,
-              ray_pipeline: str, staging: str | None, as_json: bool, **ingest: Any) -> None:
+              workers: int | None, device: str | None, shard_rows: int, decode_timeout_s: float, captions: tuple[str, ...],
+              text_column: str | None, id_column: str | None, path_column: str | None, dedup: bool,
+              index_factory: str | None, max_index_memory: str | None, target_recall: float | None,
+              index_shards: int | None, engine: str, address: str | None, num_gpus_per_worker: float,
+              ray_pipeline: str, staging: str | None, wait_s: float | None, retention_s: float, as_json: bool) -> None:
     """Embed and index image folders, images, or .txt/.jsonl/.csv/.parquet text corpora (incremental, resumable)."""
     import mmsearch
     from mmsearch.api import model_for_collection
     from mmsearch.config import default_collection_for, forget_collection, last_collection
-    from mmsearch.indexes import parse_bytes
+    from mmsearch.indexes import IndexRequest, parse_bytes
+    from mmsearch.ingest import IngestOptions
 
     root = out or str(default_collection_for(paths[0]))
     is_url = "://" in root
@@ -122,24 +127,25 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
         raise click.UsageError(f"--out {root}: a URL collection needs --engine ray (the local engine writes local paths)")
     created = not is_url and not _is_collection(root)
     if created:  # before anything is written: an empty input makes no collection and no default
-        _check_inputs_have_items(paths, text_column=ingest["text_column"], id_column=ingest["id_column"])
+        _check_inputs_have_items(paths, text_column=text_column, id_column=id_column)
     previous = last_collection()
     spec = model if is_url else model_for_collection(root, model)  # a URL collection's own model is read after the pull
     if not as_json:
         click.echo(render.model_banner(spec or "(the collection's own, else the default)", root), err=True)
-    ingest["decode_timeout_s"] = ingest["decode_timeout_s"] or None
-    memory = ingest.pop("max_index_memory")
-    ingest["max_index_memory_bytes"] = parse_bytes(memory) if memory else None
-    with render.Progress(enabled=not as_json and sys.stderr.isatty()) as progress:
-        if engine == "ray":
-            from mmsearch.distributed import index_with_ray
+    ingest = IngestOptions(batch_size=batch_size, workers=workers if engine == "local" else 0, shard_rows=shard_rows,
+                           decode_timeout_s=decode_timeout_s or None, captions=captions, dedup=dedup,
+                           text_column=text_column, id_column=id_column, path_column=path_column)
+    request = IndexRequest(factory=index_factory, target_recall=target_recall, parts=index_shards,
+                           max_index_memory_bytes=parse_bytes(max_index_memory) if max_index_memory else None)
+    engine_object = None
+    if engine == "ray":
+        from mmsearch.distributed import RayEngine, RayOptions
 
-            result = index_with_ray(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers or 2,
-                                    address=address, num_gpus_per_worker=num_gpus_per_worker, device=device,
-                                    pipeline=ray_pipeline, staging=staging, progress=progress.update, **ingest)
-        else:
-            result = mmsearch.index(list(paths), out=root, model=spec, batch_size=batch_size, workers=workers,
-                                    device=device, progress=progress.update, **ingest)
+        engine_object = RayEngine(RayOptions(address=address, actors=workers or 2, num_gpus_per_actor=num_gpus_per_worker,
+                                             pipeline=ray_pipeline, staging=staging))
+    with render.Progress(enabled=not as_json and sys.stderr.isatty()) as progress:
+        result = mmsearch.index(list(paths), out=root, model=spec, ingest=ingest, index=request, engine=engine_object,
+                                device=device, progress=progress.update, wait_s=wait_s, retention_s=retention_s)
     report = result.report
     if created and not (report.images_embedded or report.texts_embedded or report.skipped_unchanged):
         import shutil
@@ -259,13 +265,14 @@ def ask_cmd(words: tuple[str, ...], collection: str | None, k: int, chat_url: st
 
     When the chat endpoint fails, the evidence is still printed, then one error line naming the endpoint (exit 1)."""
     import mmsearch
-    from mmsearch.config import chat_config, resolve_collection
-    from mmsearch.query.chat import ChatError, ask
+    from mmsearch.config import chat_endpoint, resolve_collection
+    from mmsearch.query.chat import ChatConfig, ChatError, ask
 
     question = _query_text(words) or ""
     if not question:
         raise click.ClickException("give a QUESTION, e.g. mmsearch ask \"is there a lighthouse?\"")
-    config = chat_config(chat_url, chat_model)  # a half-set configuration fails before the search
+    endpoint = chat_endpoint(chat_url, chat_model)  # a half-set configuration fails before the search
+    config = ChatConfig(**endpoint._asdict()) if endpoint else None
     bundle = mmsearch.open(resolve_collection(collection)).evidence(question, k=k)
     answer, error = None, None
     if config:

@@ -31,7 +31,7 @@ import numpy as np
 from ..api import with_probe_queries
 from ..encoders.base import Encoder
 from ..errors import CorruptShardError
-from ..indexes import IndexInfo, IndexOptions, needs_update, resolve_options, update_index
+from ..indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolve_options, update_index
 from ..indexes.build import add_batches, new_index, train_on_sample
 from ..indexes.choice import AUTO, choose_factory, estimate_memory_bytes
 from ..indexes.faiss_index import INDEX_DIR, finish_index, full_build_reason, with_ids
@@ -51,26 +51,25 @@ PART_DELAY_ENV = "MMSEARCH_RAY_PART_DELAY_S"
 __all__ = ["build_index_distributed", "build_indexes_distributed", "is_mergeable", "plan_parts"]
 
 
-def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encoder, *, ray: Any, parts: int,
-                              index_factory: str | None = None, max_index_memory_bytes: int | None = None,
-                              target_recall: float | None = None, merge_memory_bytes: int | None = None,
+def build_indexes_distributed(store: Store, report: IngestReport, encoder: Encoder, request: IndexRequest | None = None,
+                              *, ray: Any, parts: int, merge_memory_bytes: int | None = None,
                               shard_root: str | None = None, num_cpus_per_task: float = 1,
-                              index_shards: int | None = None, resources: dict[str, float] | None = None,
-                              events: ClusterEvents | None = None, max_retries: int = 3) -> dict[str, IndexInfo]:
-    """:func:`mmsearch.api.build_indexes` with full (re)builds of IVF indexes done by Ray tasks.
+                              resources: dict[str, float] | None = None, events: ClusterEvents | None = None,
+                              max_retries: int = 3) -> dict[str, IndexInfo]:
+    """:func:`mmsearch.api.build_indexes` with full (re)builds of IVF indexes done by ``parts`` Ray tasks.
 
     Incremental updates (new shards added to a saved index, deletions applied) and non-IVF indexes run
-    on the driver exactly as on one machine. ``shard_root``: where the tasks read the shards (a path or
-    fsspec URL they all see; default the store's own directory). ``index_shards``: keep the index as that many
-    parts (one Ray task each) searched together instead of one merged index (default: the collection's, else 1).
+    on the driver exactly as on one machine. ``request``: what is asked of the indexes (``request.parts`` > 1
+    keeps the index as that many parts, one Ray task each, searched together instead of one merged index;
+    default: the collection's, else 1). ``shard_root``: where the tasks read the shards (a path or
+    fsspec URL they all see; default the store's own directory).
     ``resources``: Ray custom resources per task; a task lost with its worker or node is run again up to
     ``max_retries`` times, each loss recorded in ``events``.
     """
     tasks = _TaskOptions(num_cpus_per_task, resources, events if events is not None else ClusterEvents(), max_retries)
     built = {}
     for modality in MODALITIES:
-        opts = resolve_options(store, modality, factory=index_factory, max_index_memory_bytes=max_index_memory_bytes,
-                               target_recall=target_recall, index_shards=index_shards)
+        opts = resolve_options(store, modality, request)
         if modality not in report.changed and not needs_update(store, modality, opts):
             continue
         opts = with_probe_queries(opts, store, modality, encoder)

@@ -14,7 +14,7 @@ from .faiss_index import (
     resolve_options,
     update_index,
 )
-from .options import IndexOptions
+from .options import IndexOptions, IndexRequest
 from .searching import SearchIndex, ShardedSearchIndex
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_INDEX_MEMORY_BYTES",
     "IndexInfo",
     "IndexOptions",
+    "IndexRequest",
     "SearchIndex",
     "ShardedSearchIndex",
     "build_index",

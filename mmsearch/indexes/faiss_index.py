@@ -32,7 +32,7 @@ from ..store.records import IndexRecord
 from .build import add_batches, new_index, train_on_sample
 from .calibration import threshold_from_null_scores
 from .choice import AUTO, choose_factory
-from .options import IndexOptions
+from .options import IndexOptions, IndexRequest
 from .searching import SearchIndex, ShardedSearchIndex
 from .source import iter_batches, plan_parts, read_vectors, sample, shard_key
 from .structure import find_layer, knob_limits, removes_ids, unwrap_ids
@@ -78,10 +78,16 @@ def is_current(store: Store, modality: str) -> bool:
     return info is not None and info.fingerprint == fingerprint(store, modality)
 
 
-def resolve_options(store: Store, modality: str, *, factory: str | None = None,
+def resolve_options(store: Store, modality: str, request: IndexRequest | None = None, *, factory: str | None = None,
                     max_index_memory_bytes: int | None = None, target_recall: float | None = None,
                     index_shards: int | None = None) -> IndexOptions:
-    """Options for ``modality``: what is given, else what its saved index was built with, else defaults."""
+    """Options for ``modality``: what is asked (``request``, the keywords over it), else what its saved index was
+    built with, else defaults."""
+    request = request or IndexRequest()
+    factory = factory or request.factory
+    max_index_memory_bytes = max_index_memory_bytes or request.max_index_memory_bytes
+    target_recall = target_recall or request.target_recall
+    index_shards = index_shards or request.parts
     saved = store.manifest.indexes.get(modality)
     defaults = IndexOptions()
     return IndexOptions(

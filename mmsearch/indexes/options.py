@@ -50,3 +50,23 @@ class IndexOptions:
             raise ConfigError("recall_at_k, tuning_queries, add_batch_rows and index_shards must be at least 1")
         if not (0.0 <= self.max_deleted_share <= 1.0 and 0.0 <= self.max_untrained_share <= 1.0):
             raise ConfigError("max_deleted_share and max_untrained_share must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    """What a build asks of a collection's indexes (``mmsearch.index(..., index=IndexRequest(...))``). A field left
+    None keeps what the collection's index was built with, else the :class:`IndexOptions` default; see
+    :func:`mmsearch.indexes.resolve_options`. ``parts`` > 1 keeps each index as that many parts searched together."""
+
+    factory: str | None = None  # "auto" or a FAISS factory string
+    max_index_memory_bytes: int | None = None
+    target_recall: float | None = None
+    parts: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.parts is not None and self.parts < 1:
+            raise ConfigError("the number of index parts must be at least 1")
+        if self.max_index_memory_bytes is not None and self.max_index_memory_bytes <= 0:
+            raise ConfigError("max_index_memory_bytes must be positive")
+        if self.target_recall is not None and not 0.0 < self.target_recall <= 1.0:
+            raise ConfigError(f"target_recall must be in (0, 1], not {self.target_recall}")

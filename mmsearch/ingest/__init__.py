@@ -3,13 +3,18 @@
 from .corpora import TEXT_CORPUS_EXTENSIONS, TextRecord, iter_text_records, read_caption_manifest
 from .discover import IMAGE_EXTENSIONS, ImageFile, classify, iter_image_files
 from .pipeline import IngestOptions, IngestReport, Progress, ingest
+from .stage import EmbeddedImage, EmbedStage, ImageWork, LocalStage
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "TEXT_CORPUS_EXTENSIONS",
+    "EmbedStage",
+    "EmbeddedImage",
     "ImageFile",
+    "ImageWork",
     "IngestOptions",
     "IngestReport",
+    "LocalStage",
     "Progress",
     "TextRecord",
     "classify",

@@ -1,4 +1,4 @@
-"""Ingest of one image root: plan (skip unchanged) -> decode stream -> encode -> exact-size shards.
+"""Ingest of one image root: plan (skip unchanged) -> the embed stage (:mod:`.stage`) -> exact-size shards.
 
 Every shard commit carries its image rows, their caption texts and the tombstones of the rows they
 replace in one manifest write, so a run killed at any point can simply be run again. Shards hold
@@ -22,17 +22,17 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import IngestError, StoreError
 from . import quarantine
-from .decode import Decoded, DecodeSettings, batched
+from .decode import Decoded
 from .discover import ImageFile, iter_image_files
-from .encode import calibrate_workers, share_cpus_with_workers
 from .job import Job
-from .pool import decode_stream
+from .stage import EmbeddedImage, ImageWork, model_input_px
+
+__all__ = ["ImageIngest", "model_input_px"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class _Row:
     height: int
     vector: np.ndarray | None  # None: copy the stored embedding of ``source_id``
     source_id: int | None = None
+    caption_vector: np.ndarray | None = None  # embedded by the stage, else at commit
 
 
 @dataclass(frozen=True)
@@ -174,29 +175,11 @@ class ImageIngest:
 
     # -- embedding -------------------------------------------------------------------------------
     def _embed(self, todo: list[ImageFile]) -> None:
-        if not todo:
-            return  # nothing to decode: the encoder is not even asked for its transform (it may not be loaded)
-        options = self.job.options
-        # uint8 pixels when the transform splits (see ingest.transfer); a batcher that has no split runs it all
-        transform = getattr(self.job.batcher, "worker_transform", self.job.encoder.image_transform)
-        settings = DecodeSettings(
-            transform=transform, draft_px=model_input_px(transform),
-            max_image_pixels=options.max_image_pixels, timeout_s=options.decode_timeout_s,
-            skip_hashes=frozenset(self.by_hash),
-        )
-        workers = 0 if len(todo) < 2 * options.batch_size else options.workers
-        if workers is None:  # split the cores between decoding and the encoder from their measured costs
-            workers = calibrate_workers(self.job.batcher, settings, [f.os_path for f in todo])
-        stream = decode_stream((f.os_path for f in todo), settings, workers=workers,
-                               window=2 * options.batch_size + 2 * max(workers, 1))
-        with share_cpus_with_workers(self.job.encoder, workers):
-            self._consume(todo, stream)
-
-    def _consume(self, todo: Sequence[ImageFile], decoded: Iterable[Decoded]) -> None:
-        """Take decoded inputs in batches (in input order), committing exact ``shard_rows`` shards."""
+        """Hand the planned files to the job's embed stage; take its batches back (in input order), committing
+        exact ``shard_rows`` shards."""
         options, done = self.job.options, 0
-        for batch in batched(decoded, options.batch_size):
-            self._take(todo, batch)
+        for batch in self.job.stage.embed_images(ImageWork(todo, frozenset(self.by_hash))):
+            self._take(batch)
             done += len(batch)
             self.job.tick("images", done, len(todo))
             while len(self.buffer) >= options.shard_rows:
@@ -205,34 +188,36 @@ class ImageIngest:
         self._flush(self.buffer)
         self.buffer = []
 
-    def _take(self, todo: Sequence[ImageFile], batch: list[Decoded]) -> None:
-        """Quarantine the failures of a decoded batch; encode the new content; buffer the rows."""
-        for d in batch:
+    def _take(self, batch: list[EmbeddedImage]) -> None:
+        """Quarantine the failures of a batch; keep the vector of content new to the collection; buffer the rows."""
+        good = []
+        for e in batch:
+            f, d = e.file, e.decoded
             if not d.ok:
-                f = todo[d.seq]
                 self.rejected_now.add(f.uri)
                 self.job.reject(f.uri, d.reason or quarantine.CORRUPT, d.error or "", size=f.bytes, mtime=f.mtime)
-        good = [d for d in batch if d.ok]
-        fresh: dict[str, Decoded] = {}
-        for d in good:
+                continue
             key = self._key(d)
-            if key not in self.pending and key not in self.by_hash and key not in fresh:
-                fresh[key] = d
-        vectors = self.job.batcher.images([d.pixels for d in fresh.values() if d.pixels is not None])
-        self.pending.update(zip(fresh, vectors))
-        for d in good:
-            self.buffer.append(self._row(todo[d.seq], d))
-        self.job.report.images_deduplicated += len(good) - len(fresh)
+            if key in self.pending or key in self.by_hash:
+                self.job.report.images_deduplicated += 1  # the first copy's vector, whatever the stage gave
+            elif e.vector is None:
+                raise IngestError(f"the embed stage returned no vector for {f.uri}, whose content is new")
+            else:
+                self.pending[key] = e.vector
+            good.append(e)
+        for e in good:
+            self.buffer.append(self._row(e))
 
     def _key(self, d: Decoded) -> str:
         return d.sha256 if self.job.options.dedup and d.sha256 else f"seq:{d.seq}"
 
-    def _row(self, f: ImageFile, d: Decoded) -> _Row:
+    def _row(self, e: EmbeddedImage) -> _Row:
+        d = e.decoded
         key, sha = self._key(d), d.sha256 or ""
         if key in self.pending:
-            return _Row(f, sha, d.width, d.height, self.pending[key])
+            return _Row(e.file, sha, d.width, d.height, self.pending[key], caption_vector=e.caption_vector)
         source_id, width, height = self.by_hash[key]
-        return _Row(f, sha, d.width or width, d.height or height, None, source_id)
+        return _Row(e.file, sha, d.width or width, d.height or height, None, source_id, e.caption_vector)
 
     # -- committing ------------------------------------------------------------------------------
     def _flush(self, rows: list[_Row]) -> None:
@@ -277,9 +262,15 @@ class ImageIngest:
         store.write_shard("texts", {
             "id": store.reserve_ids(len(pairs)), "text": texts, "source": [f.uri for f, _ in pairs],
             "key": ["caption"] * len(pairs), "image_id": [i for _, i in pairs],
-        }, self.job.batcher.texts(texts))
+        }, self._caption_vectors([r for r in rows if r.file.caption]))
         self.job.report.texts_embedded += len(pairs)
         self.job.report.changed.add("texts")
+
+    def _caption_vectors(self, rows: list[_Row]) -> np.ndarray:
+        """The captions' vectors: those the stage embedded, the others embedded now (in one call)."""
+        missing = [r.file.caption or "" for r in rows if r.caption_vector is None]
+        encoded = iter(self.job.stage.encode_texts(missing) if missing else ())
+        return np.stack([r.caption_vector if r.caption_vector is not None else next(encoded) for r in rows])
 
     def _delete(self, ids: list[int], *, replaced: bool) -> None:
         """Tombstone image rows and their captions (in memory; the caller commits)."""
@@ -308,18 +299,6 @@ class ImageIngest:
         embedded = {f.uri for f in todo} - self.rejected_now
         quarantine.prune(self.job.store.root, lambda e: _under(str(e.get("uri")), self.root)
                          and (e.get("uri") not in self.seen or e.get("uri") in embedded))
-
-
-def model_input_px(transform: object) -> int | None:
-    """The side of the model's input image (probed once), or None when the transform is not spatial."""
-    from PIL import Image
-
-    try:
-        out = transform(Image.new("RGB", (64, 64)))  # type: ignore[operator]
-    except Exception:  # an odd transform: decode at full size
-        return None
-    shape = tuple(getattr(out, "shape", ()))
-    return int(max(shape[-2:])) if len(shape) >= 3 else None
 
 
 def _under(uri: str, root: Path) -> bool:

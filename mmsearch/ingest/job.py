@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..encoders.base import Encoder
 from ..store import Store
 from . import quarantine
-from .decode import DEFAULT_MAX_IMAGE_PIXELS
-from .encode import BatchEncoder
+from .options import IngestOptions
+from .stage import EmbedStage
+
+__all__ = ["IngestOptions", "IngestReport", "Job", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +49,15 @@ class IngestReport:
         }
 
 
-@dataclass(frozen=True)
-class IngestOptions:
-    """Knobs of the pipeline."""
-
-    batch_size: int = 32
-    workers: int | None = 2  # decode processes; 0 decodes in the calling process; None: from a calibration
-    shard_rows: int = 8192  # rows per committed shard: the most work a kill can lose
-    decode_timeout_s: float | None = 30.0  # per image; None: no limit
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger (after reduced-size JPEG decode) -> too-large
-    dedup: bool = True  # identical image content is embedded once
-    captions: tuple[str, ...] = ()  # caption manifests (.jsonl/.csv/.parquet: image path -> caption)
-    text_column: str | None = None  # corpora and caption manifests; default: text, caption or content
-    id_column: str | None = None  # corpora; default: "id" when present
-    path_column: str | None = None  # caption manifests; default: path, image, file...
-
-
 @dataclass
 class Job:
     """What every stage of one run shares."""
 
     store: Store
-    encoder: Encoder
+    stage: EmbedStage  # where inputs become vectors (texts too)
     options: IngestOptions
     report: IngestReport
     progress: Progress | None
-    batcher: BatchEncoder
     captions: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 

@@ -19,25 +19,34 @@ from pathlib import Path
 from typing import Sequence
 
 from ..encoders.base import Encoder
+from ..errors import ConfigError
 from ..store import Store
 from .corpora import read_caption_manifest
 from .discover import classify
-from .encode import BatchEncoder
 from .images import ImageIngest
 from .job import IngestOptions, IngestReport, Job, Progress
+from .stage import EmbedStage, LocalStage
 from .texts import ingest_corpus
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IngestOptions", "IngestReport", "Progress", "ingest"]
+__all__ = ["IngestOptions", "IngestReport", "Progress", "caption_manifests", "ingest"]
 
 
 def ingest(
-    store: Store, encoder: Encoder, paths: Sequence[str | Path], *,
-    options: IngestOptions = IngestOptions(), progress: Progress | None = None,
+    store: Store, encoder: Encoder | None, paths: Sequence[str | Path], *,
+    options: IngestOptions = IngestOptions(), progress: Progress | None = None, stage: EmbedStage | None = None,
+    report: IngestReport | None = None,
 ) -> IngestReport:
-    """Embed every new or changed input under ``paths`` into ``store``; record removed ones as deletions."""
-    job = Job(store, encoder, options, IngestReport(), progress, BatchEncoder(encoder, options.batch_size),
+    """Embed every new or changed input under ``paths`` into ``store``; record removed ones as deletions.
+
+    ``stage``: where inputs are embedded (default: :class:`~.stage.LocalStage` over ``encoder`` on this machine;
+    ``encoder`` may then be None). ``report``: the report to fill (an engine's subclass), else a new one."""
+    if stage is None:
+        if encoder is None:
+            raise ConfigError("ingest needs an encoder or an embed stage")
+        stage = LocalStage(encoder, options)
+    job = Job(store, stage, options, report if report is not None else IngestReport(), progress,
               captions=caption_manifests(options))
     for raw in paths:
         path = Path(os.path.normpath(Path(raw).expanduser().absolute()))
@@ -50,6 +59,7 @@ def ingest(
 
 
 def caption_manifests(options: IngestOptions) -> dict[str, str]:
+    """Image path -> caption, from the caption manifests of ``options`` (later manifests win)."""
     captions: dict[str, str] = {}
     for manifest in options.captions:
         found = read_caption_manifest(Path(manifest), text_column=options.text_column, path_column=options.path_column)

@@ -84,7 +84,7 @@ def _commit(job: Job, source: str, chunk: list[TextRecord], replaced: list[int],
         store.write_shard("texts", {
             "id": store.reserve_ids(len(chunk)), "text": texts, "source": [source] * len(chunk),
             "key": [r.key for r in chunk], "image_id": [None] * len(chunk),
-        }, job.batcher.texts(texts))
+        }, job.stage.encode_texts(texts))
     if restored:
         log.info("restored %d deleted row(s) of %s that came back unchanged (same ids)",
                  store.undelete("texts", restored), source)
