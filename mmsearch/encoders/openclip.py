@@ -30,7 +30,6 @@ from .base import ModelSpec, l2_normalise, pick_device
 from .openclip_onnx import RANDOM_SEED
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
     from .openclip_onnx import OnnxOpenCLIP
