@@ -15,8 +15,9 @@ from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
 from .errors import ConfigError, EncoderMismatchError, MMSearchError
 from .indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolve_options, update_index
-from .indexes.choice import AUTO, choose_factory
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
+from .modality import IMAGES
+from .modality import other as other_modality
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
 from .store.lock import DEFAULT_WAIT_S
@@ -234,8 +235,8 @@ def with_probe_queries(opts: IndexOptions, store: Store, modality: str, encoder:
     from .query.calibration import NULL_QUERIES
 
     opts = dataclasses.replace(opts, null_queries=encoder.encode_texts(list(NULL_QUERIES)))
-    other = "texts" if modality == "images" else "images"
-    if modality != "images" or store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
+    other = other_modality(modality)
+    if modality != IMAGES or store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
         return opts
     if not _approximate(opts, store, modality):
         return opts
@@ -246,9 +247,7 @@ def with_probe_queries(opts: IndexOptions, store: Store, modality: str, encoder:
 
 def _approximate(opts: IndexOptions, store: Store, modality: str) -> bool:
     """Whether the index this build will have (or the one it updates) is approximate, i.e. has parameters to tune."""
-    factory = opts.factory
-    if factory == AUTO:
-        factory = choose_factory(store.manifest.live_rows(modality), store.manifest.model.dim, opts.max_index_memory_bytes)
+    factory = opts.factory_for(store.manifest.live_rows(modality), store.manifest.model.dim)
     saved = store.manifest.indexes.get(modality)
     existing = saved.factory if saved is not None else None
     return any(f is not None and f.replace(" ", "") != "Flat" for f in (factory, existing))

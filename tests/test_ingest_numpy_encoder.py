@@ -113,7 +113,8 @@ def test_ingest_with_a_numpy_input_encoder_imports_no_torch(tmp_path: Path) -> N
 
 def test_numpy_finish_of_a_torchvision_cut_equals_the_torch_finish() -> None:
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
-    transform = T.Compose([T.Lambda(lambda image: image.convert("RGB")), T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(),
+    transform = T.Compose([T.Lambda(lambda image: image.convert("RGB")),
+                           T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(),
                            T.Normalize(mean, std)])
     split = split_transform(transform, numpy=True)
     assert split is not None and split.mean is not None

@@ -33,7 +33,7 @@ from ..encoders.base import Encoder
 from ..errors import CorruptShardError
 from ..indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolve_options, update_index
 from ..indexes.build import add_batches, new_index, train_on_sample
-from ..indexes.choice import AUTO, choose_factory, estimate_memory_bytes
+from ..indexes.choice import estimate_memory_bytes
 from ..indexes.faiss_index import INDEX_DIR, finish_index, full_build_reason, with_ids
 from ..indexes.source import plan_parts, sample
 from ..indexes.structure import find_layer, layers
@@ -114,7 +114,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
     rows, dim = store.manifest.live_rows(modality), store.manifest.model.dim
     if rows == 0:
         return None
-    factory = choose_factory(rows, dim, opts.max_index_memory_bytes) if opts.factory == AUTO else opts.factory
+    factory = opts.factory_for(rows, dim)
     index = new_index(factory, dim)
     sharded = opts.index_shards > 1
     if not sharded and not is_mergeable(index):

@@ -26,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexBuildError, IndexNotFoundError, StoreError
+from ..modality import other as other_modality
+from ..modality import singular
 from ..store import Store
 from ..store.atomic import file_sha256, write_bytes_atomic, write_with_atomic
 from ..store.records import IndexRecord
 from .build import add_batches, new_index, train_on_sample
 from .calibration import threshold_from_null_scores
-from .choice import AUTO, choose_factory
+from .choice import AUTO
 from .options import IndexOptions, IndexRequest
 from .searching import SearchIndex, ShardedSearchIndex
 from .source import iter_batches, plan_parts, read_vectors, sample, shard_key
@@ -170,7 +172,7 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
 
     info = _saved(store, modality)
     if info is None:
-        raise IndexNotFoundError(modality.rstrip("s"), str(store.root))
+        raise IndexNotFoundError(singular(modality), str(store.root))
     if info.model_spec != store.manifest.model.spec or info.dim != store.manifest.model.dim:
         raise StoreError(f"index {info.file} was built for model {info.model_spec!r}; rebuild it with `mmsearch index`")
     files = index_files(info)
@@ -214,7 +216,7 @@ def searcher(indexes: list[Any], info: IndexInfo, *, sharded: bool, masked_ids: 
 def _build(store: Store, modality: str, opts: IndexOptions, update: str) -> IndexInfo:
     started = time.perf_counter()
     rows, dim = store.manifest.live_rows(modality), store.manifest.model.dim
-    factory = choose_factory(rows, dim, opts.max_index_memory_bytes) if opts.factory == AUTO else opts.factory
+    factory = opts.factory_for(rows, dim)
     index = new_index(factory, dim)
     trained = train_on_sample(index, lambda n: sample(store, modality, n, seed=opts.seed)[1], rows,
                               max_sample_bytes=opts.max_index_memory_bytes // 4)
@@ -326,7 +328,7 @@ def _rebuild_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOpt
 def _drift_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOptions, new_rows: int) -> str:
     live = store.manifest.live_rows(modality)
     if opts.factory == AUTO:
-        choice = choose_factory(live, info.dim, opts.max_index_memory_bytes)
+        choice = opts.factory_for(live, info.dim)
         if _family(choice) != _family(info.factory):
             return f"the collection now has {live} vectors, for which the automatic choice is {choice} (was {info.factory})"
     untrained = info.rows_since_training + new_rows
@@ -425,7 +427,7 @@ def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: 
 
 
 def _tuning_queries(store: Store, modality: str, opts: IndexOptions) -> tuple[np.ndarray, np.ndarray | None, str]:
-    other = "texts" if modality == "images" else "images"
+    other = other_modality(modality)
     if store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
         return sample(store, other, opts.tuning_queries, seed=opts.seed + 1)[1], None, other
     if opts.probe_queries is not None and len(opts.probe_queries) >= MIN_CROSS_MODAL_QUERIES:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .choice import AUTO, DEFAULT_MAX_INDEX_MEMORY_BYTES
+from .choice import AUTO, DEFAULT_MAX_INDEX_MEMORY_BYTES, choose_factory
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class IndexOptions:
     probe_queries: Any = field(default=None, compare=False, repr=False)
     #: unrelated text queries, encoded: their best scores set the index's no-match threshold (kept in its record)
     null_queries: Any = field(default=None, compare=False, repr=False)
+    #: (rows, dim) -> the automatic choice, made once per build (shared by the copies ``dataclasses.replace`` makes)
+    _choices: dict[tuple[int, int], str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory.strip():
@@ -50,6 +52,15 @@ class IndexOptions:
             raise ConfigError("recall_at_k, tuning_queries, add_batch_rows and index_shards must be at least 1")
         if not (0.0 <= self.max_deleted_share <= 1.0 and 0.0 <= self.max_untrained_share <= 1.0):
             raise ConfigError("max_deleted_share and max_untrained_share must be in [0, 1]")
+
+    def factory_for(self, rows: int, dim: int) -> str:
+        """The FAISS factory for ``rows`` vectors of ``dim``: :attr:`factory`, or for ``"auto"`` the choice
+        (:func:`~.choice.choose_factory` within :attr:`max_index_memory_bytes`), made once per build."""
+        if self.factory != AUTO:
+            return self.factory
+        if (rows, dim) not in self._choices:
+            self._choices[(rows, dim)] = choose_factory(rows, dim, self.max_index_memory_bytes)
+        return self._choices[(rows, dim)]
 
 
 @dataclass(frozen=True)
