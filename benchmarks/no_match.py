@@ -10,16 +10,15 @@ point as its answer). Signals:
   of NULL_QUERIES against the collection);
 - z: the best score's z-score against the query's own scores over the collection (mmsearch.indexes.calibration
   .match_z, from the collection's mean and covariance); its mark is good_matches' decision on the first of the
-  10 best hits (outlier_counts: each hit tested against the collection without the better ones, at
-  z_cut = sqrt(2 ln rows)). Nothing is fitted on any set: the moments come from the collection itself, the cut
-  from its size alone. With the answer removed, the moments are those of the collection without it (computed
-  exactly from the scores).
+  10 best hits (match_marks: z above z_cut = sqrt(2 ln rows), copies of a hit counted once). Nothing is fitted
+  on any set: the moments come from the collection itself, the cut from its size alone. With the answer
+  removed, the moments are those of the collection without it (computed exactly from the scores).
 
 "ceiling" is 0.5 + R@1/2: a signal that looks at the top hit cannot tell "there" from "removed" on a query whose
 answer is not the top hit (both lists start with the same item), so its AUROC is about at most this.
 "top hit" is a second view, the question a per-hit mark answers: the AUROC of the signal between queries whose
 top hit is an answer and queries whose top hit is wrong (answer there), and the precision/recall of the mark on
-the top hit (in the JSON: "top_hit").
+the top hit (in the JSON: "top_hit"), and of the marks on each of the 10 best hits ("hits").
 
     python benchmarks/no_match.py [--model builtin] [--data ../shared/data] [--cache /tmp/mmsearch-no-match]
 
@@ -41,7 +40,7 @@ import numpy as np
 
 from mmsearch.encoders.registry import load_encoder
 from mmsearch.evaluation import embed_images
-from mmsearch.indexes.calibration import ScoreMoments, match_z, outlier_counts, threshold_from_null_scores, z_cut
+from mmsearch.indexes.calibration import ScoreMoments, match_marks, match_z, threshold_from_null_scores, z_cut
 from mmsearch.query.calibration import NULL_QUERIES
 
 ROOT = Path(__file__).resolve().parent
@@ -99,8 +98,10 @@ def measure(queries: np.ndarray, query_groups: np.ndarray, items: np.ndarray, it
     z_removed = (removed - mean) / std
     best = -np.sort(-scores, axis=1)[:, :10]  # the hits a search returns, best first
     best_removed = -np.sort(-np.where(answers, -np.inf, scores), axis=1)[:, :10]
-    good_there = outlier_counts(best, mean_there, std_there, len(items)) > 0  # the mark on the first hit
-    good_removed = outlier_counts(best_removed, mean, std, rest) > 0
+    marks_there = match_marks(best, mean_there, std_there, len(items))
+    good_there = marks_there[:, 0]  # the mark on the first hit
+    best_right = np.take_along_axis(answers, order[:, :10], axis=1)  # is each of the 10 best hits an answer?
+    good_removed = match_marks(best_removed, mean, std, rest)[:, 0]
     raw_cut = threshold_from_null_scores((nulls @ items.T).max(axis=1))
     cut = z_cut(len(items))
 
@@ -111,6 +112,10 @@ def measure(queries: np.ndarray, query_groups: np.ndarray, items: np.ndarray, it
     right = top[:, 0]  # is the top hit an answer? (a per-hit mark's own question, with the answer there)
     top_hit = {"raw": auroc(there[right], there[~right]), "z": auroc(z_there[right], z_there[~right])} \
         if 0 < right.sum() < len(right) else {"raw": None, "z": None}
+    def hits_pr(marked: np.ndarray) -> dict:  # the marks on the 10 best hits vs whether each is an answer
+        return {"precision": round(float((marked & best_right).sum() / max(marked.sum(), 1)), 3),
+                "recall": round(float((marked & best_right).sum() / max(best_right.sum(), 1)), 3)}
+
     def top_pr(marked: np.ndarray) -> dict:  # the mark on the top hit vs whether that hit is right
         return {"precision": round(float((marked & right).sum() / max(marked.sum(), 1)), 3),
                 "recall": round(float((marked & right).sum() / max(right.sum(), 1)), 3)}
@@ -119,9 +124,9 @@ def measure(queries: np.ndarray, query_groups: np.ndarray, items: np.ndarray, it
             "R@10": round(100 * r10, 1), "ceiling": round(0.5 + r1 / 2, 3),
             "top_hit_auroc": {k: None if v is None else round(v, 3) for k, v in top_hit.items()},
             "raw": {"auroc": round(auroc(there, removed), 3), "cut": round(raw_cut, 4), **pr(there > raw_cut, removed > raw_cut),
-                    "top_hit": top_pr(there > raw_cut)},
+                    "top_hit": top_pr(there > raw_cut), "hits": hits_pr(best > raw_cut)},
             "z": {"auroc": round(auroc(z_there, z_removed), 3), "cut": round(cut, 3), **pr(good_there, good_removed),
-                  "top_hit": top_pr(good_there)}}
+                  "top_hit": top_pr(good_there), "hits": hits_pr(marks_there)}}
 
 
 def main() -> None:

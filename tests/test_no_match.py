@@ -73,8 +73,8 @@ def test_a_query_that_scores_every_row_alike_matches_nothing() -> None:
 
 
 def test_a_copy_of_the_answer_does_not_hide_it() -> None:
-    # five items, two of them the same: against all five, neither copy stands out (z 1.22 < cut 1.79), but
-    # each hit is tested against the collection without the better ones, so both are good matches
+    # five items, two of them the same: against all five, neither copy stands out (z 1.22 < cut 1.79); counted
+    # once, the copy stands out of the four (z 1.73 > cut 1.67), so both are good matches
     items = np.eye(8, dtype=np.float32)[[0, 0, 1, 2, 3]]
     query, scores, moments = items[:1], np.array([[1.0, 1.0, 0.0]]), ScoreMoments.of([items])
     assert (match_z(query, scores, moments)[0, :2] < z_cut(5)).all()

@@ -11,9 +11,8 @@ Two signals, both per model and per collection:
   vector ``x`` are exact from the collection's mean vector and covariance (:class:`ScoreMoments`, summed shard
   by shard at build time), so it needs no scan at query time and works for text and image queries alike. A
   hit is a good match when its z-score is above :func:`z_cut` of the collection's size: the expected best of
-  that many unrelated, normally distributed scores (``sqrt(2 ln n)``), a cut fitted on no data set. The hits
-  are tested in turn, each against the collection without the better ones (:func:`outlier_counts`, a
-  generalized ESD test), so that two copies of the answer do not hide each other.
+  that many unrelated, normally distributed scores (``sqrt(2 ln n)``), a cut fitted on no data set. Copies of
+  a hit (equal scores) count once (:func:`match_marks`), so two copies of the answer do not hide each other.
 
 ``benchmarks/no_match.py`` measures both on the shared evaluation sets (docs/no-match.md).
 """
@@ -32,6 +31,7 @@ from ..store.atomic import write_bytes_atomic
 
 PERCENTILE = 95.0
 MIN_SCORE_STD = 1e-3  # a query whose scores spread less than this scores every row alike: nothing stands out
+DUPLICATE_GAP = 1e-5  # hits whose scores differ by no more are taken for copies of one item
 
 
 def threshold_from_null_scores(best_scores: np.ndarray) -> float:
@@ -133,35 +133,33 @@ def z_cut(rows: int) -> float:
     return math.sqrt(2.0 * math.log(max(int(rows), 2)))
 
 
-def outlier_counts(scores: np.ndarray, mean: np.ndarray, std: np.ndarray, rows: int | np.ndarray) -> np.ndarray:
-    """How many of each query's best scores stand out from the rest of the collection (a generalized ESD test,
-    Rosner 1983): ``scores`` ``(n, k)``, each row best first (non-finite padding ignored); ``mean``, ``std``:
-    each query's score mean and spread over all ``rows`` items. The i-th best is tested against the collection
-    without the i-1 better ones (their scores are known, so this needs no scan), at ``z_cut`` of the items
-    left; the count is the largest i that passes, so a near-duplicate of the answer does not mask it."""
+def match_marks(scores: np.ndarray, mean: np.ndarray, std: np.ndarray, rows: int | np.ndarray) -> np.ndarray:
+    """Per hit, whether it is a good match: ``scores`` ``(n, k)``, each query's hits (non-finite padding is never
+    a match); ``mean``, ``std``: each query's score mean and spread over all ``rows`` items. A hit is good when
+    its z-score is above ``z_cut`` of the collection's size, with copies counted once: hits that tie with it
+    (within DUPLICATE_GAP, e.g. the same photo twice) leave one of them in the statistics, so that two copies of
+    the answer in a small collection do not hide each other."""
     s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
-    n = np.broadcast_to(np.asarray(rows, dtype=np.float64), (s.shape[0],)).copy()
-    total = np.asarray(mean, dtype=np.float64) * n
-    squares = (np.asarray(std, dtype=np.float64) ** 2 + np.asarray(mean, dtype=np.float64) ** 2) * n
-    count = np.zeros(s.shape[0], dtype=np.int64)
-    for i in range(s.shape[1]):
-        here = np.isfinite(s[:, i]) & (n >= 2)
-        value = np.where(here, s[:, i], 0.0)
-        m = total / np.maximum(n, 1)
-        spread = np.sqrt(np.maximum(squares / np.maximum(n, 1) - m**2, MIN_SCORE_STD**2))
-        cut = np.sqrt(2.0 * np.log(np.maximum(n, 2)))
-        count = np.where(here & ((value - m) / spread > cut), i + 1, count)
-        total, squares, n = total - value, squares - value**2, n - here
-    return count
+    n = np.broadcast_to(np.asarray(rows, dtype=np.float64), (s.shape[0],))[:, None]
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1)
+    total = mean * n
+    squares = (np.asarray(std, dtype=np.float64).reshape(-1, 1) ** 2 + mean**2) * n
+    finite = np.isfinite(s)
+    safe = np.where(finite, s, 0.0)
+    ties = (np.abs(safe[:, :, None] - safe[:, None, :]) <= DUPLICATE_GAP) & finite[:, :, None] & finite[:, None, :]
+    extra = ties.sum(axis=2) - 1  # copies of each hit beyond itself among the hits
+    rest = n - extra
+    m = (total - extra * safe) / np.maximum(rest, 1)
+    spread = np.sqrt(np.maximum((squares - extra * safe**2) / np.maximum(rest, 1) - m**2, MIN_SCORE_STD**2))
+    cut = np.sqrt(2.0 * np.log(np.maximum(rest, 2)))
+    return finite & (rest >= 2) & ((safe - m) / spread > cut)
 
 
 def good_matches(queries: np.ndarray, scores: np.ndarray, moments: ScoreMoments) -> np.ndarray:
-    """Per hit, whether it is a good match: ``scores`` ``(n, k)``, each query's hits best first, as a search
-    returns them. The first :func:`outlier_counts` hits of each row are."""
-    s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    """Per hit, whether it is a good match (:func:`match_marks`): ``scores`` ``(n, k)``, each query's hits as a
+    search returns them."""
     mean, std = moments.score_mean_std(queries)
-    counts = outlier_counts(s, mean, std, moments.count)
-    return np.arange(s.shape[1])[None, :] < counts[:, None]
+    return match_marks(scores, mean, std, moments.count)
 
 
 def collection_moments(store: Store, modality: str) -> ScoreMoments:

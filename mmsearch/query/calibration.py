@@ -15,8 +15,8 @@ from ..indexes.calibration import (
     PERCENTILE,
     ScoreMoments,
     good_matches,
+    match_marks,
     match_z,
-    outlier_counts,
     threshold_from_null_scores,
     z_cut,
 )
@@ -35,5 +35,5 @@ NULL_QUERIES = (
     "the results of an opinion poll", "an argument about the meaning of a word", "a cache invalidation strategy",
     "the timeline of a legal appeal",
 )
-__all__ = ["NULL_QUERIES", "PERCENTILE", "ScoreMoments", "good_matches", "match_z", "outlier_counts",
+__all__ = ["NULL_QUERIES", "PERCENTILE", "ScoreMoments", "good_matches", "match_marks", "match_z",
            "threshold_from_null_scores", "z_cut"]
