@@ -13,7 +13,7 @@ inverted list holds the same ids in the same order as an index built on one mach
 the same results. Only IVF indexes (optionally behind an OPQ/PCA pre-transform) merge this way;
 Flat, HNSW and refine (``Refine(...)``) indexes are built on the driver as before.
 
-A sharded index (``IndexOptions.index_shards`` > 1, any index kind) is not merged: the task parts are
+An index kept in parts (``IndexOptions.index_shards`` > 1, any index kind) is not merged: the task parts are
 the index's parts, saved apart and searched together, exactly the parts the single-machine build makes.
 """
 
@@ -100,7 +100,7 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
     """Build, tune, save and register the index of ``modality`` with its vectors added by Ray tasks.
 
     Returns None (nothing done) when the index kind cannot be merged (Flat, HNSW, refine) and one index
-    is asked for: build it on the driver then. A sharded index (``options.index_shards`` > 1) of any kind
+    is asked for: build it on the driver then. An index kept in parts (``options.index_shards`` > 1) of any kind
     keeps the tasks' parts as its parts (``parts`` is then ``options.index_shards``).
     ``merge_memory_bytes``: when the merged index is estimated above it (and is a plain IVF, no
     pre-transform), the parts are written as files beside the index and merged into on-disk inverted
@@ -116,14 +116,14 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
         return None
     factory = opts.factory_for(rows, dim)
     index = new_index(factory, dim)
-    sharded = opts.index_shards > 1
-    if not sharded and not is_mergeable(index):
+    in_parts = opts.index_shards > 1
+    if not in_parts and not is_mergeable(index):
         return None
     trained = train_on_sample(index, lambda n: sample(store, modality, n, seed=opts.seed)[1], rows,
                               max_sample_bytes=opts.max_index_memory_bytes // 4)
     state = {"trained_rows": trained, "rows_since_training": 0, "masked_rows": 0}
-    if sharded:
-        return _build_sharded(store, modality, opts, with_ids(index), factory, ray=ray, started=started, state=state,
+    if in_parts:
+        return _build_in_parts(store, modality, opts, with_ids(index), factory, ray=ray, started=started, state=state,
                               update=update, shard_root=shard_root, tasks=tasks)
     top_ivf = isinstance(faiss.downcast_index(index), faiss.IndexIVF)
     if not top_ivf:
@@ -152,15 +152,15 @@ def build_index_distributed(store: Store, modality: str, options: IndexOptions, 
     return finish_index(store, modality, [index], opts, factory, started, state, update, data_files=data_files)
 
 
-def _build_sharded(store: Store, modality: str, opts: IndexOptions, index: Any, factory: str, *, ray: Any,
+def _build_in_parts(store: Store, modality: str, opts: IndexOptions, index: Any, factory: str, *, ray: Any,
                    started: float, state: dict[str, int], update: str, shard_root: str | None,
                    tasks: _TaskOptions) -> IndexInfo:
-    """One Ray task per part of a sharded index (the single-machine build's parts), kept apart, not merged."""
+    """One Ray task per part of an index kept in parts (the single-machine build's parts), kept apart, not merged."""
     import faiss
 
     groups = plan_parts(store.manifest.shards[modality], opts.index_shards)
     refs = _fill_parts(ray, store, modality, index, groups, opts, shard_root=shard_root, tasks=tasks)
-    log.info("filling the %d parts of the sharded %s index %s in Ray tasks", len(groups), modality, factory)
+    log.info("filling the %d parts of the %s index %s in Ray tasks", len(groups), modality, factory)
     parts = [faiss.deserialize_index(refs.get(i)) for i in range(len(refs))]
     return finish_index(store, modality, parts, opts, factory, started, state, update)
 
