@@ -5,6 +5,7 @@
     col = mmsearch.open("./photos.mms")
     col.search("red car", k=5)                 # text -> image
     col.search(image="q.jpg", modality="text")  # image -> text
+    mmsearch.index("./photos", ingest=mmsearch.IngestOptions(batch_size=8), index=mmsearch.IndexRequest(parts=2))
 
 Importing mmsearch is cheap: torch, open_clip and faiss load on first use.
 """
@@ -50,8 +51,10 @@ __all__ = [
     "Hit",
     "IndexBuildError",
     "IndexNotFoundError",
+    "IndexRequest",
     "IndexResult",
     "IngestError",
+    "IngestOptions",
     "MMSearchError",
     "MissingExtraError",
     "ModelUnavailableError",
@@ -72,6 +75,7 @@ __all__ = [
 _LAZY = {
     "Collection": "search", "Hit": "search", "IndexResult": "api", "index": "api", "open": "api",
     "vacuum": "api", "verify": "api", "versions": "api",
+    "IngestOptions": "ingest", "IndexRequest": "indexes",
     "evaluate": "evaluation", "EvalReport": "evaluation",
     "Filter": "query.filters", "Q": "query.combine", "EvidenceBundle": "query.evidence",
 }
