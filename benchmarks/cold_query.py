@@ -19,12 +19,16 @@ no-match threshold, in its index record):
 - ``1k``: ``--rows`` images (default 1,000), distinct variants (crops, flips, sizes) of the bundled
   data/sample photos or of the images under ``--images DIR``, indexed by each code's ``mmsearch index``;
   the top hits of both codes are compared (the same ids, scores within 2e-3).
+- ``openclip``: the same images indexed with ``openclip:mms-tiny/random`` (the tiny random-weights test
+  model: no real OpenCLIP weights are available offline), queried with its towers in ONNX Runtime (the
+  default on the CPU) and in PyTorch (``MMSEARCH_CACHE_DIR`` under a regular file, so no export can be found
+  or made); ``--no-openclip`` leaves it out.
 - ``1M``: ``--big-rows`` (default 1,000,000) synthetic unit vectors under the built-in model's spec, with
   image metadata, written through each code's ``mmsearch.store`` in 8,192-row shards (as ``mmsearch
   index`` does) with the same ids and vectors, and an ``IVF1024,Flat`` index (as benchmarks/versions.py
   does). ``--big-rows 0`` leaves it out.
 
-    python benchmarks/cold_query.py [--rows 1000] [--big-rows 1000000] [--runs 5] [--baseline 4dcc114]
+    python benchmarks/cold_query.py [--rows 1000] [--big-rows 1000000] [--runs 5] [--baseline 4dcc114|none]
 
 Prints a table and writes benchmarks/results/cold_query.json (raw runs, medians, machine, commits).
 """
@@ -50,6 +54,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 TEXT_QUERY = "a cat"
 IMAGE_QUERY = SAMPLE / "lighthouse.jpg"
 K = 5
+#: no real ViT-B-32 weights exist offline here: the OpenCLIP rows use the tiny random-weights test model
+OPENCLIP = "openclip:mms-tiny/random"
 
 
 def make_images(out: Path, rows: int, source: Path) -> int:
@@ -181,9 +187,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="images in the small collection")
     parser.add_argument("--big-rows", type=int, default=1_000_000, help="rows of the synthetic collection (0: none)")
     parser.add_argument("--runs", type=int, default=5, help="timed cold runs per configuration (>= 5)")
-    parser.add_argument("--baseline", default="4dcc114", help="the commit to compare against")
+    parser.add_argument("--baseline", default="4dcc114", help="the commit to compare against ('none': no baseline)")
     parser.add_argument("--new", default=str(ROOT),
                         help="the new code: a source tree, or a commit to check out (default: this checkout)")
+    parser.add_argument("--no-openclip", action="store_true", help="leave out the OpenCLIP ONNX-vs-torch rows")
     parser.add_argument("--images", type=Path, default=SAMPLE, help="source images (default: data/sample)")
     parser.add_argument("--out", type=Path, default=RESULTS / "cold_query.json")
     parser.add_argument("--keep", type=Path, help="keep the work directory (collections, worktrees) here")
@@ -196,18 +203,28 @@ def main() -> None:
     home = work / "home"
     baseline_tree = work / "baseline"
     new_tree = Path(args.new).resolve() if Path(args.new).is_dir() else work / "new"
+    with_baseline = args.baseline.lower() != "none"
     codes: dict[str, Path] = {}
     sizes = ["1k"] + (["1M"] if args.big_rows else [])
     started = time.time()
     load_before = os.getloadavg()
     builds: dict[str, float] = {}
+    commit = None
+    # the torch arm of OpenCLIP: a model cache that cannot be created (a path under a regular file), so no ONNX
+    # export is found or made and the encoder runs in PyTorch, as where onnxruntime is missing
+    blocker = work / "no-cache"
+    blocker.write_text("a file, so no cache directory can be made under it\n")
     try:
-        commit = checkout_baseline(args.baseline, baseline_tree)
+        if with_baseline:
+            commit = checkout_baseline(args.baseline, baseline_tree)
+            codes["baseline"] = baseline_tree
         new_commit = None if new_tree != work / "new" else checkout_baseline(args.new, new_tree)
-        codes = {"baseline": baseline_tree, "new": new_tree}
+        codes["new"] = new_tree
         images = work / "images"
         if not images.exists():
+            step = time.perf_counter()
             make_images(images, args.rows, args.images)
+            builds["images"] = round(time.perf_counter() - step, 1)
         collections: dict[tuple[str, str], Path] = {}
         for code, tree in codes.items():
             small = collections[(code, "1k")] = work / f"{code}-1k.mms"
@@ -216,22 +233,43 @@ def main() -> None:
                 run_timed([*mmsearch_command(), "index", str(images), "--out", str(small), "--model", "builtin"],
                           code_env(tree, home))
                 builds[f"{code}/1k"] = round(time.perf_counter() - start, 1)
+                print(f"built {code}/1k in {builds[f'{code}/1k']} s", flush=True)
             if args.big_rows:
                 big = collections[(code, "1M")] = work / f"{code}-1M.mms"
                 if not big.exists():
                     builds[f"{code}/1M"] = round(build_synthetic(tree, home, big, args.big_rows), 1)
-        print(f"collections: {args.rows} images, {args.big_rows} synthetic rows; built in {builds}")
+                    print(f"built {code}/1M in {builds[f'{code}/1M']} s", flush=True)
+        # arm -> (collection key, env)
+        arms: dict[str, tuple[str, dict[str, str]]] = {code: (code, code_env(tree, home)) for code, tree in codes.items()}
+        arm_sizes = {code: sizes for code in codes}
+        if not args.no_openclip:
+            tiny = collections[("openclip", "1k")] = work / "openclip-1k.mms"
+            if not tiny.exists():
+                start = time.perf_counter()
+                run_timed([*mmsearch_command(), "index", str(images), "--out", str(tiny), "--model", OPENCLIP],
+                          code_env(new_tree, home))
+                builds["openclip/1k"] = round(time.perf_counter() - start, 1)
+                print(f"built openclip/1k in {builds['openclip/1k']} s", flush=True)
+            torch_env = dict(code_env(new_tree, home), MMSEARCH_CACHE_DIR=str(blocker / "cache"))
+            arms["openclip-onnx"] = ("openclip", code_env(new_tree, home))
+            arms["openclip-torch"] = ("openclip", torch_env)
+            arm_sizes["openclip-onnx"] = arm_sizes["openclip-torch"] = ["1k"]
+        print(f"collections: {args.rows} images, {args.big_rows} synthetic rows; built in {builds}", flush=True)
 
-        configs = [(size, kind, code) for size in sizes for kind in ("text", "image") for code in codes]
+        configs = [(size, kind, arm) for size in sizes for kind in ("text", "image") for arm in arms
+                   if size in arm_sizes[arm]]
         hits: dict[str, list[tuple[int, float]]] = {}
-        for size, kind, code in configs:  # warm-up: file cache, ONNX exports
-            _, _, stdout = run_timed(query_args(collections[(code, size)], kind), code_env(codes[code], home))
-            hits[f"{size}/{kind}/{code}"] = top_hits(stdout)
+        for size, kind, arm in configs:  # warm-up: file cache, ONNX exports
+            key, env = arms[arm]
+            _, _, stdout = run_timed(query_args(collections[(key, size)], kind), env)
+            hits[f"{size}/{kind}/{arm}"] = top_hits(stdout)
         runs: dict[str, list[dict[str, float]]] = {"/".join(c): [] for c in configs}
-        for _ in range(args.runs):
-            for size, kind, code in configs:
-                wall, rss, _ = run_timed(query_args(collections[(code, size)], kind), code_env(codes[code], home))
-                runs[f"{size}/{kind}/{code}"].append({"wall_s": round(wall, 4), "peak_rss_mib": round(rss, 1)})
+        for n in range(args.runs):
+            for size, kind, arm in configs:
+                key, env = arms[arm]
+                wall, rss, _ = run_timed(query_args(collections[(key, size)], kind), env)
+                runs[f"{size}/{kind}/{arm}"].append({"wall_s": round(wall, 4), "peak_rss_mib": round(rss, 1)})
+            print(f"round {n + 1}/{args.runs} done, load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for tree in (baseline_tree, work / "new"):
             if tree.exists():
@@ -245,32 +283,33 @@ def main() -> None:
         rss = [r["peak_rss_mib"] for r in rows]
         summary[name] = {"median_s": round(statistics.median(walls), 3), "min_s": min(walls), "max_s": max(walls),
                          "median_peak_rss_mib": round(statistics.median(rss), 1), "max_peak_rss_mib": max(rss)}
+    pairs = ([("baseline", "new", sizes)] if with_baseline else []) + \
+        ([] if args.no_openclip else [("openclip-torch", "openclip-onnx", ["1k"])])
     agreement = {}
-    for size in sizes:
-        for kind in ("text", "image"):
-            old, new = hits[f"{size}/{kind}/baseline"], hits[f"{size}/{kind}/new"]
-            agreement[f"{size}/{kind}"] = {
-                "same_ids": [i for i, _ in old] == [i for i, _ in new],
-                "max_score_diff": round(max(abs(a - b) for (_, a), (_, b) in zip(old, new)), 6),
-                "baseline_top": old[:3], "new_top": new[:3],
-            }
+    for reference, candidate, pair_sizes in pairs:
+        for size in pair_sizes:
+            for kind in ("text", "image"):
+                old, new = hits[f"{size}/{kind}/{reference}"], hits[f"{size}/{kind}/{candidate}"]
+                agreement[f"{size}/{kind}/{candidate}-vs-{reference}"] = {
+                    "same_ids": [i for i, _ in old] == [i for i, _ in new],
+                    "max_score_diff": round(max(abs(a - b) for (_, a), (_, b) in zip(old, new)), 6),
+                    "reference_top": old[:3], "candidate_top": new[:3],
+                }
 
-    print(f"\ncold `mmsearch query`, built-in model, median of {args.runs} runs "
-          f"(load average {load_before[0]:.1f} at start)")
-    header = f"{'rows':<6}{'query':<7}{'code':<10}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}"
-    print(f"{header}{'speed-up':>10}{'RSS ratio':>11}")
-    for size in sizes:
-        for kind in ("text", "image"):
-            base = summary[f"{size}/{kind}/baseline"]
-            for code in ("baseline", "new"):
-                s = summary[f"{size}/{kind}/{code}"]
-                speed = base["median_s"] / s["median_s"]
-                ratio = s["median_peak_rss_mib"] / base["median_peak_rss_mib"]
-                print(f"{size:<6}{kind:<7}{code:<10}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
-                      f"{s['median_peak_rss_mib']:>14.0f}{speed:>9.1f}x{ratio:>10.2f}x")
-    for name, a in agreement.items():
+    print(f"\ncold `mmsearch query`, median of {args.runs} runs (load average {load_before[0]:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")
+    print(f"{'rows':<6}{'query':<7}{'arm':<16}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}")
+    for size, kind, arm in configs:
+        s = summary[f"{size}/{kind}/{arm}"]
+        print(f"{size:<6}{kind:<7}{arm:<16}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
+              f"{s['median_peak_rss_mib']:>14.0f}")
+    speed_up = {f"{size}/{kind}/{candidate}-vs-{reference}": round(summary[f"{size}/{kind}/{reference}"]["median_s"]
+                                                                   / summary[f"{size}/{kind}/{candidate}"]["median_s"], 2)
+                for reference, candidate, pair_sizes in pairs for size in pair_sizes for kind in ("text", "image")}
+    for name, ratio in speed_up.items():
+        a = agreement[name]
         verdict = "same top-5 ids" if a["same_ids"] else "DIFFERENT top-5 ids"
-        print(f"{name} query: {verdict}, max score difference {a['max_score_diff']:.1e}")
+        print(f"{name}: {ratio:.1f}x faster, {verdict}, max score difference {a['max_score_diff']:.1e}")
 
     record = {
         "benchmark": "cold_query",
@@ -280,15 +319,15 @@ def main() -> None:
                     "load_average_start": load_before, "load_average_end": os.getloadavg()},
         "settings": {"rows": args.rows, "big_rows": args.big_rows, "runs": args.runs, "k": K,
                      "text_query": TEXT_QUERY, "image_query": str(IMAGE_QUERY.relative_to(ROOT)), "model": "builtin",
+                     "openclip_model": None if args.no_openclip else OPENCLIP,
+                     "openclip_torch_arm": "MMSEARCH_CACHE_DIR under a regular file: no export, PyTorch",
                      "images_from": str(args.images), "collections_built_by": "each code its own",
                      "big_index": "IVF1024,Flat" if args.big_rows else None},
-        "codes": {"baseline": {"commit": commit, "tree": "git worktree"},
+        "codes": {**({"baseline": {"commit": commit, "tree": "git worktree"}} if with_baseline else {}),
                   "new": {"commit": new_commit, "tree": "git worktree"} if new_commit else git_state(codes["new"])},
         "collection_build_s": builds,
         "summary": summary,
-        "speed_up": {f"{size}/{kind}": round(summary[f"{size}/{kind}/baseline"]["median_s"]
-                                             / summary[f"{size}/{kind}/new"]["median_s"], 2)
-                     for size in sizes for kind in ("text", "image")},
+        "speed_up": speed_up,
         "hits_agreement": agreement,
         "runs": runs,
     }
