@@ -76,3 +76,20 @@ def test_indexing_and_image_queries_import_no_torch_once_the_graph_is_cached(tmp
     blocked = _run(BLOCKER + WORK, folder, tmp_path / "second.mms", cache)
     assert blocked.returncode == 0, blocked.stderr[-3000:]
     assert blocked.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_the_cpu_transform_gives_arrays_without_torch_and_tensors_with_it() -> None:
+    """``tensors=None`` (the encoder's choice on the CPU): NumPy in a process without torch, tensors once loaded."""
+    code = textwrap.dedent('''
+        import sys
+        from PIL import Image
+        from mmsearch.encoders.builtin_transform import Lite0Transform
+        transform = Lite0Transform(224, 224, tensors=None)
+        first = transform(Image.new("RGBA", (40, 30)))
+        assert type(first).__module__ == "numpy" and "torch" not in sys.modules
+        import torch
+        second = transform(Image.new("RGBA", (40, 30)))
+        assert isinstance(second, torch.Tensor) and (second.numpy() == first).all()
+    ''')
+    pytest.importorskip("torch")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)

@@ -147,7 +147,7 @@ def test_v1_embeddings_are_unchanged_by_v2(v1, photos) -> None:
     """builtin:v1 is still softmax(logits / 2) @ its bank - its mean (collections stamped v1 keep working)."""
     import torch
 
-    batch = torch.stack([torch.as_tensor(v1.image_transform(p)) for p in photos])
+    batch = torch.stack([v1.image_transform(p) for p in photos])
     logits = v1.image_logits(batch).astype(np.float64) / 2.0
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)

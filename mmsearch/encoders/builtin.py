@@ -140,9 +140,9 @@ class BuiltinEncoder:
 
     @property
     def image_transform(self) -> Lite0Transform:
-        """A picklable callable: PIL image -> (3, 224, 224) float32 pixels; NumPy arrays (no torch) when the image
-        tower runs on the CPU, torch tensors on a GPU."""
-        return Lite0Transform(self.recipe.resize_px, self.recipe.crop_px, tensors=self.device != "cpu")
+        """A picklable callable: PIL image -> (3, 224, 224) float32 pixels. Torch tensors on a GPU; on the CPU NumPy
+        arrays in a process that has not imported torch (nothing imports it for them), tensors in one that has."""
+        return Lite0Transform(self.recipe.resize_px, self.recipe.crop_px, tensors=True if self.device != "cpu" else None)
 
     @property
     def backend(self) -> str:

@@ -2,12 +2,13 @@
 
 :class:`Lite0Transform` is what the decode workers run; its :meth:`~Lite0Transform.split_uint8` cut lets them ship
 uint8 pixels and scale whole batches afterwards (NumPy batches in NumPy, tensors in torch), bit-identical to the
-whole transform. With ``tensors=False`` nothing here imports torch (the encoder asks for that on the CPU, where its
-batches are NumPy arrays).
+whole transform. With ``tensors=False`` (or ``None`` in a process without torch) nothing here imports torch: the
+encoder asks for ``None`` on the CPU, where its batches are NumPy arrays.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +23,17 @@ SHIFT = 1.0
 
 
 class Lite0Transform:
-    """PIL image -> (3, crop, crop) float32 pixels in [-1, 1]: a torch tensor, or with ``tensors=False`` a NumPy
-    array (no torch); picklable, runs in decode workers.
+    """PIL image -> (3, crop, crop) float32 pixels in [-1, 1]; picklable, runs in decode workers.
+
+    ``tensors``: True, a torch tensor; False, a NumPy array (no torch); None, a tensor when torch is already
+    imported in this process (a caller about to stack tensors has imported it) and otherwise a NumPy array, so
+    that nothing imports torch for it. The values are the same either way.
 
     Transparent pixels are composited on white (emoji, icons and flags are drawn for a light
     background); the shorter side is resized to ``resize_px`` (bicubic) and the centre cropped.
     """
 
-    def __init__(self, resize_px: int = 224, crop_px: int = 224, *, tensors: bool = True) -> None:
+    def __init__(self, resize_px: int = 224, crop_px: int = 224, *, tensors: bool | None = True) -> None:
         self.resize_px = resize_px
         self.crop_px = crop_px
         self.tensors = tensors
@@ -39,7 +43,8 @@ class Lite0Transform:
 
     def __call__(self, image: Image.Image) -> Any:
         pixels = self.array(image)
-        if not self.tensors:
+        torch = sys.modules.get("torch") if self.tensors is None else None
+        if self.tensors is False or (self.tensors is None and torch is None):
             return pixels
         import torch
 
