@@ -2,4 +2,5 @@
 
 from mmsearch.cli.main import main
 
-main(prog_name="mmsearch")
+if __name__ == "__main__":
+    main(prog_name="mmsearch")

@@ -18,6 +18,7 @@ from .indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolv
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
 from .modality import IMAGES
 from .modality import other as other_modality
+from .query.labels import update_labels
 from .search import Collection
 from .store import MODALITIES, ModelInfo, Store
 from .store.lock import DEFAULT_WAIT_S
@@ -120,6 +121,9 @@ def index(
             report = run_ingest(store, None, path_list, options=ingest_opts, progress=progress, stage=build.stage,
                                 report=build.report)
             built = build.build_indexes(report, request)
+            # each image's top concepts, for hits, filters and evidence (the stage encodes the vocabulary, once
+            # per model: it is cached); rows labelled before are kept
+            update_labels(store, build.stage)
         store.vacuum(retention_s)
         spec = store.manifest.model.spec
     if build.remember:

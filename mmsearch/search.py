@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -16,11 +16,13 @@ from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder
 from .errors import EncoderMismatchError, IndexNotFoundError, MMSearchError, QueryError
 from .indexes import SearchIndex, is_current, load_index
+from .indexes.calibration import ScoreMoments, good_matches, read_moments
 from .query.calibration import NULL_QUERIES, threshold_from_null_scores
 from .query.combine import Q, Term, as_term, combine
 from .query.evidence import EvidenceBundle, EvidenceItem
 from .query.filters import Filter
 from .query.labels import labels_of, match_labels
+from .modality import plural, singular
 from .query.terms import ImageQuery, embed_terms
 from .store import Store
 
@@ -30,17 +32,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODALITY_NAMES = {"image": "images", "images": "images", "text": "texts", "texts": "texts"}
 MAX_K = 10_000
 DEDUP_OVERSAMPLE = 4
+
+MARK_DEPTH = 10  # hits searched, at least, to mark the good matches among (docs/no-match.md)
 
 
 @dataclass(frozen=True)
 class Hit:
     """One search result. ``uri`` is the image path (images) or the text's source (texts).
 
-    ``good_match`` is set for text queries: True when the score is above the collection's calibrated
-    no-match threshold (see :meth:`Collection.no_match_threshold`), False when not; None otherwise.
+    ``good_match``: True when the hit stands out from the query's own scores over the collection (see
+    docs/no-match.md), False when not; for an index built before its score moments were kept, text queries
+    compare with :meth:`Collection.no_match_threshold` and the others get None.
     ``labels`` (images): the model's top concepts stored at index time, ``[{"name", "confidence"}, ...]``
     best first (empty for texts and for collections indexed before labels; see docs/labels.md).
     """
@@ -94,6 +98,7 @@ class Collection:
         self._indexes: dict[str, SearchIndex] = {}
         self._rows: dict[str, tuple[pa.Table, np.ndarray]] = {}
         self._thresholds: dict[str, float] = {}
+        self._moments: dict[str, ScoreMoments | None] = {}
 
     @property
     def path(self) -> Path:
@@ -135,7 +140,7 @@ class Collection:
             store.close()
             return False
         old, self._store = self._store, store
-        self._indexes, self._rows, self._thresholds = {}, {}, {}
+        self._indexes, self._rows, self._thresholds, self._moments = {}, {}, {}, {}
         old.close()
         return True
 
@@ -227,7 +232,7 @@ class Collection:
 
     def item(self, id: int) -> Hit:
         """One item's stored metadata as a :class:`Hit` (score 1.0: an item is identical to itself)."""
-        modality = MODALITY_NAMES[self._modality_of(int(id))]
+        modality = plural(self._modality_of(int(id)))
         labels = self._labels_by_id(modality, [int(id)])
         return self._hit(modality, self._rows_by_id(modality, [int(id)]).get(int(id)), int(id), 1.0,
                          labels=labels.get(int(id)))
@@ -246,7 +251,7 @@ class Collection:
         _, known = self._table(target)
         missing = [i for i in ids if _find(known, i) is None]
         if missing:
-            raise QueryError(f"no {target[:-1]} with id {missing[0]} in this collection")
+            raise QueryError(f"no {singular(target)} with id {missing[0]} in this collection")
         reserved = set(_columns(target)) | {"id", "embedding"}
         for name, values in columns.items():
             if name in reserved or not name.isidentifier():
@@ -391,10 +396,12 @@ class Collection:
     def _run(self, plan: _Plan, target: _Target, *, search_params: dict[str, float] | None = None) -> list[list[Hit]]:
         k, dedup, index = target.k, target.dedup, target.index
         wanted = k * DEDUP_OVERSAMPLE + 10 if dedup else k
+        if self._score_moments(target.modality) is not None:
+            wanted = max(wanted, MARK_DEPTH)  # the marks test the best few, whatever k is: a copy must not hide the answer
         extra = max(len(e) for e in plan.exclude)
         scores, ids = index.search(plan.vectors, max(1, min(wanted + extra, index.ntotal)), allowed_ids=target.allowed,
                                    params=search_params)
-        threshold = self.no_match_threshold(target.modality) if any(plan.text_only) else None
+        good = self._good_match(plan, target.modality, scores, ids)
         ranked = []
         for row, (row_scores, row_ids) in enumerate(zip(scores, ids)):
             pairs = [(int(i), float(s)) for s, i in zip(row_scores, row_ids) if i >= 0 and int(i) not in plan.exclude[row]]
@@ -403,9 +410,29 @@ class Collection:
             ranked.append(pairs[:k])
         rows = self._rows_by_id(target.modality, [i for pairs in ranked for i, _ in pairs])
         labels = self._labels_by_id(target.modality, [i for pairs in ranked for i, _ in pairs])
-        return [[self._hit(target.modality, rows.get(i), i, s, threshold if plan.text_only[n] else None,
-                           labels=labels.get(i))
+        return [[self._hit(target.modality, rows.get(i), i, s, good(n, s), labels=labels.get(i))
                  for i, s in pairs] for n, pairs in enumerate(ranked)]
+
+    def _good_match(self, plan: _Plan, modality: str, scores: np.ndarray,
+                    ids: np.ndarray) -> Callable[[int, float], bool | None]:
+        """Whether a hit of query ``n`` with ``score`` is a good match (None: not calibrated), from the search's
+        rows of scores, best first (docs/no-match.md)."""
+        moments = self._score_moments(modality)
+        if moments is not None:
+            raw = np.where(ids >= 0, scores, -np.inf)
+            good = good_matches(plan.vectors, raw, moments)
+            floor = [float(row[marks].min()) if marks.any() else float("inf") for row, marks in zip(raw, good)]
+            return lambda n, score: bool(score >= floor[n])
+        threshold = self.no_match_threshold(modality) if any(plan.text_only) else None
+        return lambda n, score: None if threshold is None or not plan.text_only[n] else bool(score > threshold)
+
+    def _score_moments(self, modality: str) -> ScoreMoments | None:
+        """The score moments kept with ``modality``'s index (None for an index built before they were kept)."""
+        if modality not in self._moments:
+            record = self._store.manifest.indexes.get(modality)
+            file = record.moments_file if record is not None else None
+            self._moments[modality] = read_moments(self._store.root / file) if file else None
+        return self._moments[modality]
 
     def _collapse(self, pairs: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:
         """Keep the best of each group of results more similar than ``threshold`` to one kept before."""
@@ -436,7 +463,7 @@ class Collection:
         modality = self._locate([item_id]).get(int(item_id))
         if modality is None:
             raise QueryError(f"no item with id {item_id} in this collection")
-        return modality[:-1]
+        return singular(modality)
 
     def _locate(self, ids: Sequence[int]) -> dict[int, str]:
         """The modality ("images" or "texts") of each live item among ``ids``.
@@ -524,9 +551,8 @@ class Collection:
         return labels_of(self._store.read_labels(modality, ids=np.unique(np.asarray(ids, dtype=np.int64))))
 
     def _hit(self, modality: str, row: dict[str, Any] | None, item_id: int, score: float,
-             threshold: float | None = None, *, labels: list[dict[str, Any]] | None = None) -> Hit:
+             good: bool | None = None, *, labels: list[dict[str, Any]] | None = None) -> Hit:
         row = row if row is not None else {"id": item_id}
-        good = None if threshold is None else bool(score > threshold)
         user = {k: v for k, v in row.items() if k not in _BUILTIN_COLUMNS}
         if modality == "images":
             meta = {**{k: row.get(k) for k in ("width", "height", "bytes", "mtime", "sha256")}, **user}
@@ -598,8 +624,8 @@ def _find(sorted_ids: np.ndarray, item_id: int) -> int | None:
 
 def _modality(name: str) -> str:
     try:
-        return MODALITY_NAMES[name]
-    except (KeyError, TypeError):
+        return plural(name)
+    except (ValueError, TypeError):
         raise QueryError(f"modality must be 'image' or 'text', not {name!r}") from None
 
 

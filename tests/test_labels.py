@@ -275,3 +275,33 @@ def test_the_encoder_loads_only_when_the_vocabulary_is_not_cached(built, tmp_pat
     forget(built, [yellow])
     assert run() == 1 and len(loads) == 1  # a row to label, the vocabulary cached: still no model
     assert mmsearch.open(built).item(yellow).labels[0]["name"] == "yellow thing"
+
+
+def test_index_labels_new_images_and_the_cli_filters_on_them(tmp_path, colour_model: str, monkeypatch) -> None:
+    """``mmsearch.index`` labels every image it adds (the model's own vocabulary, ImageNet's names for this one),
+    a re-run with nothing new writes no labels again, and ``mmsearch query --label`` keeps the labelled images."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mmsearch.cli.main import main
+
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    folder = make_colour_folder(tmp_path / "imgs", ["red", "green", "blue"])
+    root = mmsearch.index(folder, out=tmp_path / "c.mms", model=colour_model).path
+    col = mmsearch.open(root)
+    labels = col.labels([h.id for h in col.search("a red square", k=3)])
+    assert len(labels) == 3 and all(len(rows) == LABEL_K for rows in labels.values())
+    first = {h.uri: h.labels[0]["name"] for h in col.search("a red square", k=3)}
+    assert len(first) == 3 and all(name in imagenet_names() for name in first.values())
+    labels_file = Store.open(root).manifest.labels["images"]["file"]
+    mmsearch.index(folder, out=root)  # nothing new: the labels file stays
+    assert Store.open(root).manifest.labels["images"]["file"] == labels_file
+
+    red_uri = next(uri for uri in first if uri.endswith("red.png"))
+    word = first[red_uri].split()[-1]
+    out = CliRunner().invoke(main, ["query", "a square", "-c", str(root), "--label", word, "--json"])
+    assert out.exit_code == 0, out.output
+    hits = json.loads(out.output)
+    assert red_uri in {h["uri"] for h in hits}
+    assert all(any(word.lower() in lab["name"].lower().split() for lab in h["labels"]) for h in hits)

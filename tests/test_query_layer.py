@@ -113,8 +113,9 @@ def test_no_good_match_signal(col) -> None:
     assert threshold == pytest.approx(1 / np.sqrt(8), abs=1e-3)  # what colourless text scores against one-hot images
     good = col.search("a red square", k=1)[0]
     bad = col.search("a theorem about prime numbers", k=1)[0]
-    assert good.good_match is True and bad.good_match is False
-    assert col.search(image=Path(good.uri), k=1)[0].good_match is None  # only text queries are calibrated
+    assert good.good_match is True and bad.good_match is False  # k=1: the copy of red is still looked at
+    assert [h.good_match for h in col.search("a red square", k=3)] == [True, True, False]  # red, its copy, the rest
+    assert [h.good_match for h in col.search(image=Path(good.uri), k=3)] == [True, True, False]  # image queries too
 
 
 def test_evidence_bundle(col) -> None:
@@ -125,7 +126,8 @@ def test_evidence_bundle(col) -> None:
     assert bundle.texts[0].citation == "T1" and bundle.texts[0].text == "a red square"
     assert "[I1] image" in bundle.to_prompt()
     assert json.loads(json.dumps(bundle.to_dict()))["found"] is True
-    assert not col.evidence("the quarterly tax filing deadline").found
+    taxes = col.evidence("the quarterly tax filing deadline")  # no colour: the colour encoder sees only the note
+    assert not any(i.good_match for i in taxes.images) and taxes.texts[0].text == "quarterly tax forms"
 
 
 def test_ask_cli_without_and_with_a_chat_endpoint(col, fake_chat, monkeypatch) -> None:  # noqa: F811

@@ -207,6 +207,9 @@ def _check_inputs_have_items(paths: tuple[str, ...], *, text_column: str | None,
 @click.option("--path-glob", help="Only items whose path (or text source) matches this glob.")
 @click.option("--path-prefix", help="Only items whose path (or text source) starts with this.")
 @click.option("--caption-contains", help="Only items whose caption (or text) contains this (any case).")
+@click.option("--label", "labels", multiple=True,
+              help="Only images with this label (the model's top concepts; whole words, any case). Repeat for any "
+                   "of several.")
 @click.option("--dedup", type=click.FloatRange(0, 1, min_open=True),
               help="Keep one result per group of near-duplicates more similar than this (e.g. 0.95).")
 @click.option("--model", "-m", help="Check the collection was built with this model.")
@@ -214,8 +217,8 @@ def _check_inputs_have_items(paths: tuple[str, ...], *, text_column: str | None,
 @_library_errors
 def query_cmd(words: tuple[str, ...], image: str | None, item_id: int | None, plus: tuple[str, ...],
               minus: tuple[str, ...], collection: str | None, k: int, modality: str, path_glob: str | None,
-              path_prefix: str | None, caption_contains: str | None, dedup: float | None, model: str | None,
-              as_json: bool) -> None:
+              path_prefix: str | None, caption_contains: str | None, labels: tuple[str, ...], dedup: float | None,
+              model: str | None, as_json: bool) -> None:
     """Search a collection by TEXT, --image FILE or --id N (optionally --plus / --minus texts).
 
     TEXT may be several words, quoted or not: `mmsearch query red car` searches "red car"."""
@@ -231,7 +234,8 @@ def query_cmd(words: tuple[str, ...], image: str | None, item_id: int | None, pl
         raise click.ClickException("give exactly one of TEXT, --image FILE or --id N, "
                                    "e.g. mmsearch query \"a red car\" (or --plus TEXT terms)")
     col = mmsearch.open(resolve_collection(collection), model=model)
-    filters = mmsearch.Filter(path_glob=path_glob, path_prefix=path_prefix, caption_contains=caption_contains)
+    filters = mmsearch.Filter(path_glob=path_glob, path_prefix=path_prefix, caption_contains=caption_contains,
+                              labels=labels)
     hits = col.search(text, image=image, id=item_id, positive=list(plus), negative=list(minus), k=k,
                       modality=modality, filter=None if filters.is_empty() else filters, dedup=dedup)
     click.echo(json.dumps([h.to_dict() for h in hits], indent=2) if as_json else render.hits_table(hits))

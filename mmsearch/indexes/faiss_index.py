@@ -32,7 +32,7 @@ from ..store import Store
 from ..store.atomic import file_sha256, write_bytes_atomic, write_with_atomic
 from ..store.records import IndexRecord
 from .build import add_batches, new_index, train_on_sample
-from .calibration import threshold_from_null_scores
+from .calibration import collection_moments, threshold_from_null_scores, write_moments
 from .choice import AUTO
 from .options import IndexOptions, IndexRequest
 from .searching import SearchIndex, ShardedSearchIndex
@@ -381,7 +381,10 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
     for _i, (index, file) in enumerate(zip(parts, index_files(info))):
         if not (sharded and file in (previous.part_files if previous is not None else [])):
             _save(store, index, file)
-    files = {f: _stamp(store, f, previous) for f in [*index_files(info), *info.data_files]}
+    if info.rows > 0:  # the no-match signal's moments: versioned with the index, listed in needed_files
+        info = dataclasses.replace(info, moments_file=f"{stem}.moments.npy")
+        write_moments(store.root / info.moments_file, collection_moments(store, modality))
+    files = {f: _stamp(store, f, previous) for f in info.needed_files()}
     info = dataclasses.replace(
         info, params=tuning.params, recall=tuning.recall, target_met=tuning.target_met, latency_ms=tuning.latency_ms,
         tuned_on=tuned_on, file_bytes=sum(f["bytes"] for f in files.values()), files=files,

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CorruptShardError, SchemaVersionError, StoreError
+from ..modality import MODALITIES
 from .atomic import file_sha256, write_bytes_atomic, write_with_atomic
 from .records import IndexRecord
 
 FORMAT_VERSION = 2  # 2: versions, file sizes and times, typed index records; mmsearch before it refuses these cleanly
 READABLE_FORMATS = (1, 2)  # 1 is read as is and written as 2 by the next writer
 MANIFEST_NAME = "manifest.json"
-MODALITIES = ("images", "texts")
 DELETED_DIR = "deleted"
 DAMAGED_DIR = "_damaged"  # files a repair set aside, under their own relative paths (data readers skip "_" folders)
 MAX_DELETION_FILES = 16

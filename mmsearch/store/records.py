@@ -46,6 +46,7 @@ class IndexRecord:
     data_files: list[str] = field(default_factory=list)  # files the index refers to (on-disk inverted lists)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # each file's bytes, mtime_ns, sha256
     no_match_threshold: float | None = None  # text-query scores above it are good matches (None: not computed)
+    moments_file: str | None = None  # the rows' score moments: hits' z-scores, the no-match signal (None: not kept)
 
     def index_files(self) -> list[str]:
         """The files (relative to the collection) the index is saved in: its parts, or its one file."""
@@ -53,7 +54,7 @@ class IndexRecord:
 
     def needed_files(self) -> list[str]:
         """Every file the index needs: its own and the ones it refers to."""
-        return self.index_files() + list(self.data_files)
+        return self.index_files() + list(self.data_files) + ([self.moments_file] if self.moments_file else [])
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> IndexRecord:
