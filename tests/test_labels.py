@@ -305,3 +305,19 @@ def test_index_labels_new_images_and_the_cli_filters_on_them(tmp_path, colour_mo
     hits = json.loads(out.output)
     assert red_uri in {h["uri"] for h in hits}
     assert all(any(word.lower() in lab["name"].lower().split() for lab in h["labels"]) for h in hits)
+
+
+def test_the_default_models_vocabulary_ships_and_equals_the_encoder(tmp_path) -> None:
+    """The shipped embedding (tools/build_label_vocabulary.py) is the one the encoder gives today, so a first
+    index run needs no half-minute of vocabulary encoding: a stale one (vocabulary or text tower changed) fails here."""
+    from mmsearch.query.labels import VOCABULARY_DIR
+
+    spec = "builtin:v3"
+    vocabulary = vocabulary_for(spec)
+    shipped = vocabulary_embeddings(lambda: pytest.fail("the shipped file was not used"), spec, vocabulary,
+                                    tmp_path / "cache", dim=384)
+    assert shipped.shape == (len(vocabulary.names), 384) and list(VOCABULARY_DIR.glob("builtin_v3-*.npy"))
+    rows = np.random.default_rng(0).choice(len(vocabulary.names), 12, replace=False)
+    sample = Vocabulary("sample", [vocabulary.names[i] for i in rows], [vocabulary.prompts[i] for i in rows])
+    fresh = vocabulary_embeddings(load_encoder(spec), "sample-only", sample, tmp_path / "cache")
+    assert np.min(np.sum(fresh * shipped[rows], axis=1)) > 0.999

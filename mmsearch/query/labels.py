@@ -110,7 +110,9 @@ def vocabulary_embeddings(encoder: EncoderSource, spec: str, vocabulary: Vocabul
                           *, dim: int | None = None) -> np.ndarray:
     """(len(names), dim) float32 unit rows: per name, the normalised mean text embedding of its prompts.
 
-    Cached as ``labels/<spec>-<vocabulary sha256>.npy`` under the model cache (``cache`` or
+    The default model's ship with the package (``mmsearch/query/vocabulary/``, float16), so a first index run on a
+    new machine does not spend half a minute embedding its 7,640 prompts. Others are cached as
+    ``labels/<spec>-<vocabulary sha256>.npy`` under the model cache (``cache`` or
     :func:`mmsearch.config.cache_dir`), so a collection's next index run does not embed them again: ``encoder``
     may be a function that loads one, called only when the cache has no embedding of ``dim`` columns."""
     from ..config import cache_dir
@@ -128,11 +130,15 @@ def vocabulary_embeddings(encoder: EncoderSource, spec: str, vocabulary: Vocabul
     else:
         def load() -> Encoder:
             return encoder  # type: ignore[return-value]
-    if path.is_file():
+    shipped = VOCABULARY_DIR / path.name  # the default model's, made by tools/build_label_vocabulary.py
+    for candidate in (shipped, path):
+        if not candidate.is_file():
+            continue
         try:
-            cached = np.load(path)
+            cached = np.load(candidate)
             if cached.ndim == 2 and len(cached) == len(vocabulary.names) and cached.shape[1] == (dim or load().dim):
-                return cached.astype(np.float32, copy=False)
+                cached = cached.astype(np.float32)  # the shipped file is float16: unit rows again
+                return cached / np.maximum(np.linalg.norm(cached, axis=1, keepdims=True), 1e-12)
         except (OSError, ValueError):
             pass  # a damaged cache file is made again
     encoder = load()
