@@ -153,7 +153,7 @@ def _repair(store) -> bool:  # noqa: ANN001
         if len(good) != len(m.deletion_files[modality]):
             m.deletion_files[modality] = good
             m.deleted[modality] = [i for entry in good for i in read_deleted_ids(root, entry)]
-    changed |= _repair_indexes(store) | _repair_extra(store) | _repair_labels(store)
+    changed |= _repair_indexes(store) | _repair_extra(store)
     if dropped_shards:
         _drop_orphaned_rows(store)
     if lost_deletions:
@@ -186,33 +186,20 @@ def _repair_indexes(store) -> bool:  # noqa: ANN001
 
 
 def _repair_extra(store) -> bool:  # noqa: ANN001
+    """Damaged side files are set aside and dropped: user metadata (set again with Collection.set_metadata) and
+    labels (the next ``mmsearch index`` computes them again)."""
     changed = False
-    for modality, info in list(store.manifest.extra.items()):
-        if not info:
-            continue
-        why = damage(store.root, info["file"], info.get("sha256"), info.get("bytes", -1), info.get("mtime_ns", -1))
-        if why:
-            _set_aside(store.root, info["file"])
-            log.warning("user metadata %s is damaged (%s): dropped; set it again with Collection.set_metadata",
-                        info["file"], why)
-            store.manifest.extra.pop(modality)
-            changed = True
-    return changed
-
-
-def _repair_labels(store) -> bool:  # noqa: ANN001
-    """A damaged labels file is set aside and dropped: the next ``mmsearch index`` labels every row again."""
-    changed = False
-    for modality, info in list(store.manifest.labels.items()):
-        if not info:
-            continue
-        why = damage(store.root, info["file"], info.get("sha256"), info.get("bytes", -1), info.get("mtime_ns", -1))
-        if why:
-            _set_aside(store.root, info["file"])
-            log.warning("labels %s are damaged (%s): dropped; the next `mmsearch index` computes them again",
-                        info["file"], why)
-            store.manifest.labels.pop(modality)
-            changed = True
+    for entries, what, fix in ((store.manifest.extra, "user metadata", "set it again with Collection.set_metadata"),
+                               (store.manifest.labels, "labels", "the next `mmsearch index` computes them again")):
+        for modality, info in list(entries.items()):
+            if not info:
+                continue
+            why = damage(store.root, info["file"], info.get("sha256"), info.get("bytes", -1), info.get("mtime_ns", -1))
+            if why:
+                _set_aside(store.root, info["file"])
+                log.warning("%s %s is damaged (%s): dropped; %s", what, info["file"], why, fix)
+                entries.pop(modality)
+                changed = True
     return changed
 
 
