@@ -11,10 +11,9 @@ from .faiss_index import (
     is_current,
     load_index,
     needs_update,
-    resolve_options,
     update_index,
 )
-from .options import IndexOptions, IndexRequest
+from .options import IndexOptions, IndexRequest, knobs, request_name, resolve_options
 from .searching import SearchIndex, ShardedSearchIndex
 
 __all__ = [
@@ -32,9 +31,11 @@ __all__ = [
     "fingerprint",
     "index_files",
     "is_current",
+    "knobs",
     "load_index",
     "needs_update",
     "parse_bytes",
+    "request_name",
     "resolve_options",
     "update_index",
 ]
