@@ -35,7 +35,7 @@ def test_index_prints_summary_and_model(indexed) -> None:
 def test_query_with_no_flags_finds_the_collection(indexed, runner) -> None:
     result = runner.invoke(main, ["query", "a green square", "-k", "2"])
     assert result.exit_code == 0, result.output
-    first = result.output.splitlines()[1]
+    first = next(line for line in result.output.splitlines() if line.startswith("1 "))  # after any notice, the header
     assert "green.png" in first and "1.0000" in first
 
 
@@ -105,3 +105,21 @@ def test_a_url_collection_needs_the_ray_engine(tmp_path, runner) -> None:
     folder = make_colour_folder(tmp_path / "imgs")
     result = runner.invoke(main, ["index", str(folder), "--out", "s3://bucket/c.mms", "--model", "colour:v1"])
     assert result.exit_code != 0 and "--engine ray" in result.output
+
+
+def test_ray_actors_have_their_own_flag(tmp_path, runner) -> None:
+    """--actors is the Ray engine's; --workers (decode processes) still sets the actors with --engine ray for one
+    release, with a one-line deprecation warning; giving both, or --actors without Ray, is a usage error."""
+    folder = str(make_colour_folder(tmp_path / "imgs"))
+    local = runner.invoke(main, ["index", folder, "--model", "colour:v1", "--actors", "2"])
+    assert local.exit_code == 2 and "--actors is for --engine ray" in local.output
+    both = runner.invoke(main, ["index", folder, "--engine", "ray", "--workers", "3", "--actors", "2"])
+    assert both.exit_code == 2 and "give --actors N alone" in both.output
+    # an unknown URL scheme fails before Ray starts, after the flags are read
+    old = runner.invoke(main, ["index", folder, "--engine", "ray", "--workers", "3", "--out", "nosuch://b/c.mms"])
+    assert old.exit_code != 0
+    warnings = [line for line in old.output.splitlines() if "deprecated" in line]
+    assert len(warnings) == 1 and "--actors 3" in warnings[0], old.output
+    new = runner.invoke(main, ["index", folder, "--engine", "ray", "--actors", "3", "--out", "nosuch://b/c.mms"])
+    assert new.exit_code != 0 and "deprecated" not in new.output
+    assert "--num-gpus-per-actor" in runner.invoke(main, ["index", "--help"]).output

@@ -74,7 +74,7 @@ def main(verbose: int) -> None:
 @click.option("--model", "-m", help="Model spec, e.g. builtin, openclip:ViT-B-32/laion2b_s34b_b79k.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", type=click.IntRange(0, 64), help="Decode worker processes [default: split the cores from "
-              "measured decode and encode costs]; with --engine ray: encoder actors [default: 2].")
+              "measured decode and encode costs]; 0: decode in the main process. (--engine ray: see --actors.)")
 @click.option("--device", help="torch device (cpu, cuda, cuda:1) [default: cuda if available].")
 @click.option("--shard-rows", default=8192, show_default=True, type=click.IntRange(1),
               help="Rows per committed shard (the most work a killed run loses).")
@@ -97,8 +97,10 @@ def main(verbose: int) -> None:
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this machine; ray: decode + encode on a Ray cluster (pip install 'mmsearch[ray]').")
 @click.option("--address", help="Ray cluster address (auto, ray://head:10001) [default: $RAY_ADDRESS or a local Ray].")
-@click.option("--num-gpus-per-worker", type=click.FloatRange(0), default=0, show_default=True,
-              help="GPUs per Ray encode actor (--engine ray).")
+@click.option("--actors", type=click.IntRange(1, 4096), help="--engine ray: encoder actors, each reading, decoding and "
+              "encoding its tasks [default: 2].")
+@click.option("--num-gpus-per-actor", "--num-gpus-per-worker", "num_gpus_per_actor", type=click.FloatRange(0), default=0,
+              show_default=True, help="--engine ray: GPUs per encoder actor.")
 @click.option("--ray-pipeline", type=click.Choice(["actors", "data"]), default="actors", show_default=True,
               help="--engine ray: actors decode + encode; data: Ray Data CPU decode tasks feeding encoder actors.")
 @click.option("--staging", type=click.Path(file_okay=False),
@@ -112,7 +114,7 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
               workers: int | None, device: str | None, shard_rows: int, decode_timeout_s: float, captions: tuple[str, ...],
               text_column: str | None, id_column: str | None, path_column: str | None, dedup: bool,
               index_factory: str | None, max_index_memory: str | None, target_recall: float | None,
-              index_shards: int | None, engine: str, address: str | None, num_gpus_per_worker: float,
+              index_shards: int | None, engine: str, address: str | None, actors: int | None, num_gpus_per_actor: float,
               ray_pipeline: str, staging: str | None, wait_s: float | None, retention_s: float, as_json: bool) -> None:
     """Embed and index image folders, images, or .txt/.jsonl/.csv/.parquet text corpora (incremental, resumable)."""
     import mmsearch
@@ -121,6 +123,7 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
     from mmsearch.indexes import IndexRequest, parse_bytes
     from mmsearch.ingest import IngestOptions
 
+    actors = _ray_actors(engine, actors, workers)
     root = out or str(default_collection_for(paths[0]))
     is_url = "://" in root
     if is_url and engine != "ray":
@@ -141,7 +144,7 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
     if engine == "ray":
         from mmsearch.distributed import RayEngine, RayOptions
 
-        engine_object = RayEngine(RayOptions(address=address, actors=workers or 2, num_gpus_per_actor=num_gpus_per_worker,
+        engine_object = RayEngine(RayOptions(address=address, actors=actors, num_gpus_per_actor=num_gpus_per_actor,
                                              pipeline=ray_pipeline, staging=staging))
     with render.Progress(enabled=not as_json and sys.stderr.isatty()) as progress:
         result = mmsearch.index(list(paths), out=root, model=spec, ingest=ingest, index=request, engine=engine_object,
@@ -157,6 +160,22 @@ def index_cmd(paths: tuple[str, ...], out: str | None, model: str | None, batch_
             f"nothing could be indexed from {', '.join(paths)}: every input was rejected ({reasons or 'none found'}); "
             "no collection was written. `mmsearch -v index ...` logs why each file failed")
     click.echo(json.dumps(render.index_summary(result)) if as_json else render.index_text(result))
+
+
+def _ray_actors(engine: str, actors: int | None, workers: int | None) -> int:
+    """The encoder actors of ``--engine ray``: ``--actors``, else the deprecated ``--workers`` (one release, with
+    a warning), else 2. ``--actors`` without ``--engine ray`` is a usage error."""
+    if engine != "ray":
+        if actors is not None:
+            raise click.UsageError("--actors is for --engine ray; decode processes on this machine: --workers N")
+        return 2
+    if workers is None:
+        return actors or 2
+    if actors is not None:
+        raise click.UsageError("give --actors N alone with --engine ray (--workers is for decode processes)")
+    click.echo("warning: --workers with --engine ray is deprecated and will mean decode processes only: "
+               f"use --actors {workers or 2}", err=True)
+    return workers or 2
 
 
 def _is_collection(root: str) -> bool:

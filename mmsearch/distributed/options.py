@@ -48,7 +48,7 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.actors < 1 or (self.task_rows is not None and self.task_rows < 1):
-            raise ConfigError("workers (actors) and task_rows must be at least 1")
+            raise ConfigError("actors (--actors; the older keyword: workers) and task_rows must be at least 1")
         if self.index_tasks is not None and self.index_tasks < 1:
             raise ConfigError("index_parts (index tasks) must be at least 1")
         if self.max_retries < 0:
