@@ -7,7 +7,6 @@ collection's Flat index computes — so the numbers measure the model, not an ap
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ import numpy as np
 from .config import default_model
 from .encoders.registry import load_encoder
 from .errors import ConfigError
+from .ingest.corpora import TABLE_EXTENSIONS, iter_image_texts
 from .ingest.discover import IMAGE_EXTENSIONS, ImageFile, iter_image_files
 
 T2I_KS = (1, 5, 10)
@@ -54,16 +54,22 @@ class EvalReport:
         return asdict(self)
 
 
-def load_pairs(path: str | Path) -> list[Pair]:
-    """Pairs from a captioned image folder (group = caption), a JSONL of {image, text[, group]}, or a CSV/Parquet
-    table with image, text (or caption) and optional group columns."""
+def load_pairs(path: str | Path, *, text_column: str | None = None, path_column: str | None = None) -> list[Pair]:
+    """Pairs from a captioned image folder (group = caption), or a .jsonl / .csv / .parquet table of image paths
+    and texts with an optional ``group`` column (group = text when absent), read as ingest reads caption manifests
+    (:func:`mmsearch.ingest.corpora.iter_image_texts`): the columns named, else the first of ``path``, ``image``,
+    ``image_path``, ``file``, ``filepath``, ``filename``, ``uri`` and of ``text``, ``caption``, ``content``;
+    relative image paths from the table's folder."""
     path = Path(path).expanduser()
     if path.is_dir():
         pairs = [Pair(f.uri, f.caption, f.caption) for f in iter_image_files(path) if f.caption]
-    elif path.suffix.lower() == ".jsonl":
-        pairs = list(_jsonl_pairs(path))
-    elif path.suffix.lower() in (".csv", ".parquet"):
-        pairs = _table_pairs(path)
+    elif path.suffix.lower() in TABLE_EXTENSIONS:
+        pairs = []
+        for lineno, image, text, row in iter_image_texts(path, text_column=text_column, path_column=path_column):
+            if Path(image).suffix.lower() not in IMAGE_EXTENSIONS:
+                raise ConfigError(f"{path}:{lineno}: {image!r} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            group = row.get("group")
+            pairs.append(Pair(image, text, str(group) if group is not None and str(group) != "" else text))
     else:
         raise ConfigError(f"{str(path)!r}: give a folder of captioned images or a .jsonl/.csv/.parquet of image/text pairs")
     if not pairs:
@@ -71,65 +77,14 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def _jsonl_pairs(path: Path) -> Sequence[Pair]:
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            image, text = Path(obj["image"]), str(obj["text"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}:{lineno}: need a JSON object with 'image' and 'text'") from exc
-        image = image if image.is_absolute() else path.parent / image
-        if image.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ConfigError(f"{path}:{lineno}: {str(image)!r} is not an image file")
-        out.append(Pair(str(image), text, str(obj.get("group", text))))
-    return out
-
-
-IMAGE_COLUMNS = ("image", "path", "file", "filepath", "url")
-TEXT_COLUMNS = ("text", "caption")
-
-
-def _table_pairs(path: Path) -> list[Pair]:
-    """Pairs from a CSV or Parquet table with an image column (image/path/file...), a text column
-    (text/caption) and an optional group column; relative image paths are taken from the table's folder."""
-    import pyarrow as pa
-
-    try:
-        if path.suffix.lower() == ".csv":
-            import pyarrow.csv as pacsv
-
-            table = pacsv.read_csv(path)
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise ConfigError(f"cannot read {str(path)!r}: {exc}") from exc
-    names = table.column_names
-    image_col = next((c for c in IMAGE_COLUMNS if c in names), None)
-    text_col = next((c for c in TEXT_COLUMNS if c in names), None)
-    if image_col is None or text_col is None:
-        raise ConfigError(f"{str(path)!r} needs an image column ({'/'.join(IMAGE_COLUMNS)}) and a text column "
-                          f"({'/'.join(TEXT_COLUMNS)}); it has {', '.join(names)}")
-    groups = table.column("group").to_pylist() if "group" in names else [None] * table.num_rows
-    pairs = []
-    for image, text, group in zip(table.column(image_col).to_pylist(), table.column(text_col).to_pylist(), groups):
-        if image is None or text is None:
-            continue
-        p = Path(str(image))
-        p = p if p.is_absolute() else path.parent / p
-        pairs.append(Pair(str(p), str(text), str(group if group is not None else text)))
-    return pairs
-
-
 def evaluate(pairs: Sequence[Pair] | str | Path, *, model: str | None = None, device: str | None = None,
-             batch_size: int = 32, workers: int = 0) -> EvalReport:
-    """Embed the pairs with ``model`` and measure text->image recall@1/5/10 and image->text recall@1/5."""
+             batch_size: int = 32, workers: int = 0, text_column: str | None = None,
+             path_column: str | None = None) -> EvalReport:
+    """Embed the pairs with ``model`` and measure text->image recall@1/5/10 and image->text recall@1/5. A path is
+    read by :func:`load_pairs` (``text_column`` / ``path_column``: the columns of a table, else guessed)."""
     started = time.perf_counter()
-    pairs = load_pairs(pairs) if isinstance(pairs, (str, Path)) else list(pairs)
+    pairs = (load_pairs(pairs, text_column=text_column, path_column=path_column) if isinstance(pairs, (str, Path))
+             else list(pairs))
     encoder = load_encoder(model or default_model(), device=device)
     images = sorted({p.image: p.group for p in pairs}.items())
     texts = sorted({p.text: p.group for p in pairs}.items())

@@ -82,5 +82,30 @@ def test_pairs_from_csv_and_parquet_tables(tmp_path, colour_model, fmt: str) -> 
     assert report.images == 3 and report.groups == 3 and report.text_to_image["R@1"] == 100.0
     bad = tmp_path / f"bad.{fmt}"
     (pacsv.write_csv if fmt == "csv" else pq.write_table)(pa.table({"x": [1]}), bad)
-    with pytest.raises(ConfigError, match="needs an image column"):
+    with pytest.raises(ConfigError, match="no image path column"):
         mmsearch.evaluate(bad, model=colour_model)
+
+
+def test_eval_reads_a_pairs_table_as_ingest_reads_a_caption_manifest(tmp_path, colour_model) -> None:
+    """One table reader (issue 17): the columns ingest guesses for a caption manifest (here image_path and content,
+    which eval's own reader did not know) are the ones eval and train read; named columns work the same."""
+    from mmsearch.evaluation import load_pairs
+    from mmsearch.ingest.corpora import read_caption_manifest
+
+    names = ["red", "green", "blue"]
+    (tmp_path / "imgs").mkdir()
+    for name in names:
+        Image.new("RGB", (8, 8), COLOURS[name]).save(tmp_path / "imgs" / f"{name}.png")
+    rows = [{"image_path": f"imgs/{n}.png", "content": f"a {n} thing", "other": 1} for n in names]
+    guessed = tmp_path / "pairs.jsonl"
+    guessed.write_text("\n".join(json.dumps(r) for r in rows))
+    assert {p.image: p.text for p in load_pairs(guessed)} == read_caption_manifest(guessed)
+    named = tmp_path / "named.jsonl"
+    named.write_text("\n".join(json.dumps({"pic": r["image_path"], "words": r["content"]}) for r in rows))
+    with pytest.raises(ConfigError, match="named.jsonl:1: no image path column"):
+        load_pairs(named)
+    assert load_pairs(named, text_column="words", path_column="pic") == load_pairs(guessed)
+    out = CliRunner().invoke(main, ["eval", str(named), "-m", colour_model, "--text-column", "words",
+                                    "--path-column", "pic", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["text_to_image"]["R@1"] == 100.0

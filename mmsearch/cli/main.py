@@ -394,13 +394,18 @@ def quarantine_cmd(collection: str | None, as_json: bool) -> None:
 @click.option("--model", "-m", help="Model spec [default: builtin].")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--device", help="torch device [default: cuda if available].")
+@click.option("--text-column", help="Text column of a .jsonl/.csv/.parquet PAIRS table [default: text, caption, content].")
+@click.option("--path-column", help="Image path column of a PAIRS table [default: path, image, file...].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_library_errors
-def eval_cmd(pairs: str, model: str | None, batch_size: int, device: str | None, as_json: bool) -> None:
-    """Measure retrieval quality on PAIRS: a captioned image folder or a JSONL of {image, text[, group]}."""
+def eval_cmd(pairs: str, model: str | None, batch_size: int, device: str | None, text_column: str | None,
+             path_column: str | None, as_json: bool) -> None:
+    """Measure retrieval quality on PAIRS: a captioned image folder or a .jsonl/.csv/.parquet table of image paths
+    and texts (optional group column), read as caption manifests are."""
     import mmsearch
 
-    report = mmsearch.evaluate(pairs, model=model, batch_size=batch_size, device=device)
+    report = mmsearch.evaluate(pairs, model=model, batch_size=batch_size, device=device, text_column=text_column,
+                               path_column=path_column)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.eval_text(report))
 
 

@@ -1,4 +1,7 @@
-"""Reading text corpora (.txt, .jsonl, .csv, .parquet) and caption manifests, streamed row by row.
+"""Reading text corpora (.txt, .jsonl, .csv, .parquet), caption manifests and pairs tables, streamed row by row.
+
+:func:`iter_rows` is the one table reader of ingest, evaluation and training; :func:`iter_image_texts` the one
+reading of a table of image paths and texts (caption manifests, and the pairs of ``mmsearch eval`` / ``train``).
 
 A corpus row becomes a :class:`TextRecord` whose ``key`` identifies it within its file across runs:
 ``id:<value>`` when the corpus has an id column, else a hash of the text. The text column is the one
@@ -58,16 +61,32 @@ def read_caption_manifest(path: Path, *, text_column: str | None = None, path_co
         raise ConfigError(f"caption manifest {str(path)!r} must be .jsonl, .csv or .parquet")
     captions: dict[str, str] = {}
     first = True
-    for lineno, row in iter_rows(path):
-        image = _field(row, path_column, PATH_FIELDS, path, lineno, "image path")
-        text = _field(row, text_column, TEXT_FIELDS, path, lineno, "caption")
+    for _, image, text, row in iter_image_texts(path, text_column=text_column, path_column=path_column, what="caption"):
         if first:
             _warn_ignored(path, row, [_used(row, path_column, PATH_FIELDS), _used(row, text_column, TEXT_FIELDS)],
                           level=logging.INFO)  # manifests (img2dataset's) carry many columns by design
             first = False
-        if image and text and str(text).strip():
-            captions[os.path.normpath(os.path.join(path.parent, str(image)))] = str(text).strip()
+        captions[image] = text
     return captions
+
+
+def iter_image_texts(path: Path, *, text_column: str | None = None, path_column: str | None = None,
+                     what: str = "text") -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """(row number, image path, text, the row) of each row of a .jsonl / .csv / .parquet table of image paths and
+    texts: a caption manifest, the pairs of ``mmsearch eval`` and ``mmsearch train``. The one reader of such tables.
+
+    The columns are the ones named, else the first of :data:`PATH_FIELDS` / :data:`TEXT_FIELDS` the table has
+    (ConfigError naming the row when there is none). Relative image paths are taken relative to the table's folder
+    (the path returned is absolute and normalised); rows with an empty path or text are skipped.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.suffix.lower() not in TABLE_EXTENSIONS:
+        raise ConfigError(f"{str(path)!r}: a table of image paths and texts must be .jsonl, .csv or .parquet")
+    for lineno, row in iter_rows(path):
+        image = str(_field(row, path_column, PATH_FIELDS, path, lineno, "image path")).strip()
+        text = str(_field(row, text_column, TEXT_FIELDS, path, lineno, what)).strip()
+        if image and text:
+            yield lineno, os.path.normpath(os.path.join(path.parent, image)), text, row
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
