@@ -87,9 +87,10 @@ def index(
 
     ``ingest``: :class:`~mmsearch.ingest.IngestOptions` (batch size, decode processes, shard rows, decode time
     limit, decompression-bomb limit, dedup, caption manifests, corpus columns). ``index``:
-    :class:`~mmsearch.indexes.IndexRequest` (factory ``"auto"`` or a FAISS string such as ``"HNSW32"``, memory
-    budget, target recall@10, parts); a field left None keeps what the collection's indexes were built with, else
-    ``"auto"``, 4 GiB, 0.95 and 1 part. Indexes are updated in place (new shards added, deletions applied) or
+    :class:`~mmsearch.indexes.IndexRequest` (every :class:`~mmsearch.indexes.IndexOptions` knob, each optional:
+    factory ``"auto"`` or a FAISS string such as ``"HNSW32"``, memory budget, target recall@10, parts, ...); a field
+    left None keeps what the collection's indexes were built with, else the default (``"auto"``, 4 GiB, 0.95, 1 part).
+    Indexes are updated in place (new shards added, deletions applied) or
     rebuilt when they would drift. The same knobs may be given as keywords, the older flat form, which still works:
     any :class:`IngestOptions` field (``batch_size=8``, ``captions=...``), and ``index_factory``,
     ``max_index_memory_bytes``, ``target_recall``, ``index_shards`` (= ``IndexRequest.parts``); a keyword overrides
