@@ -106,3 +106,16 @@ def test_moments_of_a_collection_are_of_its_live_rows_and_survive_a_save(tmp_pat
     write_moments(tmp_path / "m.npy", moments)
     again = read_moments(tmp_path / "m.npy")
     assert again.count == 350 and np.array_equal(again.to_array(), moments.to_array())
+
+
+def test_a_three_item_collection_can_have_a_match(tmp_path, colour_model: str) -> None:
+X
+    items could reach the cut, and a collection of three colour squares could never find its red one."""
+    import mmsearch
+    from tests.fakes import make_colour_folder
+
+    folder = make_colour_folder(tmp_path / "imgs", ["red", "green", "blue"])
+    col = mmsearch.open(mmsearch.index(folder, out=tmp_path / "c.mms", model=colour_model).path)
+    hits = col.search("a red square", k=3)
+    assert hits[0].uri.endswith("red.png") and hits[0].good_match
+    assert not any(h.good_match for h in hits[1:])

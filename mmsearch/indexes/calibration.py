@@ -31,6 +31,10 @@ from ..store.atomic import write_bytes_atomic
 
 PERCENTILE = 95.0
 MIN_SCORE_STD = 1e-3  # a query whose scores spread less than this scores every row alike: nothing stands out
+#: in a collection of a handful of items the cut is at most this share of the largest z-score possible there
+#: (:func:`_z_bound`), so that a hit far above all the others can still be a match (a design constant, fitted on
+#: no data; it changes the cut only for collections of fewer than 7 items)
+SMALL_COLLECTION_SHARE = 0.9
 DUPLICATE_GAP = 1e-5  # hits whose scores differ by no more are taken for copies of one item
 
 
@@ -138,7 +142,8 @@ def match_marks(scores: np.ndarray, mean: np.ndarray, std: np.ndarray, rows: int
     a match); ``mean``, ``std``: each query's score mean and spread over all ``rows`` items. A hit is good when
     its z-score is above ``z_cut`` of the collection's size, with copies counted once: hits that tie with it
     (within DUPLICATE_GAP, e.g. the same photo twice) leave one of them in the statistics, so that two copies of
-    the answer in a small collection do not hide each other."""
+    the answer in a small collection do not hide each other. In a collection of fewer than 7 items the cut is at
+    most SMALL_COLLECTION_SHARE of the largest z-score possible there, which ``sqrt(2 ln n)`` exceeds for n <= 5."""
     s = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     n = np.broadcast_to(np.asarray(rows, dtype=np.float64), (s.shape[0],))[:, None]
     mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1)
@@ -151,8 +156,15 @@ def match_marks(scores: np.ndarray, mean: np.ndarray, std: np.ndarray, rows: int
     rest = n - extra
     m = (total - extra * safe) / np.maximum(rest, 1)
     spread = np.sqrt(np.maximum((squares - extra * safe**2) / np.maximum(rest, 1) - m**2, MIN_SCORE_STD**2))
-    cut = np.sqrt(2.0 * np.log(np.maximum(rest, 2)))
+    cut = np.minimum(np.sqrt(2.0 * np.log(np.maximum(rest, 2))), SMALL_COLLECTION_SHARE * _z_bound(rest))
     return finite & (rest >= 2) & ((safe - m) / spread > cut)
+
+
+def _z_bound(rows: np.ndarray) -> np.ndarray:
+    """The largest z-score any one of ``rows`` scores can have against their own mean and spread, (n - 1) / sqrt(n):
+    reached when the others all score alike. Under ``sqrt(2 ln n)`` for n <= 5, where no hit could pass that cut."""
+    n = np.maximum(np.asarray(rows, dtype=np.float64), 1.0)
+    return (n - 1.0) / np.sqrt(n)
 
 
 def good_matches(queries: np.ndarray, scores: np.ndarray, moments: ScoreMoments) -> np.ndarray:
