@@ -191,6 +191,9 @@ def main() -> None:
     parser.add_argument("--new", default=str(ROOT),
                         help="the new code: a source tree, or a commit to check out (default: this checkout)")
     parser.add_argument("--no-openclip", action="store_true", help="leave out the OpenCLIP ONNX-vs-torch rows")
+    parser.add_argument("--openclip-model", default=OPENCLIP,
+                        help=f"the OpenCLIP spec of those rows (default {OPENCLIP}; e.g. openclip:ViT-B-32/random "
+                             "has ViT-B-32's compute with random weights)")
     parser.add_argument("--images", type=Path, default=SAMPLE, help="source images (default: data/sample)")
     parser.add_argument("--out", type=Path, default=RESULTS / "cold_query.json")
     parser.add_argument("--keep", type=Path, help="keep the work directory (collections, worktrees) here")
@@ -246,7 +249,7 @@ def main() -> None:
             tiny = collections[("openclip", "1k")] = work / "openclip-1k.mms"
             if not tiny.exists():
                 start = time.perf_counter()
-                run_timed([*mmsearch_command(), "index", str(images), "--out", str(tiny), "--model", OPENCLIP],
+                run_timed([*mmsearch_command(), "index", str(images), "--out", str(tiny), "--model", args.openclip_model],
                           code_env(new_tree, home))
                 builds["openclip/1k"] = round(time.perf_counter() - start, 1)
                 print(f"built openclip/1k in {builds['openclip/1k']} s", flush=True)
@@ -319,7 +322,7 @@ def main() -> None:
                     "load_average_start": load_before, "load_average_end": os.getloadavg()},
         "settings": {"rows": args.rows, "big_rows": args.big_rows, "runs": args.runs, "k": K,
                      "text_query": TEXT_QUERY, "image_query": str(IMAGE_QUERY.relative_to(ROOT)), "model": "builtin",
-                     "openclip_model": None if args.no_openclip else OPENCLIP,
+                     "openclip_model": None if args.no_openclip else args.openclip_model,
                      "openclip_torch_arm": "MMSEARCH_CACHE_DIR under a regular file: no export, PyTorch",
                      "images_from": str(args.images), "collections_built_by": "each code its own",
                      "big_index": "IVF1024,Flat" if args.big_rows else None},
