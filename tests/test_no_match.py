@@ -109,8 +109,8 @@ def test_moments_of_a_collection_are_of_its_live_rows_and_survive_a_save(tmp_pat
 
 
 def test_a_three_item_collection_can_have_a_match(tmp_path, colour_model: str) -> None:
-X
-    items could reach the cut, and a collection of three colour squares could never find its red one."""
+    """No z-score among 5 or fewer items can reach sqrt(2 ln n): without the small-collection cut a collection of
+    three colour squares could never find its red one."""
     import mmsearch
     from tests.fakes import make_colour_folder
 
