@@ -34,7 +34,7 @@ from ..store.records import IndexRecord
 from .build import add_batches, new_index, train_on_sample
 from .calibration import collection_moments, threshold_from_null_scores, write_moments
 from .choice import AUTO
-from .options import IndexOptions, IndexRequest
+from .options import IndexOptions
 from .searching import SearchIndex, ShardedSearchIndex
 from .source import iter_batches, plan_parts, read_vectors, sample, shard_key
 from .structure import find_layer, knob_limits, removes_ids, unwrap_ids
@@ -78,27 +78,6 @@ def is_current(store: Store, modality: str) -> bool:
     """True when the saved index of ``modality`` matches the collection's current rows."""
     info = _saved(store, modality)
     return info is not None and info.fingerprint == fingerprint(store, modality)
-
-
-def resolve_options(store: Store, modality: str, request: IndexRequest | None = None, *, factory: str | None = None,
-                    max_index_memory_bytes: int | None = None, target_recall: float | None = None,
-                    index_shards: int | None = None) -> IndexOptions:
-    """Options for ``modality``: what is asked (``request``, the keywords over it), else what its saved index was
-    built with, else defaults."""
-    request = request or IndexRequest()
-    factory = factory or request.factory
-    max_index_memory_bytes = max_index_memory_bytes or request.max_index_memory_bytes
-    target_recall = target_recall or request.target_recall
-    index_shards = index_shards or request.parts
-    saved = store.manifest.indexes.get(modality)
-    defaults = IndexOptions()
-    return IndexOptions(
-        factory=factory or (saved and saved.requested) or defaults.factory,
-        max_index_memory_bytes=max_index_memory_bytes or (saved and saved.max_index_memory_bytes)
-        or defaults.max_index_memory_bytes,
-        target_recall=target_recall or (saved and saved.target_recall) or defaults.target_recall,
-        index_shards=index_shards or (saved and saved.index_shards) or defaults.index_shards,
-    )
 
 
 def needs_update(store: Store, modality: str, options: IndexOptions) -> bool:
