@@ -76,7 +76,7 @@ def embed_pil_images(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndar
     import torch
 
     transform = encoder.image_transform
-    batch = torch.stack([transform(img.convert("RGB")) for img in images])
+    batch = torch.stack([torch.as_tensor(transform(img.convert("RGB"))) for img in images])  # NumPy or tensor
     return encoder.encode_images(batch)
 
 

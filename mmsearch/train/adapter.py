@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from ..encoders.base import embed_pil_images
 from ..errors import ConfigError, EncoderError
 
 if TYPE_CHECKING:
@@ -107,6 +108,15 @@ class AdapterEncoder:
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """The base model's transform (the adapter works on embeddings, not pixels)."""
         return self.base.image_transform
+
+    @property
+    def numpy_input(self) -> bool:
+        """Whether the base model takes NumPy batches (then ingest keeps its uint8 cut and stacks no tensors)."""
+        return bool(getattr(self.base, "numpy_input", False))
+
+    def embed_pil_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Query images through the base model's own path (ONNX Runtime where it has one), then the image head."""
+        return self.project_images(embed_pil_images(self.base, images))
 
     def encode_images(self, batch: torch.Tensor) -> np.ndarray:
         """Base image embeddings projected by the image head."""
