@@ -128,3 +128,22 @@ def test_indexing_with_openclip_runs_without_torch(openclip_collection: Path, tm
     report = _run(INDEX, str(folder), str(tmp_path / "new.mms"), TINY, str(workers), str(SAMPLE / "coffee_cup.jpg"))
     assert report["images"] == len(NAMES)
     assert report["top"] == "coffee_cup" and report["score"] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_models_export_makes_a_cache_that_serves_without_torch(openclip_collection: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmsearch models export SPEC --to DIR`` (docs/install.md step 2) is all a torch-free box needs: queries run
+    from that folder alone, as MMSEARCH_CACHE_DIR."""
+    from click.testing import CliRunner
+
+    from mmsearch.cli.main import main
+
+    exported = tmp_path / "onnx-cache"
+    out = CliRunner().invoke(main, ["models", "export", TINY, "--to", str(exported), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == {"spec": TINY, "cache": str(exported), "image": "onnx", "text": "onnx"}
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(exported))
+    image = _run(QUERY, str(openclip_collection), "image", str(SAMPLE / "red_bus.jpg"))
+    assert image["top"] == "red_bus" and image["score"] == pytest.approx(1.0, abs=2e-3)
+    refused = CliRunner().invoke(main, ["models", "export", "adapter:/nowhere", "--to", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "export its base model" in refused.output

@@ -439,19 +439,22 @@ def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, 
 
 
 @main.command("models")
-@click.argument("action", required=False, type=click.Choice(["list", "fetch", "check"]), default="list")
+@click.argument("action", required=False, type=click.Choice(["list", "fetch", "check", "export"]), default="list")
 @click.argument("spec", required=False)
-@click.option("--to", "to", type=click.Path(file_okay=False), help="fetch: the folder to download the weights into.")
+@click.option("--to", "to", type=click.Path(file_okay=False),
+              help="fetch: the folder to download the weights into; export: the cache folder for the ONNX graphs.")
 @click.option("--weights", multiple=True, type=click.Path(), help="list: also check this local weights file (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @_library_errors
 def models_cmd(action: str, spec: str | None, to: str | None, weights: tuple[str, ...], as_json: bool) -> None:
-    """List the models this machine can load offline; fetch OpenCLIP weights to carry to one; check one loads.
+    """List the models this machine can load offline; fetch OpenCLIP weights to carry to one; check one loads;
+    export one's ONNX graphs for a CPU box without torch.
 
     \b
     mmsearch models                                   the built-in model, OpenCLIP weights in the HF cache
     mmsearch models fetch openclip:ARCH/TAG --to DIR  (on a machine with network) download them into DIR
     mmsearch models check SPEC                        load SPEC and embed a probe text
+    mmsearch models export SPEC --to DIR              (where torch is) ONNX graphs into DIR, for MMSEARCH_CACHE_DIR
     """
     from mmsearch.encoders.registry import fetch_weights, hub_cache_dir, local_models
 
@@ -466,10 +469,18 @@ def models_cmd(action: str, spec: str | None, to: str | None, weights: tuple[str
         return
     if not spec:
         raise click.ClickException(f"give the model: mmsearch models {action} SPEC"
-                                   + (" --to DIR" if action == "fetch" else ""))
+                                   + (" --to DIR" if action in ("fetch", "export") else ""))
+    if action in ("fetch", "export") and not to:
+        raise click.ClickException(f"give the folder: mmsearch models {action} {spec} --to DIR")
+    if action == "export":
+        from mmsearch.encoders.registry import export_onnx
+
+        done = export_onnx(spec, to)
+        click.echo(json.dumps(done) if as_json else
+                   f"{done['spec']}: image tower {done['image']}, text tower {done['text']}, in {done['cache']} "
+                   f"(copy it to the CPU box and set MMSEARCH_CACHE_DIR to it)")
+        return
     if action == "fetch":
-        if not to:
-            raise click.ClickException(f"give the folder to download into: mmsearch models fetch {spec} --to DIR")
         path = fetch_weights(spec, to)
         click.echo(json.dumps({"spec": spec, "file": path, "cache": to}) if as_json else render.fetched_text(spec, path, to))
         return

