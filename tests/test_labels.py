@@ -145,7 +145,8 @@ def test_match_labels_whole_words() -> None:
     assert match_labels(None, ["cat"]).tolist() == [] and match_labels(table, [" "]).tolist() == []
 
 
-def test_hits_of_every_query_kind_carry_labels(built, tmp_path) -> None:
+def test_hits_of_every_query_kind_carry_labels(built, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # the table is cut at the terminal's width; pytest's paths are long
     label(built, tmp_path / "cache")
     col = mmsearch.open(built)
     red = col.search("red", k=1)[0]

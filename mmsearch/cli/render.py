@@ -142,17 +142,19 @@ def hits_table(hits: list[Any]) -> str:
     rows = []
     for rank, h in enumerate(hits, 1):
         what = h.uri if h.modality == "image" else h.text
-        extra = h.caption if h.modality == "image" else h.uri
+        extra = str((h.caption if h.modality == "image" else h.uri) or "")
         row = [str(rank), f"{h.score:.4f}", str(h.id), str(what or "")]
-        if with_labels:
-            row.append(labels_text(getattr(h, "labels", None) or []))
-        rows.append((*row, str(extra or "")))
-    header = ("#", "score", "id", "item", *(("labels",) if with_labels else ()), "caption / source")
+        if with_labels:  # the caption (yours) keeps its place before the labels (the model's), cut if long
+            row += [_cut(extra, CAPTION_WIDTH_WITH_LABELS), labels_text(getattr(h, "labels", None) or [])]
+        else:
+            row.append(extra)
+        rows.append(row)
+    header = ["#", "score", "id", "item", "caption / source", *(["labels"] if with_labels else [])]
     fixed = len(header) - 1
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(fixed)]
     out = []
     for r in [header, *rows]:
-        line = "  ".join(c.ljust(w) for c, w in zip(r[:fixed], widths)) + "  " + r[fixed]
+        line = ("  ".join(c.ljust(w) for c, w in zip(r[:fixed], widths)) + "  " + r[fixed]).rstrip()
         out.append(line[:width] if len(line) > width else line)
     first_weak = next((n for n, h in enumerate(hits) if getattr(h, "good_match", None) is False), None)
     if first_weak == 0:
@@ -160,6 +162,13 @@ def hits_table(hits: list[Any]) -> str:
     elif first_weak is not None:
         out.insert(first_weak + 1, WEAK_LINE)  # after the header and the good rows
     return "\n".join(out)
+
+
+CAPTION_WIDTH_WITH_LABELS = 40
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def labels_text(labels: list[dict[str, Any]], n: int = 2) -> str:
