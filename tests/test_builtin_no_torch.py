@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from no_torch import blocker
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tokenizers")
@@ -24,21 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 PHOTOS = ["cat_chelsea.jpg", "blue_car.jpg", "lighthouse.jpg", "flag_japan.jpg"]
 
-BLOCKER = textwrap.dedent('''
-    import importlib.machinery, sys
-    BLOCKED = ("torch", "timm", "transformers", "torchvision")
-    class NoTorch:
-        # finds torch (it is installed: lookups succeed) but refuses to load it
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                return importlib.machinery.ModuleSpec(name, self)
-            return None
-        def create_module(self, spec):
-            raise ImportError(f"{spec.name} is blocked in this test")
-        def exec_module(self, module):
-            raise ImportError(f"{module.__name__} is blocked in this test")
-    sys.meta_path.insert(0, NoTorch())
-''')
+BLOCKER = blocker(("torch", "timm", "transformers", "torchvision"), installed=True)
 
 WORK = textwrap.dedent('''
     import sys

@@ -13,22 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from no_torch import blocker
 from PIL import Image
 from torchvision import transforms as T
 
 from mmsearch.ingest.transfer import split_transform
 
-SCRIPT = textwrap.dedent('''
-    import importlib.abc, json, sys
+SCRIPT = blocker(("torch", "torchvision")) + textwrap.dedent('''
+    import json, sys
     from pathlib import Path
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
 
     import numpy as np
     from PIL import Image
@@ -80,7 +73,8 @@ SCRIPT = textwrap.dedent('''
             "embedded": report.images_embedded, "texts": report.texts_embedded, "batches": encoder.batches,
             "vectors": {Path(u).name: vectors[i].astype(float).tolist() for i, u in zip(table["id"], table["uri"])},
         }
-    results["torch_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+    results["torch_loaded"] = sorted(m for m, mod in sys.modules.items()
+                                     if mod is not None and m.split(".")[0] in ("torch", "torchvision"))
     print(json.dumps(results))
 ''')
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from no_torch import HEAVY, blocker
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("open_clip")
@@ -27,23 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 NAMES = ["cat_chelsea", "coffee_cup", "red_bus", "lighthouse"]
 TINY = "openclip:mms-tiny/random"
-BLOCKED = ("torch", "torchvision", "open_clip", "transformers", "timm")
+BLOCKED = HEAVY
 
 pytestmark = pytest.mark.slow
 
-PRELUDE = f"""
-import sys
-BLOCKED = {BLOCKED!r}
-for name in BLOCKED:
-    sys.modules[name] = None
-
-class _Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked: this process runs without torch")
-        return None
-
-sys.meta_path.insert(0, _Refuse())
+PRELUDE = blocker(BLOCKED) + """
 import json
 from pathlib import Path
 import mmsearch
