@@ -17,12 +17,12 @@ from .encoders.registry import canonical_spec, load_encoder
 from .errors import EncoderMismatchError, IndexNotFoundError, MMSearchError, QueryError
 from .indexes import SearchIndex, is_current, load_index
 from .indexes.calibration import ScoreMoments, good_matches, read_moments
+from .modality import plural, singular
 from .query.calibration import NULL_QUERIES, threshold_from_null_scores
 from .query.combine import Q, Term, as_term, combine
 from .query.evidence import EvidenceBundle, EvidenceItem
 from .query.filters import Filter
 from .query.labels import labels_of, match_labels
-from .modality import plural, singular
 from .query.terms import ImageQuery, embed_terms
 from .store import Store
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
+
+#: a labels file of up to this many rows is read once per version and kept; a larger one is read by id per query
+LABELS_CACHED_ROWS = 200_000
 
 MAX_K = 10_000
 DEDUP_OVERSAMPLE = 4
@@ -99,6 +102,7 @@ class Collection:
         self._rows: dict[str, tuple[pa.Table, np.ndarray]] = {}
         self._thresholds: dict[str, float] = {}
         self._moments: dict[str, ScoreMoments | None] = {}
+        self._labels: dict[str, tuple[np.ndarray, pa.Table]] = {}  # modality -> (sorted ids, labels rows in that order)
 
     @property
     def path(self) -> Path:
@@ -140,7 +144,7 @@ class Collection:
             store.close()
             return False
         old, self._store = self._store, store
-        self._indexes, self._rows, self._thresholds, self._moments = {}, {}, {}, {}
+        self._indexes, self._rows, self._thresholds, self._moments, self._labels = {}, {}, {}, {}, {}
         old.close()
         return True
 
@@ -546,9 +550,22 @@ class Collection:
 
     def _labels_by_id(self, modality: str, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         """The stored labels of ``ids`` (read from the labels file's row groups that hold them), by id."""
-        if not len(ids) or not self._store.manifest.labels.get(modality):
+        info = self._store.manifest.labels.get(modality)
+        if not len(ids) or not info:
             return {}
-        return labels_of(self._store.read_labels(modality, ids=np.unique(np.asarray(ids, dtype=np.int64))))
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        if info.get("rows", LABELS_CACHED_ROWS + 1) > LABELS_CACHED_ROWS:
+            return labels_of(self._store.read_labels(modality, ids=wanted))
+        if modality not in self._labels:  # read once per version: a query then opens no file for its labels
+            table = self._store.read_labels(modality)
+            assert table is not None
+            column = table.column("id").to_numpy()
+            order = np.argsort(column, kind="stable")
+            self._labels[modality] = (column[order], table.take(order))
+        sorted_ids, table = self._labels[modality]
+        pos = np.minimum(np.searchsorted(sorted_ids, wanted), max(len(sorted_ids) - 1, 0))
+        found = pos[sorted_ids[pos] == wanted] if len(sorted_ids) else pos[:0]
+        return labels_of(table.take(found))
 
     def _hit(self, modality: str, row: dict[str, Any] | None, item_id: int, score: float,
              good: bool | None = None, *, labels: list[dict[str, Any]] | None = None) -> Hit:

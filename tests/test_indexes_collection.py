@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from fakes import make_colour_folder
 
 import mmsearch
-from mmsearch.cli.main import main
 from mmsearch import QueryError
+from mmsearch.cli.main import main
 
 NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 

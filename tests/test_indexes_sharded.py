@@ -11,8 +11,7 @@ from synthetic_vectors import add_rows, clustered, exact_top_k, make_store, reca
 
 import mmsearch
 from mmsearch.errors import ConfigError
-from mmsearch.indexes import IndexOptions, ShardedSearchIndex, build_index, is_current, load_index, update_index
-from mmsearch.indexes import resolve_options
+from mmsearch.indexes import IndexOptions, ShardedSearchIndex, build_index, is_current, load_index, resolve_options, update_index
 from mmsearch.store import Store
 
 

@@ -14,8 +14,8 @@ from fakes import COLOURS, make_colour_folder
 from test_query_parts import _FakeChat, fake_chat  # noqa: F401  (fixture)
 
 import mmsearch
-from mmsearch.cli.main import main
 from mmsearch import Filter, Q, QueryError
+from mmsearch.cli.main import main
 
 ALL = ["red", "green", "blue", "yellow", "cyan", "magenta"]
 

@@ -55,6 +55,7 @@ class ScoreMoments:
         self.count = 0
         self._sum = np.zeros(dim, dtype=np.float64)
         self._outer = np.zeros((dim, dim), dtype=np.float64)
+        self._covariance: np.ndarray | None = None  # kept between queries; add/remove drop it
 
     @classmethod
     def of(cls, chunks: Iterable[np.ndarray]) -> ScoreMoments:
@@ -77,6 +78,7 @@ class ScoreMoments:
         self.count += v.shape[0]
         self._sum += v.sum(axis=0)
         self._outer += v.T @ v
+        self._covariance = None
 
     def remove(self, vectors: np.ndarray) -> None:
         """Take out ``(n, dim)`` vectors added before (rows deleted since the moments were computed)."""
@@ -86,6 +88,7 @@ class ScoreMoments:
         self.count -= v.shape[0]
         self._sum -= v.sum(axis=0)
         self._outer -= v.T @ v
+        self._covariance = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -94,9 +97,11 @@ class ScoreMoments:
 
     @property
     def covariance(self) -> np.ndarray:
-        """The (population) covariance matrix (float64)."""
-        mean = self.mean
-        return self._outer / max(self.count, 1) - np.outer(mean, mean)
+        """The (population) covariance matrix (float64), computed once until rows are added or removed."""
+        if self._covariance is None:
+            mean = self.mean
+            self._covariance = self._outer / max(self.count, 1) - np.outer(mean, mean)
+        return self._covariance
 
     def score_mean_std(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query: the mean and standard deviation of its inner-product scores over the collection (at least
