@@ -25,6 +25,7 @@ from .query.filters import Filter
 from .query.labels import labels_of, match_labels
 from .query.terms import ImageQuery, embed_terms
 from .store import Store
+from .store.store import rows_with_ids
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -102,7 +103,7 @@ class Collection:
         self._rows: dict[str, tuple[pa.Table, np.ndarray]] = {}
         self._thresholds: dict[str, float] = {}
         self._moments: dict[str, ScoreMoments | None] = {}
-        self._labels: dict[str, tuple[np.ndarray, pa.Table]] = {}  # modality -> (sorted ids, labels rows in that order)
+        self._labels: dict[str, pa.Table] = {}  # modality -> its labels rows (a small labels file, kept per version)
 
     @property
     def path(self) -> Path:
@@ -557,15 +558,8 @@ class Collection:
         if info.get("rows", LABELS_CACHED_ROWS + 1) > LABELS_CACHED_ROWS:
             return labels_of(self._store.read_labels(modality, ids=wanted))
         if modality not in self._labels:  # read once per version: a query then opens no file for its labels
-            table = self._store.read_labels(modality)
-            assert table is not None
-            column = table.column("id").to_numpy()
-            order = np.argsort(column, kind="stable")
-            self._labels[modality] = (column[order], table.take(order))
-        sorted_ids, table = self._labels[modality]
-        pos = np.minimum(np.searchsorted(sorted_ids, wanted), max(len(sorted_ids) - 1, 0))
-        found = pos[sorted_ids[pos] == wanted] if len(sorted_ids) else pos[:0]
-        return labels_of(table.take(found))
+            self._labels[modality] = self._store.read_labels(modality)
+        return labels_of(rows_with_ids(self._labels[modality], wanted))
 
     def _hit(self, modality: str, row: dict[str, Any] | None, item_id: int, score: float,
              good: bool | None = None, *, labels: list[dict[str, Any]] | None = None) -> Hit:

@@ -99,6 +99,7 @@ def test_a_text_query_imports_neither_torch_nor_transformers(collection: Path) -
     assert not set(HEAVY) & set(report["modules"]), set(HEAVY) & set(report["modules"])
     assert report["text_tower"] == "onnx" and report["image_tower"] is None  # the image tower is never built
     assert report["device"] is None  # nor the device chosen: on a GPU machine that would import torch
+    assert "pandas" not in report["modules"]  # ~0.3 s cold: metadata and labels are read without it
 
 
 def test_an_image_query_builds_no_text_tower_and_imports_no_torch(collection: Path) -> None:
@@ -112,6 +113,7 @@ def test_an_image_query_builds_no_text_tower_and_imports_no_torch(collection: Pa
 def test_the_cli_text_query_imports_neither_torch_nor_transformers(collection: Path) -> None:
     modules = json.loads(_run(CLI, str(collection), "a red bus"))
     assert not set(HEAVY) & set(modules), set(HEAVY) & set(modules)
+    assert "pandas" not in modules
 
 
 def test_the_device_is_chosen_without_torch_when_cuda_is_hidden() -> None:

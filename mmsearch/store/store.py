@@ -448,7 +448,7 @@ class Store:
             raise self._gone_or_corrupt(info["file"], exc) from exc
         except (OSError, pa.ArrowException) as exc:
             raise CorruptShardError(str(self.root / info["file"]), str(exc)) from exc
-        return _rows_where(table, np.isin(_int64_values(table.column("id")), wanted))
+        return rows_with_ids(table, wanted)
 
     def iter_tables(self, modality: str, columns: Sequence[str]) -> Iterator[pa.Table]:
         """Live rows of each shard in turn (only ``columns``, plus ``id``): memory is one shard."""
@@ -539,6 +539,12 @@ def _int64_values(column: pa.ChunkedArray) -> np.ndarray:
     parts = [np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk)]
              for chunk in column.chunks if len(chunk)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def rows_with_ids(table: pa.Table, ids: np.ndarray | Sequence[int]) -> pa.Table:
+    """The rows of ``table`` whose ``id`` is one of ``ids``, in table order (imports neither pandas nor
+    pyarrow.compute: a cold query pays for neither)."""
+    return _rows_where(table, np.isin(_int64_values(table.column("id")), np.asarray(ids, dtype=np.int64)))
 
 
 def _rows_where(table: pa.Table, keep: np.ndarray) -> pa.Table:
