@@ -107,7 +107,7 @@ class ScoreMoments:
         """Per query: the mean and standard deviation of its inner-product scores over the collection (at least
         MIN_SCORE_STD, so that float noise on a query that scores every row alike is no match)."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
-        variance = np.einsum("id,de,ie->i", q, self.covariance, q)
+        variance = ((q @ self.covariance) * q).sum(axis=1)  # BLAS; einsum here cost 0.2 ms a query
         return q @ self.mean, np.sqrt(np.maximum(variance, MIN_SCORE_STD**2))
 
     def to_array(self) -> np.ndarray:
