@@ -444,7 +444,8 @@ def _listed_files(manifest: dict[str, Any]) -> dict[str, str | None]:
     for modality, info in manifest.get("indexes", {}).items():
         # an index file is rewritten in place; its manifest entry (fingerprint, build time) identifies it
         tag = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
-        for rel in info.get("part_files") or [info["file"]]:
+        for rel in [*(info.get("part_files") or [info["file"]]), *info.get("data_files", []),
+                    *([info["moments_file"]] if info.get("moments_file") else [])]:
             files[rel] = tag
         files[f"{info['file'].rsplit('/', 1)[0]}/{modality}.json"] = tag  # index/<modality>.json
     files[QUARANTINE_NAME] = None
