@@ -42,7 +42,7 @@ def test_push_then_pull_gives_the_same_collection(tmp_path: Path, scheme: str) -
     mirror = RemoteMirror(url, local)
     assert mirror.remote_manifest() is None
     first = mirror.push()
-    assert first == 3 + 1 + 2 + 1  # image shards, the text shard, index + its json, the quarantine
+    assert first == 3 + 1 + 3 + 1  # image shards, the text shard, index + its json + its score moments, the quarantine
     assert mirror.remote_manifest()["next_id"] == Store.open(local).manifest.next_id
     if scheme == "file":  # a file:// collection is a plain collection directory
         _same(local, tmp_path / "remote.mms")
@@ -92,7 +92,7 @@ def test_a_sharded_index_travels_part_by_part(tmp_path: Path) -> None:
     url = f"memory://mms-test-{uuid.uuid4().hex}/c.mms"
     store, *_ = make_store(tmp_path / "stage", images=300, texts=30, dim=8, shards=3)
     info = build_index(store, "images", IndexOptions(factory="Flat", index_shards=3))
-    assert RemoteMirror(url, tmp_path / "stage").push() == 3 + 1 + 3 + 1  # shards, the 3 parts + the index json
+    assert RemoteMirror(url, tmp_path / "stage").push() == 3 + 1 + 3 + 2  # shards, the 3 parts + the index json + moments
     fresh = RemoteMirror(url, tmp_path / "elsewhere").pull()
     for rel in info.part_files:
         assert (fresh / rel).read_bytes() == (store.root / rel).read_bytes()

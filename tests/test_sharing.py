@@ -117,7 +117,7 @@ def test_versions_are_listed_and_old_ones_vacuumed(tmp_path: Path) -> None:
     assert done["versions"] == 2 and [r["version"] for r in mmsearch.versions(out)] == [rows[-1]["version"]]
     assert mmsearch.verify(out, deep=True) == []
     listed = set(Store.open(out).manifest.files())
-    on_disk = {p.relative_to(out).as_posix() for d in ("images", "texts", "index") for p in (out / d).rglob("*")
+    on_disk = {p.relative_to(out).as_posix() for d in ("images", "texts", "index", "extra") for p in (out / d).rglob("*")
                if p.is_file() and not p.name.endswith(".json")}
     assert on_disk == listed  # nothing left that no version lists
 

@@ -366,7 +366,8 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
     files = {f: _stamp(store, f, previous) for f in info.needed_files()}
     info = dataclasses.replace(
         info, params=tuning.params, recall=tuning.recall, target_met=tuning.target_met, latency_ms=tuning.latency_ms,
-        tuned_on=tuned_on, file_bytes=sum(f["bytes"] for f in files.values()), files=files,
+        tuned_on=tuned_on, files=files,  # file_bytes: the index itself (what a query maps), not the moments beside it
+        file_bytes=sum(files[f]["bytes"] for f in [*info.index_files(), *info.data_files]),
         build_seconds=round(time.perf_counter() - started, 4))
     if opts.null_queries is not None and len(opts.null_queries):
         masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
