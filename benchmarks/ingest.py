@@ -82,10 +82,19 @@ def predecoded(folder: Path, encoder) -> list:  # noqa: ANN001
     return out
 
 
-def encoder_rate(tensors: list, encoder, batch_size: int) -> float:  # noqa: ANN001
+def stack(items: list, encoder):  # noqa: ANN001, ANN201
+    """One batch as the pipeline hands it over: NumPy for an encoder that takes it (``numpy_input``), else torch."""
+    import numpy as np
+
+    if getattr(encoder, "numpy_input", False):
+        return np.stack([np.asarray(t) for t in items])
     import torch
 
-    batches = [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
+    return torch.stack([torch.as_tensor(t) for t in items])
+
+
+def encoder_rate(tensors: list, encoder, batch_size: int) -> float:  # noqa: ANN001
+    batches = [stack(tensors[i:i + batch_size], encoder) for i in range(0, len(tensors), batch_size)]
     start = time.perf_counter()
     for b in batches:
         encoder.encode_images(b)
@@ -93,7 +102,6 @@ def encoder_rate(tensors: list, encoder, batch_size: int) -> float:  # noqa: ANN
 
 
 def naive_rate(folder: Path, encoder, batch_size: int) -> float:  # noqa: ANN001
-    import torch
     from PIL import Image
 
     start, done, batch = time.perf_counter(), 0, []
@@ -104,10 +112,10 @@ def naive_rate(folder: Path, encoder, batch_size: int) -> float:  # noqa: ANN001
         except OSError:
             continue
         if len(batch) == batch_size:
-            encoder.encode_images(torch.stack(batch))
+            encoder.encode_images(stack(batch, encoder))
             done, batch = done + len(batch), []
     if batch:
-        encoder.encode_images(torch.stack(batch))
+        encoder.encode_images(stack(batch, encoder))
         done += len(batch)
     return done / (time.perf_counter() - start)
 
