@@ -11,6 +11,7 @@ from mmsearch.store import ModelInfo, Store
 from mmsearch.store.atomic import write_bytes_atomic
 
 MODEL = ModelInfo(spec="colour:v1", preprocess_id="p", dim=4)
+RAW = ModelInfo(spec="colour:v1", preprocess_id="p", dim=4, normalized=False)  # _texts writes raw vectors
 
 
 def _texts(store: Store, texts: list[str], seed: int = 0, commit: bool = True) -> np.ndarray:
@@ -179,3 +180,36 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path) -> None:
         raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_shards_record_their_id_range_and_a_read_by_id_opens_only_the_shards_holding_the_ids(tmp_path) -> None:
+    root = tmp_path / "c.mms"
+    store = Store.open_or_create(root, RAW, embedding_dtype="float32")
+    first = _texts(store, ["a", "b"])
+    _texts(store, ["c", "d"], seed=1)
+    data = json.loads((root / "manifest.json").read_text())
+    # beside the shard entries, not in them: an mmsearch that does not know the ranges still reads the entries
+    assert data["shard_id_ranges"]["texts"] == {"texts/part-00000.parquet": [0, 1], "texts/part-00001.parquet": [2, 3]}
+    assert all("id_min" not in entry for entry in data["shards"]["texts"])
+    reopened = Store.open(root)
+    assert [(s.id_min, s.id_max) for s in reopened.manifest.shards["texts"]] == [(0, 1), (2, 3)]
+    (root / "texts" / "part-00001.parquet").unlink()  # ids 0 and 1 never need this file
+    found = reopened.embeddings_by_id("texts", [1, 0])
+    np.testing.assert_allclose(found[0], first[0], rtol=1e-6)
+    assert reopened.read_shard(reopened.manifest.shards["texts"][1], ["text"], ids=np.array([0])).num_rows == 0
+    with pytest.raises(CorruptShardError):  # an id in the missing shard's range still reaches the file
+        reopened.embeddings_by_id("texts", [3])
+
+
+def test_a_manifest_without_id_ranges_or_with_unknown_shard_fields_is_read(tmp_path) -> None:
+    root = tmp_path / "c.mms"
+    store = Store.open_or_create(root, RAW, embedding_dtype="float32")
+    _texts(store, ["a", "b"])
+    _texts(store, ["c"], seed=1)
+    data = json.loads((root / "manifest.json").read_text())
+    del data["shard_id_ranges"]  # as an mmsearch before the ranges writes it
+    data["shards"]["texts"][0]["written_by_a_newer_mmsearch"] = 1
+    write_bytes_atomic(root / "manifest.json", json.dumps(data).encode())
+    reopened = Store.open(root)
+    assert [s.id_min for s in reopened.manifest.shards["texts"]] == [None, None]
+    assert sorted(reopened.embeddings_by_id("texts", [0, 2])) == [0, 2]  # the footers decide, as before

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,6 +57,25 @@ class ShardInfo:
     created_at: float
     bytes: int = -1  # -1: written before sizes were recorded
     mtime_ns: int = -1
+    #: the smallest and largest id the shard holds (None: written before ranges were recorded, or by an mmsearch
+    #: that dropped them): a read by id opens only the shards whose range holds one of the ids
+    id_min: int | None = None
+    id_max: int | None = None
+
+    def may_hold(self, ids: Any) -> bool:
+        """False when the recorded id range holds none of ``ids`` (a NumPy int array); True when unknown."""
+        if self.id_min is None or self.id_max is None:
+            return True
+        return bool(((ids >= self.id_min) & (ids <= self.id_max)).any())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], id_range: Any = None) -> ShardInfo:
+        """Parse a manifest entry (fields this version does not know are ignored), with its id range if recorded."""
+        known = {f.name for f in fields(cls)} - {"id_min", "id_max"}
+        info = cls(**{k: v for k, v in raw.items() if k in known})
+        if isinstance(id_range, list) and len(id_range) == 2:
+            info = replace(info, id_min=int(id_range[0]), id_max=int(id_range[1]))
+        return info
 
 
 @dataclass
@@ -103,6 +122,15 @@ class Manifest:
         """The JSON text written to disk (deleted ids as their files: :func:`write_manifest` writes those first)."""
         data = asdict(self)
         files = data.pop("deletion_files")
+        # id ranges beside the shard entries, not in them: an mmsearch that does not know them still reads the
+        # entries (and drops the ranges when it writes: readers then open those shards' footers instead)
+        ranges: dict[str, dict[str, list[int]]] = {m: {} for m in MODALITIES}
+        for m in MODALITIES:
+            for entry in data["shards"][m]:
+                low, high = entry.pop("id_min"), entry.pop("id_max")
+                if low is not None and high is not None:
+                    ranges[m][entry["file"]] = [low, high]
+        data["shard_id_ranges"] = ranges
         data["deleted"] = {m: {"count": len(self.deleted[m]), "files": files[m]} for m in MODALITIES}
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -118,7 +146,8 @@ class Manifest:
                 embedding_dtype=data["embedding_dtype"],
                 format_version=FORMAT_VERSION,  # what it is written as from now on
                 next_id=int(data["next_id"]),
-                shards={m: [ShardInfo(**s) for s in data["shards"].get(m, [])] for m in MODALITIES},
+                shards={m: [ShardInfo.from_dict(s, dict(data.get("shard_id_ranges", {}).get(m, {})).get(s.get("file")))
+                            for s in data["shards"].get(m, [])] for m in MODALITIES},
                 deleted={m: _inline_ids(data["deleted"].get(m)) for m in MODALITIES},
                 deletion_files={m: _listed_deletion_files(data["deleted"].get(m)) for m in MODALITIES},
                 indexes={m: IndexRecord.from_dict(r) for m, r in dict(data.get("indexes", {})).items()},

@@ -280,8 +280,10 @@ class Store:
         rel = f"{modality}/part-{self._next_shard_number(modality):05d}.parquet"
         write_with_atomic(self.root / rel, lambda tmp: write_parquet(table, tmp))
         stamp = file_stamp(self.root / rel)
+        ids = _int64_values(table.column("id"))
         info = ShardInfo(file=rel, rows=table.num_rows, sha256=file_sha256(self.root / rel), created_at=time.time(),
-                         bytes=stamp["bytes"], mtime_ns=stamp["mtime_ns"])
+                         bytes=stamp["bytes"], mtime_ns=stamp["mtime_ns"],
+                         id_min=int(ids.min()) if len(ids) else None, id_max=int(ids.max()) if len(ids) else None)
         self.manifest.shards[modality].append(info)
         self._dirty = True
         log.debug("wrote %s (%d rows)", rel, info.rows)
@@ -383,6 +385,9 @@ class Store:
         if "id" not in cols:
             cols = ["id", *cols]
         wanted = None if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        if wanted is not None and not shard.may_hold(wanted):  # its recorded id range holds none: no file opened
+            schema = shard_schema(_modality_of(shard), self.manifest.model, self.manifest.embedding_dtype)
+            return pa.Table.from_batches([], schema=schema).select(cols)  # (Schema.empty_table imports pandas)
         try:
             # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas (a cold
             # query paid ~0.3 s for it). With ``ids``, only the row groups whose id statistics can hold them.
@@ -414,7 +419,7 @@ class Store:
         schema = shard_schema(modality, self.manifest.model, self.manifest.embedding_dtype)
         cols = list(columns) if columns is not None else schema.names
         tables = [self.read_shard(s, cols, include_deleted=include_deleted) for s in self.manifest.shards[modality]]
-        return pa.concat_tables(tables) if tables else schema.empty_table().select(cols)
+        return pa.concat_tables(tables) if tables else pa.Table.from_batches([], schema=schema).select(cols)
 
     def iter_embeddings(self, modality: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids int64, embeddings float32) per shard, live rows only; memory is one shard."""
