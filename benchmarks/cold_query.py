@@ -22,13 +22,25 @@ no-match threshold, in its index record):
 - ``openclip``: the same images indexed with ``openclip:mms-tiny/random`` (the tiny random-weights test
   model: no real OpenCLIP weights are available offline), queried with its towers in ONNX Runtime (the
   default on the CPU) and in PyTorch (``MMSEARCH_CACHE_DIR`` under a regular file, so no export can be found
-  or made); ``--no-openclip`` leaves it out.
+  or made); ``--no-openclip`` leaves it out, ``--no-openclip-torch`` leaves out its PyTorch arm.
+- ``--rclip``: rclip 3.3 (its own venv, built on first use by benchmarks/compare/run.py's ``setup_venv`` under
+  ``--compare-work``) against mmsearch with the same weights file: the OpenCLIP rows then run
+  ``openclip:ViT-B-32-256@FILE`` (rclip runs that architecture only), FILE being ``--openclip-model``'s file
+  or else the seeded random ViT-B-32-256 weights of benchmarks/compare (``ensure_weights``), and rclip's two
+  ONNX files are exported from that same FILE into its data folder (``peers/rclip_local_model.py``). rclip
+  indexes the folder it is asked in: one untimed ``rclip`` run in the images folder indexes it (its time is
+  the ``rclip/1k`` build), and the row count of rclip's database is checked; the timed runs are then queries
+  over that already-indexed folder, as ``rclip QUERY`` (the user's command: it re-walks the folder, stats
+  every file and finds nothing to embed) and as ``rclip --no-indexing QUERY`` (no walk). The image query is
+  ``rclip /abs/path/IMAGE``. Runs interleave with mmsearch's; the top-5 files and scores of mmsearch (ONNX)
+  and rclip are compared (rclip prints scores to 3 decimals).
 - ``1M``: ``--big-rows`` (default 1,000,000) synthetic unit vectors under the built-in model's spec, with
   image metadata, written through each code's ``mmsearch.store`` in 8,192-row shards (as ``mmsearch
   index`` does) with the same ids and vectors, and an ``IVF1024,Flat`` index (as benchmarks/versions.py
   does). ``--big-rows 0`` leaves it out.
 
     python benchmarks/cold_query.py [--rows 1000] [--big-rows 1000000] [--runs 5] [--baseline 4dcc114|none]
+    python benchmarks/cold_query.py --baseline none --big-rows 0 --rclip --no-openclip-torch   # vs rclip
 
 Prints a table and writes benchmarks/results/cold_query.json (raw runs, medians, machine, commits).
 """
@@ -49,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPARE = ROOT / "benchmarks" / "compare"
+RCLIP_ARCH = "ViT-B-32-256"
 SAMPLE = ROOT / "data" / "sample"
 RESULTS = ROOT / "benchmarks" / "results"
 TEXT_QUERY = "a cat"
@@ -142,11 +156,11 @@ def mmsearch_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "mmsearch.cli.main"]
 
 
-def run_timed(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+def run_timed(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB, stdout) of one process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        process = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=ROOT)
+        process = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -163,6 +177,9 @@ def code_env(tree: Path, home: Path) -> dict[str, str]:
     env.update(HF_HUB_OFFLINE="1", MMSEARCH_HOME=str(home), PYTHONPATH=str(tree), TOKENIZERS_PARALLELISM="false")
     env.pop("MMSEARCH_COLLECTION", None)
     env.pop("MMSEARCH_MODEL", None)
+    # a user's Python keeps compiled modules (.pyc): with this set (as on some CI and sandbox machines) every cold
+    # run would compile the modules whose .pyc is missing or stale, ~0.1 s that no user pays
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -173,6 +190,33 @@ def query_args(collection: Path, kind: str) -> list[str]:
 
 def top_hits(stdout: str) -> list[tuple[int, float]]:
     return [(int(h["id"]), float(h["score"])) for h in json.loads(stdout)]
+
+
+def top_files(stdout: str, arm: str) -> list[tuple[str, float]]:
+    """(resolved path, score) of each hit: mmsearch's ``--json`` or rclip's ``score<TAB>"path"`` lines."""
+    if not arm.startswith("rclip"):
+        return [(str(Path(h["uri"]).resolve()), float(h["score"])) for h in json.loads(stdout)]
+    lines = [ln.split("\t", 1) for ln in stdout.splitlines() if "\t" in ln and not ln.startswith("score")]
+    return [(str(Path(path.strip().strip('"')).resolve()), float(score)) for score, path in lines]
+
+
+def load_compare() -> Any:
+    """benchmarks/compare/run.py as a module (its venv set-up, weights and rclip export)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_run", COMPARE / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rclip_indexed_rows(datadir: Path, folder: Path) -> int:
+    """Images of ``folder`` in rclip's database (not deleted)."""
+    import sqlite3
+
+    with sqlite3.connect(datadir / "db.sqlite3") as con:
+        return con.execute("SELECT COUNT(*) FROM images WHERE deleted IS NULL AND filepath LIKE ?",
+                           (f"{folder}{os.sep}%",)).fetchone()[0]
 
 
 def git_state(tree: Path) -> dict[str, Any]:
@@ -191,6 +235,11 @@ def main() -> None:
     parser.add_argument("--new", default=str(ROOT),
                         help="the new code: a source tree, or a commit to check out (default: this checkout)")
     parser.add_argument("--no-openclip", action="store_true", help="leave out the OpenCLIP ONNX-vs-torch rows")
+    parser.add_argument("--no-openclip-torch", action="store_true", help="leave out the OpenCLIP rows' PyTorch arm")
+    parser.add_argument("--rclip", action="store_true",
+                        help=f"add rclip 3.3 (own venv) with the OpenCLIP rows' weights file ({RCLIP_ARCH} only)")
+    parser.add_argument("--compare-work", type=Path, default=Path("/tmp/mms-compare"),
+                        help="benchmarks/compare's work folder: rclip's venv, the shared weights, rclip's export")
     parser.add_argument("--openclip-model", default=OPENCLIP,
                         help=f"the OpenCLIP spec of those rows (default {OPENCLIP}; e.g. openclip:ViT-B-32/random "
                              "has ViT-B-32's compute with random weights)")
@@ -200,6 +249,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5")
+    rclip: dict[str, Any] = {}
+    if args.rclip:
+        if args.no_openclip:
+            parser.error("--rclip compares with the OpenCLIP rows: drop --no-openclip")
+        compare = load_compare()
+        if args.openclip_model == OPENCLIP:
+            args.openclip_model = f"openclip:{RCLIP_ARCH}@{compare.ensure_weights(RCLIP_ARCH, args.compare_work)}"
+        arch, _, weights = args.openclip_model.removeprefix("openclip:").partition("@")
+        if arch != RCLIP_ARCH or not weights:
+            parser.error(f"--rclip needs --openclip-model openclip:{RCLIP_ARCH}@FILE (rclip runs {RCLIP_ARCH} only)")
+        venv = compare.setup_venv("rclip", args.compare_work)
+        if venv["install_rc"] != 0:
+            raise SystemExit(f"rclip's venv failed to install: {venv['error']} (log: {venv['log']})")
+        model_dir, export = compare.ensure_rclip_model(arch, Path(weights), args.compare_work)
+        rclip = {"cli": str(Path(venv["venv"]) / "bin" / "rclip"), "model": model_dir, "export": export,
+                 "version": next((f for f in venv["freeze"] if f.lower().startswith("rclip==")), "rclip"),
+                 "onnxruntime": next((f for f in venv["freeze"] if f.lower().startswith("onnxruntime==")), None),
+                 "link_tree": compare.link_tree}
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="mms-cold-query-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -255,22 +322,52 @@ def main() -> None:
                 print(f"built openclip/1k in {builds['openclip/1k']} s", flush=True)
             torch_env = dict(code_env(new_tree, home), MMSEARCH_CACHE_DIR=str(blocker / "cache"))
             arms["openclip-onnx"] = ("openclip", code_env(new_tree, home))
-            arms["openclip-torch"] = ("openclip", torch_env)
-            arm_sizes["openclip-onnx"] = arm_sizes["openclip-torch"] = ["1k"]
+            arm_sizes["openclip-onnx"] = ["1k"]
+            if not args.no_openclip_torch:
+                arms["openclip-torch"] = ("openclip", torch_env)
+                arm_sizes["openclip-torch"] = ["1k"]
+        if rclip:  # rclip's data folder: the exported model (hard links) and its database, indexed once here
+            datadir = work / "rclip-data"
+            if not (datadir / "db.sqlite3").exists():
+                shutil.rmtree(datadir, ignore_errors=True)
+                rclip["link_tree"](rclip["model"], datadir)
+            rclip_env = dict(os.environ, HF_HUB_OFFLINE="1", RCLIP_DATADIR=str(datadir))
+            start = time.perf_counter()
+            run_timed([rclip["cli"], "-f", "-t", str(K), TEXT_QUERY], rclip_env, cwd=images)
+            builds["rclip/1k"] = round(time.perf_counter() - start, 1)
+            indexed = rclip_indexed_rows(datadir, images.resolve())
+            if indexed != args.rows:
+                raise SystemExit(f"rclip indexed {indexed} of the {args.rows} images in {images}")
+            print(f"built rclip/1k in {builds['rclip/1k']} s ({indexed} images in its database)", flush=True)
+            for arm, flags in (("rclip", []), ("rclip-no-indexing", ["--no-indexing"])):
+                arms[arm] = ("rclip", rclip_env)
+                arm_sizes[arm] = ["1k"]
+                rclip[arm] = flags
         print(f"collections: {args.rows} images, {args.big_rows} synthetic rows; built in {builds}", flush=True)
 
         configs = [(size, kind, arm) for size in sizes for kind in ("text", "image") for arm in arms
                    if size in arm_sizes[arm]]
-        hits: dict[str, list[tuple[int, float]]] = {}
-        for size, kind, arm in configs:  # warm-up: file cache, ONNX exports
+
+        def command(size: str, kind: str, arm: str) -> tuple[list[str], dict[str, str], Path]:
             key, env = arms[arm]
-            _, _, stdout = run_timed(query_args(collections[(key, size)], kind), env)
-            hits[f"{size}/{kind}/{arm}"] = top_hits(stdout)
+            if key == "rclip":  # in the indexed folder: rclip searches the folder it runs in
+                what = TEXT_QUERY if kind == "text" else str(IMAGE_QUERY)
+                return [rclip["cli"], *rclip[arm], "-t", str(K), what], env, images
+            return query_args(collections[(key, size)], kind), env, ROOT
+
+        hits: dict[str, list[tuple[int, float]]] = {}
+        files: dict[str, list[tuple[str, float]]] = {}
+        for size, kind, arm in configs:  # warm-up: file cache, ONNX exports
+            _, _, stdout = run_timed(*command(size, kind, arm))
+            files[f"{size}/{kind}/{arm}"] = top_files(stdout, arm)
+            if not arm.startswith("rclip"):
+                hits[f"{size}/{kind}/{arm}"] = top_hits(stdout)
+        if rclip and rclip_indexed_rows(work / "rclip-data", images.resolve()) != args.rows:
+            raise SystemExit("rclip's database changed during the warm-up queries")
         runs: dict[str, list[dict[str, float]]] = {"/".join(c): [] for c in configs}
         for n in range(args.runs):
             for size, kind, arm in configs:
-                key, env = arms[arm]
-                wall, rss, _ = run_timed(query_args(collections[(key, size)], kind), env)
+                wall, rss, _ = run_timed(*command(size, kind, arm))
                 runs[f"{size}/{kind}/{arm}"].append({"wall_s": round(wall, 4), "peak_rss_mib": round(rss, 1)})
             print(f"round {n + 1}/{args.runs} done, load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
@@ -287,32 +384,37 @@ def main() -> None:
         summary[name] = {"median_s": round(statistics.median(walls), 3), "min_s": min(walls), "max_s": max(walls),
                          "median_peak_rss_mib": round(statistics.median(rss), 1), "max_peak_rss_mib": max(rss)}
     pairs = ([("baseline", "new", sizes)] if with_baseline else []) + \
-        ([] if args.no_openclip else [("openclip-torch", "openclip-onnx", ["1k"])])
+        ([] if args.no_openclip or args.no_openclip_torch else [("openclip-torch", "openclip-onnx", ["1k"])]) + \
+        ([("rclip", "openclip-onnx", ["1k"]), ("rclip-no-indexing", "openclip-onnx", ["1k"])] if rclip else [])
     agreement = {}
     for reference, candidate, pair_sizes in pairs:
+        by_file = reference.startswith("rclip")  # rclip has no ids: compare the files
         for size in pair_sizes:
             for kind in ("text", "image"):
-                old, new = hits[f"{size}/{kind}/{reference}"], hits[f"{size}/{kind}/{candidate}"]
+                table = files if by_file else hits
+                old, new = table[f"{size}/{kind}/{reference}"], table[f"{size}/{kind}/{candidate}"]
                 agreement[f"{size}/{kind}/{candidate}-vs-{reference}"] = {
                     "same_ids": [i for i, _ in old] == [i for i, _ in new],
+                    "same_set": len({i for i, _ in old} & {i for i, _ in new}),
                     "max_score_diff": round(max(abs(a - b) for (_, a), (_, b) in zip(old, new)), 6),
                     "reference_top": old[:3], "candidate_top": new[:3],
                 }
 
     print(f"\ncold `mmsearch query`, median of {args.runs} runs (load average {load_before[0]:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores)")
-    print(f"{'rows':<6}{'query':<7}{'arm':<16}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}")
+    print(f"{'rows':<6}{'query':<7}{'arm':<18}{'median s':>10}{'min s':>8}{'max s':>8}{'peak RSS MiB':>14}")
     for size, kind, arm in configs:
         s = summary[f"{size}/{kind}/{arm}"]
-        print(f"{size:<6}{kind:<7}{arm:<16}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
+        print(f"{size:<6}{kind:<7}{arm:<18}{s['median_s']:>10.2f}{s['min_s']:>8.2f}{s['max_s']:>8.2f}"
               f"{s['median_peak_rss_mib']:>14.0f}")
     speed_up = {f"{size}/{kind}/{candidate}-vs-{reference}": round(summary[f"{size}/{kind}/{reference}"]["median_s"]
                                                                    / summary[f"{size}/{kind}/{candidate}"]["median_s"], 2)
                 for reference, candidate, pair_sizes in pairs for size in pair_sizes for kind in ("text", "image")}
     for name, ratio in speed_up.items():
         a = agreement[name]
-        verdict = "same top-5 ids" if a["same_ids"] else "DIFFERENT top-5 ids"
-        print(f"{name}: {ratio:.1f}x faster, {verdict}, max score difference {a['max_score_diff']:.1e}")
+        verdict = ("same top-5 ids" if a["same_ids"] else "DIFFERENT top-5 ids") + \
+            ("" if a["same_ids"] else f" ({a['same_set']} in common)")
+        print(f"{name}: {ratio:.2f}x as fast, {verdict}, max score difference {a['max_score_diff']:.1e}")
 
     record = {
         "benchmark": "cold_query",
@@ -323,7 +425,12 @@ def main() -> None:
         "settings": {"rows": args.rows, "big_rows": args.big_rows, "runs": args.runs, "k": K,
                      "text_query": TEXT_QUERY, "image_query": str(IMAGE_QUERY.relative_to(ROOT)), "model": "builtin",
                      "openclip_model": None if args.no_openclip else args.openclip_model,
-                     "openclip_torch_arm": "MMSEARCH_CACHE_DIR under a regular file: no export, PyTorch",
+                     "openclip_torch_arm": None if args.no_openclip_torch else
+                     "MMSEARCH_CACHE_DIR under a regular file: no export, PyTorch",
+                     "rclip": {"version": rclip["version"], "onnxruntime": rclip["onnxruntime"], "export": rclip["export"],
+                               "arms": {"rclip": "rclip -t K QUERY in the indexed folder (re-walks it, embeds nothing)",
+                                        "rclip-no-indexing": "rclip --no-indexing -t K QUERY"},
+                               "image_query": "rclip -t K /abs/path/IMAGE"} if rclip else None,
                      "images_from": str(args.images), "collections_built_by": "each code its own",
                      "big_index": "IVF1024,Flat" if args.big_rows else None},
         "codes": {**({"baseline": {"commit": commit, "tree": "git worktree"}} if with_baseline else {}),

@@ -237,9 +237,10 @@ def with_probe_queries(opts: IndexOptions, store: Store, modality: str, encoder:
     """The text queries a build needs from the encoder: unrelated ones, whose scores set the index's no-match
     threshold; and, for an image index of a collection with (almost) no texts, generic ones to tune it on (not
     encoded for an exact Flat index, which has nothing to tune)."""
+    from .encoders.text_cache import fixed_text_embeddings
     from .query.calibration import NULL_QUERIES
 
-    opts = dataclasses.replace(opts, null_queries=encoder.encode_texts(list(NULL_QUERIES)))
+    opts = dataclasses.replace(opts, null_queries=fixed_text_embeddings(encoder, NULL_QUERIES))
     other = other_modality(modality)
     if modality != IMAGES or store.manifest.live_rows(other) >= MIN_CROSS_MODAL_QUERIES:
         return opts
@@ -247,7 +248,7 @@ def with_probe_queries(opts: IndexOptions, store: Store, modality: str, encoder:
         return opts
     from .query.probes import PROBE_TEXTS
 
-    return dataclasses.replace(opts, probe_queries=encoder.encode_texts(list(PROBE_TEXTS)))
+    return dataclasses.replace(opts, probe_queries=fixed_text_embeddings(encoder, PROBE_TEXTS))
 
 
 def _approximate(opts: IndexOptions, store: Store, modality: str) -> bool:

@@ -5,7 +5,8 @@ Precedence everywhere: explicit argument (CLI flag) > environment variable > def
 - ``MMSEARCH_MODEL``: default model spec for new collections
 - ``MMSEARCH_COLLECTION``: default collection for queries
 - ``MMSEARCH_HOME``: where mmsearch keeps its small state (the last collection indexed)
-- ``MMSEARCH_CACHE_DIR``: where derived model files are cached (the built-in model's ONNX export)
+- ``MMSEARCH_CACHE_DIR``: where derived model files are cached (ONNX exports, unpacked exemplar banks, label
+  vocabularies)
 - ``MMSEARCH_FAISS_GPU``: ``0`` keeps index training and adding on the CPU even when the installed faiss
   has GPUs (default: use them)
 - ``MMSEARCH_CHAT_URL``, ``MMSEARCH_CHAT_MODEL``, ``MMSEARCH_CHAT_API_KEY``: an OpenAI-compatible chat

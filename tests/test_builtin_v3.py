@@ -146,3 +146,18 @@ def test_v3_end_to_end_on_the_sample(tmp_path) -> None:
     col = mmsearch.open(result.path)
     for query, expected in queries.items():
         assert Path(col.search(query, k=1)[0].uri).stem == expected, query
+
+
+def test_the_shipped_banks_are_unpacked_once_into_the_cache_and_read_from_there(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_emoji_bank(V3_RECIPE, dim=384)
+    folders = list((tmp_path / "cache" / "banks").iterdir())
+    assert [f.name.split("-")[0] for f in folders] == ["builtin_v3_emoji"]
+    with np.load(V3_RECIPE.emoji_path) as packed:
+        unpacked = np.load(folders[0] / "class_bank.npy")
+        assert unpacked.dtype == np.float32 and np.array_equal(unpacked, packed["class_bank"].astype(np.float32))
+    again = load_emoji_bank(V3_RECIPE, dim=384)
+    assert np.array_equal(again.features, first.features) and np.array_equal(again.class_bank, first.class_bank)
+    (tmp_path / "file").write_text("")  # a cache that cannot be made still loads the bank (unpacked every time)
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    assert np.array_equal(load_emoji_bank(V3_RECIPE, dim=384).class_bank, first.class_bank)

@@ -62,35 +62,39 @@ def test_cli_index_flags_and_info_show_tuning(folder, tmp_path, colour_model) ->
     assert bad.exit_code == 1 and "cannot read 'lots' as a size" in bad.output
 
 
-def test_generic_text_probes_are_encoded_only_for_an_index_with_something_to_tune(tmp_path) -> None:
+def test_generic_text_probes_are_encoded_only_for_an_index_with_something_to_tune(tmp_path, monkeypatch) -> None:
     """An image-only collection tunes an approximate image index on generic text probes; an exact Flat one
-    has nothing to tune, so the probes are not encoded (that cost dominated small builds)."""
+    has nothing to tune, so the probes are not encoded (that cost dominated small builds). The no-match queries
+    are encoded once per model: the next build reads them from the model cache."""
     from fakes import ColourEncoder
 
     from mmsearch.api import with_probe_queries
     from mmsearch.indexes import resolve_options
+    from mmsearch.query.calibration import NULL_QUERIES
+    from mmsearch.query.probes import PROBE_TEXTS
     from mmsearch.store import Store
 
     class Counting(ColourEncoder):
-        texts = 0
+        texts: list[str] = []
 
         def encode_texts(self, texts):  # noqa: ANN001, ANN201
-            Counting.texts += len(texts)
+            Counting.texts += list(texts)
             return super().encode_texts(texts)
 
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     out = mmsearch.index(make_colour_folder(tmp_path / "imgs", captions=False), out=tmp_path / "c.mms",
                          model="colour:v1", workers=0).path
     store, encoder = Store.open(out), Counting()
     assert store.manifest.indexes["images"].factory == "Flat"
     flat = resolve_options(store, "images")
-    from mmsearch.query.calibration import NULL_QUERIES
-
-    nulls = len(NULL_QUERIES)  # always encoded: they set the no-match threshold kept with the index
     flat_opts = with_probe_queries(flat, store, "images", encoder)
-    assert flat_opts.probe_queries is None and Counting.texts == nulls and len(flat_opts.null_queries) == nulls
+    assert flat_opts.probe_queries is None and len(flat_opts.null_queries) == len(NULL_QUERIES)
+    assert not set(PROBE_TEXTS) & set(Counting.texts)
+    assert not set(NULL_QUERIES) & set(Counting.texts)  # the build above embedded and kept them
     ivf = resolve_options(store, "images", factory="IVF2,Flat")
     probed = with_probe_queries(ivf, store, "images", encoder).probe_queries
-    assert probed is not None and len(probed) == Counting.texts - 2 * nulls > 0
+    assert probed is not None and len(probed) == len(PROBE_TEXTS)
+    assert set(PROBE_TEXTS) <= set(Counting.texts)
 
 
 def test_the_no_match_threshold_is_computed_at_build_and_kept_in_the_index_record(tmp_path) -> None:

@@ -322,3 +322,25 @@ def test_the_default_models_vocabulary_ships_and_equals_the_encoder(tmp_path) ->
     sample = Vocabulary("sample", [vocabulary.names[i] for i in rows], [vocabulary.prompts[i] for i in rows])
     fresh = vocabulary_embeddings(load_encoder(spec), "sample-only", sample, tmp_path / "cache")
     assert np.min(np.sum(fresh * shipped[rows], axis=1)) > 0.999
+
+
+def test_the_table_cuts_long_paths_before_the_labels(monkeypatch) -> None:
+    from mmsearch.search import Hit
+
+    monkeypatch.setenv("COLUMNS", "100")
+    deep = "/mnt/archive/" + "/".join(["a-rather-long-folder-name"] * 6) + "/IMG_0001.jpg"
+    labels = [{"name": "lighthouse", "confidence": 0.91}, {"name": "coast", "confidence": 0.05}]
+    table = hits_table([Hit(7, 0.5, "image", uri=deep, labels=labels), Hit(8, 0.4, "image", uri="/short.jpg")])
+    lines = table.splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    assert "…" in lines[1] and "IMG_0001.jpg" in lines[1] and "lighthouse 0.91" in lines[1]
+    assert "/short.jpg" in lines[2]
+
+
+def test_the_table_is_not_cut_when_the_output_is_not_a_terminal(monkeypatch) -> None:
+    from mmsearch.search import Hit
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # pytest captures stdout: not a terminal
+    deep = "/mnt/archive/" + "/".join(["a-rather-long-folder-name"] * 6) + "/IMG_0001.jpg"
+    table = hits_table([Hit(7, 0.5, "image", uri=deep, labels=[{"name": "lighthouse", "confidence": 0.91}])])
+    assert deep in table and "lighthouse 0.91" in table

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..api import Build, IndexResult, build_indexes, index, model_for_collection
+from ..encoders.text_cache import FINGERPRINT_TEXT
 from ..errors import IngestError, MissingExtraError
 from ..indexes import IndexInfo, IndexRequest
 from ..ingest import EmbeddedImage, ImageWork, IngestOptions, IngestReport, Progress
@@ -166,7 +167,7 @@ class RayEngine:
             if not opts.distributed_index:
                 return build_indexes(store, report, encoder, request)  # type: ignore[arg-type]
             # the index tasks need the CPUs the actors hold: embed the generic tuning probes, then let the actors go
-            fixed = FixedTextEncoder(encoder, (*PROBE_TEXTS, *NULL_QUERIES))
+            fixed = FixedTextEncoder(encoder, (*PROBE_TEXTS, *NULL_QUERIES, FINGERPRINT_TEXT))  # (text_cache's key)
             pool.close()
             remote_shards = mirror is not None and "memory" not in _protocols(mirror.fs)
             merge_memory_bytes = opts.merge_memory_bytes

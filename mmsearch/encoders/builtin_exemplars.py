@@ -18,7 +18,11 @@ bank holds the world's flags, rendered from the MIT-licensed ``flag-icons`` npm 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,10 +90,40 @@ def read_shipped_bank(path: Path, spec: str, kind: str, builder: str) -> tuple[d
             spec, f"its {kind} bank is missing or unreadable ({exc}); reinstall mmsearch, or rebuild it with "
             f"python tools/{builder}.py (in the mmsearch repository)",
         ) from exc
-    if hashlib.sha256(blob).hexdigest() != record.get("sha256", {}).get(path.name):
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != record.get("sha256", {}).get(path.name):
         raise ModelUnavailableError(spec, f"{path} does not match the sha256 in {record_path.name}; reinstall mmsearch")
-    with np.load(path, allow_pickle=False) as arrays:
-        return record, {name: arrays[name] for name in arrays.files}
+    return record, _unpacked_arrays(path.stem, digest, blob)
+
+
+def _unpacked_arrays(stem: str, digest: str, blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a checked .npz ``blob``, floats as float32. Unzipping and widening them cost a cold image
+    query ~0.15 s, so they are unpacked once into ``banks/<stem>-<sha256>/`` under the model cache
+    (:func:`mmsearch.config.cache_dir`) and memory-mapped from there; an unwritable cache unpacks every time."""
+    from ..config import cache_dir
+
+    folder = cache_dir() / "banks" / f"{stem}-{digest[:16]}"
+    try:
+        names = sorted(folder.glob("*.npy"))
+        if names:  # the folder appears whole (renamed into place) or not at all
+            return {p.stem: np.load(p, mmap_mode="r", allow_pickle=False) for p in names}
+    except (OSError, ValueError):
+        pass  # a damaged cache: unpacked again below (and left as it is)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as packed:
+        arrays = {name: packed[name] for name in packed.files}
+    arrays = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()}
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process put it there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
+    return arrays
 
 
 def load_exemplar_bank(recipe: ExemplarRecipe, dim: int) -> ExemplarBank:
@@ -97,9 +131,9 @@ def load_exemplar_bank(recipe: ExemplarRecipe, dim: int) -> ExemplarBank:
     path = recipe.exemplars_path
     record, arrays = read_shipped_bank(path, recipe.spec, "exemplar", "build_builtin_assets_exemplars")
     bank = ExemplarBank(
-        features=arrays["features"].astype(np.float32),
-        owner=arrays["owner"].astype(np.int64),
-        class_bank=arrays["class_bank"].astype(np.float32),
+        features=np.asarray(arrays["features"], dtype=np.float32),
+        owner=np.asarray(arrays["owner"], dtype=np.int64),
+        class_bank=np.asarray(arrays["class_bank"], dtype=np.float32),
         class_ids=tuple(str(c["id"]) for c in record["classes"]),
     )
     if record.get("feature") != recipe.feature or bank.class_bank.shape[1] != dim:

@@ -106,8 +106,8 @@ def load_emoji_bank(recipe: V3Recipe, dim: int) -> EmojiBank:
     """The emoji bank shipped for ``recipe`` (checked against its JSON record's sha256)."""
     path = recipe.emoji_path
     record, arrays = read_shipped_bank(path, recipe.spec, "emoji", "build_builtin_assets_v3")
-    features = l2_normalise(arrays["features"].astype(np.float32))
-    class_bank = arrays["class_bank"].astype(np.float32)
+    features = l2_normalise(np.asarray(arrays["features"], dtype=np.float32))
+    class_bank = np.asarray(arrays["class_bank"], dtype=np.float32)
     classes = record["classes"]
     if (record.get("feature") != EMOJI_FEATURE or class_bank.shape != (len(classes), dim)
             or features.shape[0] != len(classes)):

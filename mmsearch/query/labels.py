@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
 
 import numpy as np
 
+from ..store.atomic import write_npy_atomic
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -148,15 +150,12 @@ def vocabulary_embeddings(encoder: EncoderSource, spec: str, vocabulary: Vocabul
     sums = np.zeros((len(vocabulary.names), vectors.shape[1]), np.float32)
     np.add.at(sums, owner, vectors)
     out = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")
-        with open(tmp, "wb") as f:
-            np.save(f, out)
-        tmp.replace(path)
+    try:  # a unique temporary per writer: two index runs filling the cache at once do not mix their bytes
+        write_npy_atomic(path, out)
     except OSError as exc:  # a read-only cache costs only the time to embed them again
         log.debug("could not cache label embeddings at %s: %s", path, exc)
     return out
+
 
 
 def top_labels(embeddings: np.ndarray, vocabulary_vectors: np.ndarray, k: int = LABEL_K,

@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 TMP_PREFIX = ".tmp-"
 
@@ -59,6 +59,18 @@ def write_with_atomic(final: Path, writer: Callable[[Path], None]) -> None:
     """Atomically replace ``final`` with whatever ``writer(tmp_path)`` writes."""
     with atomic_path(final) as tmp:
         writer(tmp)
+
+
+def write_npy_atomic(final: Path, array: Any) -> None:
+    """Atomically replace ``final`` with ``array`` in NumPy's .npy format (a unique temporary per writer, so two
+    processes filling the same cache file never mix their bytes)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(final, buffer.getvalue())
 
 
 def remove_stale_temporaries(directory: Path) -> int:
