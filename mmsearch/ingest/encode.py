@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
 import statistics
 import sys
 import time
@@ -58,51 +59,63 @@ def share_cpus_with_workers(encoder: Encoder, workers: int) -> Iterator[None]:
 #: most decode processes the automatic split starts (each holds a decoded window; beyond this the encoder
 #: is the bottleneck on every machine measured)
 MAX_AUTO_WORKERS = 4
-CALIBRATION_IMAGES = 3
+#: batches decoded in this process, beside the encoder, before the split is chosen from their costs
+PROBE_BATCHES = 2
+#: a worker count must beat decoding in this process by this factor (a process costs memory and start-up, and
+#: the model below leaves out the slowdown of an encoder whose threads share their cores with decoders)
+WORKER_MARGIN = 0.9
 
 
-def split_cores(cores: int, decode_s: float, encode_s: float, *, max_workers: int = MAX_AUTO_WORKERS) -> int:
-    """Decode processes for ``cores`` CPUs when one image costs ``decode_s`` to decode (one core) and ``encode_s``
-    to encode (all cores): the count with the least predicted time per image. ``w`` workers take ``decode_s / w``
-    per image while the encoder, on the other ``cores - w``, takes ``encode_s * cores / (cores - w)`` (the slower
-    one sets the pace); no worker decodes in this process, one image after the other: ``decode_s + encode_s``.
-    OpenCLIP's ViT-B-32 on 2 cores costs ~100x its decode: 0 workers, the encoder keeps both cores."""
-    best, best_time = 0, decode_s + encode_s
-    for w in range(1, min(max_workers, cores - 1) + 1):
-        predicted = max(decode_s / w, encode_s * cores / (cores - w))
-        if predicted < best_time * 0.97:  # a worker must win clearly: each costs a process and memory
+def split_cores(cores: int, decode_s: float, encode_s: float, *, ipc_s: float = 0.0,
+                max_workers: int = MAX_AUTO_WORKERS) -> int:
+    """Decode processes for ``cores`` CPUs when one image costs ``decode_s`` to decode (one core), ``encode_s``
+    to encode (all cores) and ``ipc_s`` to send its pixels from a worker (pickle, pipe, unpickle: paid on each
+    side): the count with the least predicted time per image.
+
+    With 0 workers this process decodes while an encoder thread encodes the previous batch
+    (:func:`~.stage.overlapped`): the slower of the decoding thread (``decode_s``) and the cores' total work
+    (``encode_s`` on all of them, plus ``decode_s`` spread over them) sets the pace. ``w`` workers decode
+    ``w`` at a time, but add the pixels' transfer to the cores' work and take nothing off the encoder's:
+    ``max((decode_s + ipc_s) / w, encode_s + (decode_s + 2 * ipc_s) / cores)``. So workers only pay when one
+    decoding thread cannot keep up with the encoder (many cores, a cheap encoder, large images); on 2 cores
+    with the built-in model or ViT-B-32, 0 (measured: one worker made the built-in model 1.7x slower on large
+    PNGs; benchmarks/README.md, Ingest)."""
+    if cores <= 1:
+        return 0
+    best, best_time = 0, max(decode_s, encode_s + decode_s / cores)
+    for w in range(1, min(max_workers, cores) + 1):
+        predicted = max((decode_s + ipc_s) / w, encode_s + (decode_s + 2 * ipc_s) / cores)
+        if predicted < best_time * WORKER_MARGIN:
             best, best_time = w, predicted
     return best
 
 
-def calibrate_workers(batcher: BatchEncoder, settings: Any, paths: Sequence[str]) -> int:
-    """The decode processes for this run, from a short calibration: the first ``paths`` decoded here (timed),
-    then encoded twice (the second timed: the first pays the model's warm-up). A CUDA encoder leaves the CPU to
-    decoding: one worker per core (at most :data:`MAX_AUTO_WORKERS`)."""
-    from .decode import decode_image
+def gpu_workers() -> int:
+    """Decode processes beside a CUDA encoder: it leaves the CPU to decoding, one worker per core (at most
+    :data:`MAX_AUTO_WORKERS`)."""
+    return max(1, min(MAX_AUTO_WORKERS, os.cpu_count() or 1))
 
-    cores = os.cpu_count() or 1
-    if batcher.cuda:
-        return max(1, min(MAX_AUTO_WORKERS, cores))
-    if cores <= 1:
-        return 0
-    timings, pixels = [], []
-    for n, path in enumerate(paths[:CALIBRATION_IMAGES]):
-        start = time.perf_counter()
-        decoded = decode_image(path, settings, n)
-        timings.append(time.perf_counter() - start)
-        if decoded.ok and decoded.pixels is not None:
-            pixels.append(decoded.pixels)
-    if not pixels:
-        return min(MAX_AUTO_WORKERS, cores - 1)
-    batcher.images(pixels)  # warm-up
+
+def transfer_s(decoded: Any) -> float:
+    """Seconds to pickle and unpickle one decoded image, as a worker's pipe does (one side's share of the
+    transfer; the pipe's copies cost about as much again)."""
     start = time.perf_counter()
-    batcher.images(pixels)
-    encode_s = (time.perf_counter() - start) / len(pixels)
-    decode_s = statistics.median(timings)
-    workers = split_cores(cores, decode_s, encode_s)
-    log.info("cores: decode %.1f ms, encode %.1f ms per image on %d cores -> %d decode worker(s)",
-             decode_s * 1e3, encode_s * 1e3, cores, workers)
+    pickle.loads(pickle.dumps(decoded, protocol=pickle.HIGHEST_PROTOCOL))
+    return time.perf_counter() - start
+
+
+def choose_workers(batcher: BatchEncoder, decode_times: Sequence[float], ipc_s: float) -> int:
+    """Decode processes for the rest of a run, from its first batches (:func:`split_cores`): ``decode_times``,
+    this process's decode of each of them, and the encoder's seconds per image so far (both measured while
+    the other ran beside them, as they will). 0 when nothing was encoded yet."""
+    cores = os.cpu_count() or 1
+    if not batcher.encoded_images or not decode_times or cores <= 1:
+        return 0
+    decode_s = statistics.median(decode_times)
+    encode_s = batcher.encode_seconds / batcher.encoded_images
+    workers = split_cores(cores, decode_s, encode_s, ipc_s=ipc_s)
+    log.info("cores: decode %.1f ms, transfer %.2f ms, encode %.1f ms per image on %d cores -> %d decode "
+             "worker(s)", decode_s * 1e3, ipc_s * 1e3, encode_s * 1e3, cores, workers)
     return workers
 
 
@@ -141,6 +154,9 @@ class BatchEncoder:
         self.encoder = encoder
         self.batch_size = batch_size
         self._pinned: Any = None
+        #: images embedded so far and the seconds it took (what :func:`choose_workers` reads)
+        self.encoded_images = 0
+        self.encode_seconds = 0.0
 
     @functools.cached_property
     def device(self) -> str:
@@ -167,7 +183,11 @@ class BatchEncoder:
 
     def images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Embed images from :attr:`worker_transform` (float32, or uint8 to be finished here) -> (N, dim) float32."""
-        return self._chunked(list(pixels), lambda part: self.encoder.encode_images(self._batch(part)))
+        start = time.perf_counter()
+        out = self._chunked(list(pixels), lambda part: self.encoder.encode_images(self._batch(part)))
+        self.encode_seconds += time.perf_counter() - start
+        self.encoded_images += len(out)
+        return out
 
     def _batch(self, pixels: list[np.ndarray]) -> Any:
         batch = self._stack(pixels)

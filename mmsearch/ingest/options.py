@@ -16,7 +16,7 @@ class IngestOptions:
     to ``mmsearch.index(..., ingest=IngestOptions(...))``; a new knob is one field here (plus its CLI flag)."""
 
     batch_size: int = 32
-    workers: int | None = None  # decode processes; 0 decodes in the calling process; None: from a calibration
+    workers: int | None = None  # decode processes; 0 decodes in the calling process; None: chosen from the first batches' costs
     shard_rows: int = 8192  # rows per committed shard: the most work a kill can lose
     decode_timeout_s: float | None = 30.0  # per image; None: no limit
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger (after reduced-size JPEG decode) -> too-large
