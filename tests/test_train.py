@@ -357,6 +357,26 @@ def test_train_cli(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "use it with: --model adapter:" in table.output
 
 
+def test_train_cli_reads_a_csv_table_with_named_columns(tmp_path: Path) -> None:
+    import csv
+
+    from click.testing import CliRunner
+
+    from mmsearch.cli.main import main
+
+    pairs = make_pairs(tmp_path / "photos")
+    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["picture", "words", "group"])
+        writer.writerows([Path(p.image).relative_to(tmp_path), p.text, p.group] for p in pairs)
+    args = ["train", str(tmp_path / "pairs.csv"), "--base", "halves:v1", "--out", str(tmp_path / "ad"), "--epochs", "3"]
+    guessed = CliRunner().invoke(main, args)
+    assert guessed.exit_code != 0 and "--path-column" in guessed.output  # neither column has a known name
+    named = CliRunner().invoke(main, [*args, "--path-column", "picture", "--text-column", "words", "--json"])
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.output[named.output.index("{"):])["pairs"] == 64
+
+
 @pytest.mark.parametrize("weights", ["random", "file"])
 def test_trains_on_an_openclip_base(weights: str, tiny_model: str, tmp_path: Path) -> None:
     """The OpenCLIP backend end to end: features, training, the saved adapter as a model spec, evaluate.

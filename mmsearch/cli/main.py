@@ -419,11 +419,14 @@ def eval_cmd(pairs: str, model: str | None, batch_size: int, device: str | None,
 @click.option("--head", default="linear", show_default=True, type=click.Choice(["linear", "mlp"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", help="torch device for the base model [default: cuda if available].")
+@click.option("--text-column", help="Text column of a .jsonl/.csv/.parquet PAIRS table [default: text, caption, content].")
+@click.option("--path-column", help="Image path column of a PAIRS table [default: path, image, file...].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_library_errors
 def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, head: str, seed: int,
-              device: str | None, as_json: bool) -> None:
-    """Fit an adapter to PAIRS (a captioned image folder or a JSONL of {image, text[, group]}); use it as --model adapter:OUT."""
+              device: str | None, text_column: str | None, path_column: str | None, as_json: bool) -> None:
+    """Fit an adapter to PAIRS (a captioned image folder or a .jsonl/.csv/.parquet table of image paths and texts,
+    optional group column); use it as --model adapter:OUT."""
     from mmsearch.config import default_model
     from mmsearch.train import TrainConfig, train_adapter
 
@@ -434,7 +437,8 @@ def train_cmd(pairs: str, base: str | None, out: str, force: bool, epochs: int, 
                        f"best {p.best_epoch}", err=True)
 
     report = train_adapter(pairs, base=base or default_model(), out=out, force=force, device=device, progress=progress,
-                           config=TrainConfig(epochs=epochs, head=head, seed=seed))
+                           config=TrainConfig(epochs=epochs, head=head, seed=seed), text_column=text_column,
+                           path_column=path_column)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render.train_text(report))
 
 

@@ -158,10 +158,13 @@ class _Selection:
 
 def train_adapter(pairs: Sequence[Pair] | str | Path, *, base: str, out: str | Path, force: bool = False,
                   config: TrainConfig | None = None, device: str | None = None, batch_size: int = 32,
-                  workers: int = 0, progress: Callable[[TrainProgress], None] | None = None) -> TrainReport:
+                  workers: int = 0, progress: Callable[[TrainProgress], None] | None = None,
+                  text_column: str | None = None, path_column: str | None = None) -> TrainReport:
     """Train an adapter for model ``base`` on image-caption ``pairs`` and save it to ``out``.
 
-    ``pairs`` is a list of :class:`~mmsearch.evaluation.Pair`, a captioned image folder or a JSONL file.
+    ``pairs`` is a list of :class:`~mmsearch.evaluation.Pair`, a captioned image folder or a .jsonl/.csv/.parquet
+    table read by :func:`~mmsearch.evaluation.load_pairs` (``text_column`` / ``path_column``: its columns, else
+    guessed).
     ``batch_size`` and ``workers`` apply to computing the base features; ``config`` holds the training
     settings. The result is usable as the model spec ``adapter:OUT``. When the adapter does not beat the
     base model on validation, the identity adapter is saved and ``report.improved`` is False.
@@ -174,7 +177,8 @@ def train_adapter(pairs: Sequence[Pair] | str | Path, *, base: str, out: str | P
     out = Path(out).expanduser().resolve()
     if adapter_exists(out) and not force:
         raise AdapterExistsError(str(out))
-    pairs, merged = clean_pairs(load_pairs(pairs) if isinstance(pairs, (str, Path)) else list(pairs))
+    pairs, merged = clean_pairs(load_pairs(pairs, text_column=text_column, path_column=path_column)
+                                if isinstance(pairs, (str, Path)) else list(pairs))
     _check_enough(count_groups(pairs), config, "")
     encoder = load_encoder(base, device=device)
     feats = base_features(pairs, encoder, out / "cache", batch_size=batch_size, workers=workers)
