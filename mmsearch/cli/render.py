@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import sys
 from typing import Any
@@ -133,11 +134,11 @@ NO_GOOD_MATCH = "no good match in this collection: these are only the closest it
 
 
 def hits_table(hits: list[Any]) -> str:
-    """Ranked hits as an aligned table. For a text query (the only one with ``good_match``), a line separates
-    the good matches from the weak ones, as on the web page, and a first line says when no hit is good."""
+    """Ranked hits as an aligned table. Where hits carry ``good_match``, a line separates the good matches from the
+    weak ones, as on the web page, and a first line says when no hit is good."""
     if not hits:
         return "no results"
-    width = shutil.get_terminal_size((120, 20)).columns
+    width = _table_width()
     with_labels = any(getattr(h, "labels", None) for h in hits)
     rows = []
     for rank, h in enumerate(hits, 1):
@@ -152,10 +153,16 @@ def hits_table(hits: list[Any]) -> str:
     header = ["#", "score", "id", "item", "caption / source", *(["labels"] if with_labels else [])]
     fixed = len(header) - 1
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(fixed)]
+    if with_labels and width is not None:  # long paths give way first (the file name stays); labels keep room
+        room = width - (sum(widths) - widths[ITEM] + 2 * fixed) - min(LABELS_KEPT, max(len(r[-1]) for r in rows))
+        if widths[ITEM] > max(room, ITEM_MIN):
+            widths[ITEM] = max(room, ITEM_MIN)
+            for r in rows:
+                r[ITEM] = _cut_left(r[ITEM], widths[ITEM])
     out = []
     for r in [header, *rows]:
         line = ("  ".join(c.ljust(w) for c, w in zip(r[:fixed], widths)) + "  " + r[fixed]).rstrip()
-        out.append(line[:width] if len(line) > width else line)
+        out.append(line[:width] if width is not None and len(line) > width else line)
     first_weak = next((n for n, h in enumerate(hits) if getattr(h, "good_match", None) is False), None)
     if first_weak == 0:
         out.insert(0, NO_GOOD_MATCH)
@@ -165,6 +172,22 @@ def hits_table(hits: list[Any]) -> str:
 
 
 CAPTION_WIDTH_WITH_LABELS = 40
+
+
+def _table_width() -> int | None:
+    """The width to cut the hits table at: ``$COLUMNS``, else the terminal's; None (whole lines) when the output
+    is not a terminal (a pipe or a file keeps everything)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+ITEM = 3  # the item column of the hits table (an image's path or a text)
+ITEM_MIN = 24  # an item cut for the labels keeps at least this many characters
+LABELS_KEPT = 36  # what the labels column keeps when the line is too wide
+
+
+def _cut_left(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
 def _cut(text: str, width: int) -> str:
