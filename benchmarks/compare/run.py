@@ -2,15 +2,22 @@
 
     python benchmarks/compare/run.py --sizes 100,400            # sets up the peers' venvs on first use
 
+It runs under any Python 3: without psutil and matplotlib at hand it builds a small venv with them
+(``--work``/venvs/harness) and runs itself again there.
+
 What it does, in order:
 
 1. Sets up each peer in its own venv under ``--work`` (default /tmp/mms-compare) with pinned versions from PyPI
    (``PINS``). torch, torchvision, triton and the CUDA wheels are hard-linked from mmsearch's venv first
    (``link_torch.py``), so every contender runs the very same torch build and the ~5 GB of CUDA wheels are not
    copied per venv; pip installs everything else. A peer whose install fails gets a row saying so, with pip's error.
-2. Saves one randomly initialised OpenCLIP model (``--arch``, seed 0) to a file; mmsearch
+2. Saves one randomly initialised OpenCLIP model (``--arch``, default ViT-B-32-256, seed 0) to a file; mmsearch
    (``--model openclip:ARCH@FILE``), clip-retrieval (``--clip_model open_clip:ARCH/FILE``), LanceDB's
-   ``open-clip`` embedding function (``pretrained=FILE``) and the naive loop all load that file.
+   ``open-clip`` embedding function (``pretrained=FILE``) and the naive loop all load that file, and
+   ``peers/rclip_local_model.py`` exports rclip's two ONNX files from it (rclip runs ViT-B-32-256 only, so with
+   another ``--arch`` rclip's row says it was left out). One-time work per weights file happens before the timed
+   cells and is recorded apart: rclip's export, and mmsearch's ONNX export and label vocabulary (an untimed
+   ``mmsearch index`` of 8 images).
 3. Copies real images from ../shared/data (drawings, emoji, flags, photos, interleaved) into ``--corpus``, at
    each size.
 4. For each size and system: the build runs as a user runs it (CLI, or the user's script) in a fresh process,
@@ -19,12 +26,15 @@ What it does, in order:
    text queries: p50 latency in-process after warm-up, recall@10 of the system's search against exact search
    over the system's own stored embeddings with the same query vector, and the stored embeddings themselves,
    compared with the naive loop's (mean cosine per image: the check that everyone ran the same weights).
+   Each (size, system) cell holds the benchmark lock (``--lock``, default /tmp/bench.lock, ``flock``) while it
+   runs, so other timed runs on the machine do not overlap it; do not wrap this script in ``flock`` itself.
 5. Prints one table; writes benchmarks/results/compare.json (raw numbers, errors, pip freeze of every venv) and
    compare.png.
 
-rclip uses its own model (ViT-B-32-256 in ONNX, downloaded from the Hugging Face hub on first run). It is run
-twice: as a user runs it here (no hub: the exact error is recorded) and with the same architecture exported by
-``peers/rclip_local_model.py`` with random weights into its data folder, for throughput and memory only.
+rclip downloads its model (ViT-B-32-256 in ONNX) from the Hugging Face hub on first run unless the files already
+lie in its data folder. It is run twice: as a user runs it here (no hub: the exact error is recorded) and with the
+shared weights file exported into its data folder. Its build is its first ``rclip QUERY`` in the folder (rclip
+indexes the folder it is asked in, then answers); its queries go through ``RClip.search`` (``peers/rclip_query.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +51,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+
+try:
+    import psutil
+except ImportError:  # main() reruns this script in a venv that has it
+    psutil = None
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -67,6 +81,8 @@ PIP_NOTES = {
                       "with setuptools 84.2.1); setuptools==80.10.2 is pinned to run it",
 }
 LINK_TORCH = {"clip-retrieval", "lancedb"}  # rclip runs ONNX Runtime, no torch
+HARNESS = ["psutil", "numpy", "matplotlib", "pillow"]  # what this script needs (see ensure_harness)
+RCLIP_ARCH = "ViT-B-32-256"  # the only architecture rclip 3.3 runs (256 px preprocessing, 512-d vectors)
 
 SOURCES = ["art4apps_words/images", "emoji/openmoji_256", "iso_flags/images", "named_sample_images/images",
            "emoji/google_noto_64"]
@@ -181,6 +197,72 @@ def ensure_weights(arch: str, work: Path) -> Path:
                 "m = open_clip.create_model(sys.argv[1], pretrained=None); torch.save(m.state_dict(), sys.argv[2])")
         subprocess.run([str(MMS_PY), "-c", code, arch, str(path)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return path
+
+
+def ensure_rclip_model(arch: str, weights: Path, work: Path) -> tuple[Path, dict]:
+    """rclip's data folder with its two ONNX files exported from ``weights`` (made once); (folder, export record)."""
+    folder = work / f"rclip-model-{weights.stem}"
+    record = folder / "ViT-B-32-256-datacomp_s34b_b86k" / "export.json"
+    if not record.exists():
+        started = time.perf_counter()
+        subprocess.run([str(MMS_PY), str(PEERS / "rclip_local_model.py"), str(folder), str(weights)], check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        data = json.loads(record.read_text())
+        data["export_s"] = round(time.perf_counter() - started, 1)
+        record.write_text(json.dumps(data, indent=1))
+    data = json.loads(record.read_text())
+    if Path(data["weights"]) != weights.resolve():
+        raise SystemExit(f"{folder} was exported from {data['weights']}, not {weights}: remove it and rerun")
+    return folder, data
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` as a copy of ``source`` made of hard links (the ONNX files are only read)."""
+    for f in source.rglob("*"):
+        if f.is_file():
+            dst = target / f.relative_to(source)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(f, dst)
+
+
+def ensure_harness(work: Path) -> None:
+    """Without psutil (or matplotlib) here, build ``work/venvs/harness`` with them and rerun this script there."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        if psutil is not None:
+            return
+    venv = work / "venvs" / "harness"
+    if os.environ.get("MMS_COMPARE_HARNESS"):
+        raise SystemExit(f"{venv} lacks one of {HARNESS}: remove it and rerun")
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *HARNESS], check=True)
+    os.execve(str(venv / "bin" / "python"), [str(venv / "bin" / "python"), __file__, *sys.argv[1:]],
+              {**os.environ, "MMS_COMPARE_HARNESS": "1"})
+
+
+class BenchLock:
+    """``flock`` on the shared benchmark lock file for one timed cell (no-op when ``path`` is empty)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.file, self.waited_s = path, None, 0.0
+
+    def __enter__(self) -> BenchLock:
+        if self.path:
+            import fcntl
+
+            self.file = open(self.path, "a")
+            started = time.perf_counter()
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+            self.waited_s = time.perf_counter() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
 
 
 def build_corpus(size: int, root: Path) -> Path:
@@ -321,14 +403,14 @@ def run_lancedb(ctx: dict, size: int, corpus: Path, work: Path) -> dict:
 
 def run_rclip(ctx: dict, size: int, corpus: Path, work: Path) -> list[dict]:
     venv = ctx["venvs"]["rclip"]
-    rows = []
     as_user = row("rclip (as a user runs it here)", size, version=" ".join(venv["pins"]))
-    local = row("rclip (own arch ViT-B-32-256, random weights, throughput only)", size, version=" ".join(venv["pins"]))
+    local = row("rclip", size, version=" ".join(venv["pins"]) + " (ONNX files exported from the shared weights)")
     if venv["install_rc"] != 0:
         for r in (as_user, local):
             r.update(status="install failed", error=venv["error"])
         return [as_user, local]
     cli = str(Path(venv["venv"]) / "bin" / "rclip")
+    rows = []
     # 1. as a user runs it: first run downloads the model from the hub, which this machine cannot reach.
     data = work / "rclip-data-empty"
     shutil.rmtree(data, ignore_errors=True)
@@ -338,17 +420,23 @@ def run_rclip(ctx: dict, size: int, corpus: Path, work: Path) -> list[dict]:
         rows.append(failed(as_user, "model download", res))
     else:
         rows.append(finish(as_user, [res], None, None, du_mib(data)))
-    # 2. its architecture, exported locally with random weights (rankings meaningless: throughput and memory only).
+    if ctx["rclip_model"] is None:
+        local.update(status=f"left out: rclip 3.3 runs {RCLIP_ARCH} only, this run's --arch is {ctx['arch']}")
+        return [*rows, local]
+    # 2. the shared weights file, exported to the ONNX files rclip loads; the build is rclip's first query in the folder
     data = work / "rclip-data"
     shutil.rmtree(data, ignore_errors=True)
-    shutil.copytree(ctx["rclip_model"], data)
-    model_bytes = du_mib(data)
-    res = measured([cli, "-f", "-t", "10", "a cat"], cwd=corpus, env={"RCLIP_DATADIR": str(data)}, log=work / "rclip.local.log")
-    if res["rc"] != 0:
-        rows.append(failed(local, "index", res))
-    else:
-        rows.append(finish(local, [res], None, None, du_mib(data) - model_bytes))
-    return rows
+    link_tree(ctx["rclip_model"], data)
+    model_mib = du_mib(data)
+    env = {"RCLIP_DATADIR": str(data)}
+    build = measured([cli, "-f", "-t", "10", "a cat"], cwd=corpus, env=env, log=work / "rclip.build.log")
+    if build["rc"] != 0:
+        return [*rows, failed(local, "index", build)]
+    qres, q = run_query([str(Path(venv["venv"]) / "bin" / "python"), str(PEERS / "rclip_query.py"), str(corpus),
+                         ctx["queries"], str(work / "rclip.q.json")], work / "rclip.q.json", work / "rclip.query.log", env=env)
+    if q is None:
+        return [*rows, failed(local, "query", qres)]
+    return [*rows, finish(local, [build], q, None, du_mib(data) - model_mib)]
 
 
 SYSTEMS = {"mmsearch": run_mmsearch, "clip-retrieval": run_clip_retrieval, "lancedb": run_lancedb, "naive": run_naive,
@@ -376,10 +464,11 @@ def agreement(work: Path, rows: list[dict]) -> None:
     ref = np.load(ref_file)
     ref_map = {str(p): v for p, v in zip(ref["paths"], ref["vectors"])}
     alpha = {p: has_alpha(p) for p in ref_map}
-    files = {"mmsearch": "mmsearch.q.npz", "clip-retrieval": "cr.q.npz", "LanceDB": "lancedb.q.npz"}
+    files = {"mmsearch": "mmsearch.q.npz", "clip-retrieval": "cr.q.npz", "LanceDB": "lancedb.q.npz", "rclip": "rclip.q.npz",
+             "naive loop": "naive.q.npz"}
     for r in rows:
         f = work / files.get(r["system"], "-")
-        if r["status"] != "ok" or not f.exists():
+        if r["status"] != "ok" or not f.exists() or r["system"] == "naive loop":
             continue
         d = np.load(f)
         pairs = [(str(p), float(v @ ref_map[str(p)])) for p, v in zip(d["paths"], d["vectors"]) if str(p) in ref_map]
@@ -390,6 +479,21 @@ def agreement(work: Path, rows: list[dict]) -> None:
         r["cos_vs_naive_opaque_mean"] = float(np.mean(opaque)) if opaque else None
         r["cos_vs_naive_opaque_min"] = float(np.min(opaque)) if opaque else None
         r["cos_vs_naive_n"], r["cos_vs_naive_opaque_n"] = len(cos), len(opaque)
+    top10_vs_mmsearch(work, rows, files)
+
+
+def top10_vs_mmsearch(work: Path, rows: list[dict], files: dict[str, str]) -> None:
+    """Per system, the mean share of mmsearch's text-query top 10 (same 20 queries) that the system also returned."""
+    ours_file = work / "mmsearch.q.json"
+    if not ours_file.exists():
+        return
+    ours = [[str(Path(p).resolve()) for p in hits] for hits in json.loads(ours_file.read_text())["returned"]]
+    for r in rows:
+        f = (work / files.get(r["system"], "-")).with_suffix(".json")
+        if r["status"] != "ok" or not f.exists():
+            continue
+        theirs = [[str(Path(p).resolve()) for p in hits] for hits in json.loads(f.read_text())["returned"]]
+        r["top10_overlap_vs_mmsearch"] = float(np.mean([len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(ours, theirs)]))
 
 
 def fmt(v: object, spec: str) -> str:
@@ -397,16 +501,22 @@ def fmt(v: object, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| system | images | status | end-to-end s | images/s | peak RSS MiB (tree, summed) | peak PSS MiB | index MiB | "
-            "on disk MiB | recall@10 | query p50 ms | cos vs naive | cos vs naive, opaque images |")
-    lines = [head, "|" + "---|" * 13]
+    """The markdown table; "x mmsearch" is a system's images/s over mmsearch's at the same size, same run."""
+    head = ("| system | images | status | end-to-end s | images/s | x mmsearch | peak RSS MiB (tree, summed) | peak PSS MiB | "
+            "index MiB | on disk MiB | recall@10 | query p50 ms | cos vs naive | cos vs naive, opaque images | "
+            "top-10 shared with mmsearch |")
+    lines = [head, "|" + "---|" * 15]
+    ours = {r["images"]: r.get("images_per_s") for r in rows if r["system"] == "mmsearch" and r["status"] == "ok"}
     for r in rows:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: `{r['error']}`"
+        if r.get("images_per_s") and ours.get(r["images"]):
+            r["x_mmsearch"] = r["images_per_s"] / ours[r["images"]]
         cells = [r["system"], str(r["images"]), status] + [
             fmt(r.get(key), spec) for key, spec in (
-                ("wall_s", ".1f"), ("images_per_s", ".2f"), ("peak_rss_mib", ".0f"), ("peak_pss_mib", ".0f"),
+                ("wall_s", ".1f"), ("images_per_s", ".2f"), ("x_mmsearch", ".2f"), ("peak_rss_mib", ".0f"),
+                ("peak_pss_mib", ".0f"),
                 ("disk_index_mib", ".2f"), ("disk_total_mib", ".2f"), ("recall_at_10", ".3f"), ("query_p50_ms", ".1f"),
-                ("cos_vs_naive_mean", ".4f"), ("cos_vs_naive_opaque_mean", ".4f"))]
+                ("cos_vs_naive_mean", ".4f"), ("cos_vs_naive_opaque_mean", ".4f"), ("top10_overlap_vs_mmsearch", ".3f"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -443,16 +553,19 @@ def chart(rows: list[dict], path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,400", help="corpus sizes, comma-separated")
-    parser.add_argument("--arch", default="ViT-S-32", help="OpenCLIP architecture every contender loads (random init)")
+    parser.add_argument("--arch", default=RCLIP_ARCH, help="OpenCLIP architecture every contender loads (random init)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mms-compare"), help="venvs, weights, builds, logs")
     parser.add_argument("--corpus", type=Path, default=Path("/tmp/compare-corpus"))
     parser.add_argument("--out", type=Path, default=RESULTS / "compare.json")
     parser.add_argument("--step-timeout", type=float, default=3600.0, help="seconds; a slower step is killed and reported")
+    parser.add_argument("--lock", default="/tmp/bench.lock",
+                        help="benchmark lock file, held (flock) by each timed cell; '' for none")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: recompute the embedding agreement from the kept run folders and rewrite the "
                              "table, JSON and chart of --out")
     args = parser.parse_args()
+    ensure_harness(args.work)
     os.environ["HF_HUB_OFFLINE"] = "1"
     global STEP_TIMEOUT_S
     STEP_TIMEOUT_S = args.step_timeout
@@ -473,10 +586,19 @@ def main() -> None:
     for name, v in venvs.items():
         print(f"  {name}: {'ok' if v['install_rc'] == 0 else 'FAILED: ' + v['error']}")
     weights = ensure_weights(args.arch, args.work)
-    rclip_model = args.work / "rclip-model"
-    if "rclip" in systems and not (rclip_model / "ViT-B-32-256-datacomp_s34b_b86k" / "textual.onnx").exists():
-        subprocess.run([str(MMS_PY), str(PEERS / "rclip_local_model.py"), str(rclip_model)], check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prepare: dict[str, object] = {}
+    rclip_model = None
+    if "rclip" in systems and args.arch == RCLIP_ARCH:
+        rclip_model, prepare["rclip_export"] = ensure_rclip_model(args.arch, weights, args.work)
+    if "mmsearch" in systems:  # once per weights file: ONNX export and label vocabulary, into mmsearch's model cache
+        few = build_corpus(8, args.corpus)
+        warm = measured([str(MMS_CLI), "index", str(few), "--out", str(args.work / "mmsearch-warmup.mms"), "--model",
+                         f"openclip:{args.arch}@{weights}"], log=args.work / "logs" / "mmsearch.warmup.log")
+        shutil.rmtree(args.work / "mmsearch-warmup.mms", ignore_errors=True)
+        if warm["rc"] != 0:
+            raise SystemExit(f"mmsearch's warm-up index failed: {error_of(warm['log_tail'])}")
+        prepare["mmsearch_warmup_index_8_images_s"] = round(warm["wall_s"], 1)
+    print(f"prepared: {prepare}", flush=True)
     queries = args.work / "queries.json"
     queries.write_text(json.dumps(QUERIES))
     mms_version = subprocess.run([str(MMS_PY), "-c", "import mmsearch; print(mmsearch.__version__)"], capture_output=True,
@@ -493,9 +615,13 @@ def main() -> None:
         size_rows: list[dict] = []
         for name in systems:
             warm_page_cache(corpus)
-            print(f"[{size} images] {name} ...", flush=True)
-            got = SYSTEMS[name](ctx, size, corpus, work)
+            with BenchLock(args.lock) as lock:
+                load = os.getloadavg()[0]
+                print(f"[{size} images] {name} ... (waited {lock.waited_s:.0f} s for the lock, load {load:.1f})", flush=True)
+                got = SYSTEMS[name](ctx, size, corpus, work)
+                load_after = os.getloadavg()[0]
             for r in got if isinstance(got, list) else [got]:
+                r.update(load_avg_1min_before=load, load_avg_1min_after=load_after)
                 print(f"    {r['status']}" + (f" {r['wall_s']:.1f} s" if r.get("wall_s") else "") +
                       (f": {r['error']}" if r.get("error") else ""), flush=True)
                 size_rows.append(r)
@@ -518,6 +644,7 @@ def main() -> None:
         "benchmark": "compare", "date": datetime.date.today().isoformat(), "machine": machine,
         "command": "python benchmarks/compare/run.py " + " ".join(sys.argv[1:]), "arch": args.arch,
         "weights": "random init, torch.manual_seed(0), saved once and loaded by every contender", "queries": QUERIES,
+        "prepare": prepare, "lock": args.lock,
         "venvs": venvs, "rows": rows, "table_markdown": table(rows), "chart_title": title}, indent=1, default=str))
     chart(rows, args.out.with_suffix(".png"), title)
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
