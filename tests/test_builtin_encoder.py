@@ -129,6 +129,27 @@ def test_transform_centre_crops_without_stretching() -> None:
     assert float(pixels.min()) > 0.9  # only the white centre survives the crop
 
 
+@pytest.mark.parametrize("size", [(600, 200), (200, 311), (150, 90), (2000, 1500), (224, 500)])
+def test_resampling_only_the_crop_gives_the_pixels_of_resize_then_crop(size) -> None:
+    """The transform resamples the crop's box of the source, not the whole image: the pixels of resizing the
+    shorter side and then cropping, to the rounding of Pillow's fixed-point filter weights (a source over 6x the crop
+    is box-reduced first: close, not equal). A box off by a pixel would differ by tens of levels on this texture."""
+    rng = np.random.default_rng(sum(size))
+    smooth = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8))
+    image = smooth.resize(size, Image.Resampling.BILINEAR)  # texture at several scales, as photos have
+    scale = 224 / min(size)
+    full = (max(224, round(size[0] * scale)), max(224, round(size[1] * scale)))
+    left, top = (full[0] - 224) // 2, (full[1] - 224) // 2
+    want = np.asarray(image.resize(full, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224)),
+                      dtype=np.int16)
+    got = np.asarray(Lite0Transform(224, 224).resized(image), dtype=np.int16)
+    diff = np.abs(got - want)
+    reduced = min(size) >= 6 * 224
+    assert got.shape == want.shape == (224, 224, 3)
+    assert float(diff.mean()) < (1.0 if reduced else 0.25)
+    assert int(diff.max()) <= (8 if reduced else 3)
+
+
 def test_transparent_pixels_become_white() -> None:
     clear = Image.new("RGBA", (50, 40), (0, 0, 0, 0))
     assert float(Lite0Transform()(clear).min()) == pytest.approx(1.0)
