@@ -109,7 +109,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", type=Path, help="fluentui-emoji-1.3.0.tgz (npm pack)")
     parser.add_argument("--styles", nargs="+", default=["flat"])
-    parser.add_argument("--sets", nargs="+", default=["emoji (noto)"], choices=list(SETS))
+    parser.add_argument("--sets", nargs="*", default=["emoji (noto)"], choices=list(SETS))
+    parser.add_argument("--twemoji", type=Path, help="an unpacked emoji-datasource-twitter 16.0.0 package folder: adds "
+                        "the development set 'twemoji flags' (its 270 flag drawings, which v3 leaves out)")
+    parser.add_argument("--flags", type=Path, help="an unpacked country-flag-icons package folder (npm, MIT; its own "
+                        "3:2 drawings, neither v2's exemplar source nor iso_flags'): adds the development set 'country-"
+                        "flag-icons' (rendered 320 px wide; names from --twemoji's emoji.json)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fluent.json"))
     parser.add_argument("--margins", nargs="+", type=float, default=[0.0],
@@ -139,9 +144,18 @@ def main() -> None:
     if len(args.styles) > 1:
         variants["v3+fluent-" + "+".join(args.styles)] = ([kv for s in args.styles for kv in features[s].items()], 0.0)
     results: dict[str, dict] = {}
-    for set_name in args.sets:
-        loader, kwargs = SETS[set_name]
-        triples = load_set(args.data, loader, kwargs)
+    sets = [(name, *SETS[name]) for name in args.sets]
+    if args.twemoji:
+        sets.insert(0, ("twemoji flags (dev)", "twemoji", {}))
+    if args.flags:
+        sets.insert(0, ("country-flag-icons (dev)", "cfi", {}))
+    for set_name, loader, kwargs in sets:
+        if loader == "cfi":
+            triples = country_flag_icons(args.flags, args.twemoji, Path(tempfile.mkdtemp(prefix="cfi-")))
+        elif loader == "twemoji":
+            triples = twemoji_flags(args.twemoji)
+        else:
+            triples = load_set(args.data, loader, kwargs)
         for name, (extra, margin) in variants.items():
             encoder = variant_encoder(extra, margin)
             r = measure_with(encoder, triples)
@@ -153,6 +167,38 @@ def main() -> None:
                 r["by_category"] = by_category(encoder, triples, args.data)
                 print("    R@10 by query category:", r["by_category"], flush=True)
     args.out.write_text(json.dumps(results, indent=2))
+
+
+def twemoji_flags(package: Path) -> list[tuple[str, str, str]]:
+    """(image, text, group): each Twemoji flag drawing (64 px) and "the flag of {name}" ("Argentina Flag" ->
+    "the flag of Argentina")."""
+    entries = json.loads((package / "emoji.json").read_text(encoding="utf-8"))
+    out = []
+    for e in entries:
+        image = package / "img" / "twitter" / "64" / e["image"]
+        if e["category"] == "Flags" and e.get("has_img_twitter") and image.exists():
+            name = re.sub(r"\s*flag$", "", str(e["name"]), flags=re.IGNORECASE).strip()
+            out.append((str(image), f"the flag of {name}", e["unified"]))
+    return out
+
+
+def country_flag_icons(package: Path, twemoji: Path, out: Path) -> list[tuple[str, str, str]]:
+    """(image, text, group): each 3:2 flag of country-flag-icons whose ISO code Twemoji names (``flag-jp``:
+    "Japan Flag"), rendered 320 px wide as PNG into ``out``, and "the flag of {name}"."""
+    import cairosvg
+
+    names = {}
+    for e in json.loads((twemoji / "emoji.json").read_text(encoding="utf-8")):
+        for short in e.get("short_names") or []:
+            if e["category"] == "Flags" and re.fullmatch(r"flag-[a-z]{2}", short):
+                names[short[5:].upper()] = re.sub(r"\s*flag$", "", str(e["name"]), flags=re.IGNORECASE).strip()
+    triples = []
+    for svg in sorted((package / "3x2").glob("*.svg")):
+        if svg.stem in names:
+            png = out / f"{svg.stem}.png"
+            cairosvg.svg2png(url=str(svg), write_to=str(png), output_width=320)
+            triples.append((str(png), f"the flag of {names[svg.stem]}", svg.stem))
+    return triples
 
 
 def by_category(encoder, triples, data: Path) -> dict[str, float]:
