@@ -32,7 +32,7 @@ def col(tmp_path_factory: pytest.TempPathFactory) -> mmsearch.Collection:
         shutil.copy(SAMPLE / f"{name}.jpg", folder)
         shutil.copy(SAMPLE / f"{name}.txt", folder)
     result = mmsearch.index(folder, out=folder / "c.mms")  # the default model: builtin
-    assert result.model == "builtin:v3" and result.report.images_embedded == len(NAMES)
+    assert result.model == "builtin:v4" and result.report.images_embedded == len(NAMES)
     return mmsearch.open(result.path)
 
 

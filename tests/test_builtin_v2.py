@@ -76,8 +76,9 @@ def photos() -> list[Image.Image]:
     return [Image.open(FIXTURES / f"{name}.jpg").convert("RGB") for name in ("cat", "coffee", "rocket")]
 
 
-def test_spec_is_versioned_and_v3_is_the_default() -> None:
-    assert canonical_spec("builtin") == "builtin:v3"  # v3 (v2 plus emoji) is the default
+def test_spec_is_versioned_and_v4_is_the_default() -> None:
+    assert canonical_spec("builtin") == "builtin:v4"  # v4 (v3 plus a second emoji family) is the default
+    assert canonical_spec("builtin:v3") == "builtin:v3"
     assert canonical_spec("builtin:v1") == "builtin:v1"
     assert canonical_spec("builtin:v2") == "builtin:v2"
     recipe = builtin.get_recipe("v2")

@@ -251,7 +251,7 @@ def _fake_hub_cache(root: Path) -> Path:
 def test_models_lists_the_builtin_model_and_says_how_to_get_openclip(runner, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = runner.invoke(main, ["models"]).output
-    assert "builtin:v3" in out and "the default" in out
+    assert "builtin:v4" in out and "the default" in out
     assert "No OpenCLIP weights" in out and "mmsearch models fetch openclip:" in out and "HF_HUB_CACHE" in out
 
 

@@ -84,7 +84,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(SAMPLE / f"{name}.jpg", folder)
         shutil.copy(SAMPLE / f"{name}.txt", folder)
     result = mmsearch.index(folder, out=folder / "c.mms", model="builtin", workers=0)
-    assert result.model == "builtin:v3"
+    assert result.model == "builtin:v4"
     # the query subprocesses find both graphs in the model cache (exported here, with torch, if missing)
     from mmsearch.encoders.builtin import BuiltinEncoder
 

@@ -313,7 +313,7 @@ def test_the_default_models_vocabulary_ships_and_equals_the_encoder(tmp_path) ->
     index run needs no half-minute of vocabulary encoding: a stale one (vocabulary or text tower changed) fails here."""
     from mmsearch.query.labels import VOCABULARY_DIR
 
-    spec = "builtin:v3"
+    spec = "builtin:v4"  # v3's classes and text tower: it shares v3's file
     vocabulary = vocabulary_for(spec)
     shipped = vocabulary_embeddings(lambda: pytest.fail("the shipped file was not used"), spec, vocabulary,
                                     tmp_path / "cache", dim=384)

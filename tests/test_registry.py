@@ -9,7 +9,7 @@ from mmsearch.errors import ConfigError, ModelUnavailableError
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("builtin", "builtin:v3"),
+    ("builtin", "builtin:v4"),
     ("builtin:v2", "builtin:v2"),
     ("builtin:v1", "builtin:v1"),
     ("openclip:ViT-B-32/laion2b_s34b_b79k", "openclip:ViT-B-32/laion2b_s34b_b79k"),

