@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Proto
 
 from .config import default_collection_for, default_model, remember_collection
 from .encoders.base import Encoder
-from .encoders.registry import canonical_spec, load_encoder
+from .encoders.registry import canonical_spec, load_encoder, spec_for_collection
 from .errors import ConfigError, EncoderMismatchError, MMSearchError
 from .indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolve_options, update_index
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
@@ -198,7 +198,7 @@ class LocalEngine:
 def _spec_for(existing: ModelInfo | None, model: str | None) -> str:
     """The model of a build: the collection's own (``model``, if given, must be it), else ``model`` or the default."""
     if existing is not None:
-        if model is not None and canonical_spec(model) != existing.spec:
+        if model is not None and spec_for_collection(model, existing.spec) is None:
             raise EncoderMismatchError(existing.spec, canonical_spec(model))
         return existing.spec
     return canonical_spec(model or default_model())
@@ -269,7 +269,7 @@ def model_for_collection(root: str | Path, model: str | None = None) -> str:
     root = Path(root).expanduser()
     if (root / MANIFEST_NAME).is_file():
         existing = Store.open(root, lenient=True).manifest.model.spec
-        if model is not None and canonical_spec(model) != existing:
+        if model is not None and spec_for_collection(model, existing) is None:
             raise EncoderMismatchError(existing, canonical_spec(model))
         return existing
     return canonical_spec(model or default_model())

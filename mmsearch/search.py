@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .encoders.base import Encoder
-from .encoders.registry import canonical_spec, load_encoder
+from .encoders.registry import canonical_spec, load_encoder, spec_for_collection
 from .errors import EncoderMismatchError, IndexNotFoundError, MMSearchError, QueryError
 from .indexes import SearchIndex, is_current, load_index
 from .indexes.calibration import ScoreMoments, good_matches, read_moments
@@ -95,7 +95,7 @@ class Collection:
     def __init__(self, store: Store, *, model: str | None = None, device: str | None = None) -> None:
         self._store = store
         spec = store.manifest.model.spec
-        if model is not None and canonical_spec(model) != spec:
+        if model is not None and spec_for_collection(model, spec) is None:
             raise EncoderMismatchError(spec, canonical_spec(model))
         self._device = device
         self._encoder: Encoder | None = None

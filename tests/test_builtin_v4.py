@@ -98,3 +98,32 @@ def test_texts_and_photos_embed_as_in_v3_and_emoji_are_found(v4, v3) -> None:
     for text, expected in {"grinning face": "emoji_grinning_face", "red heart": "emoji_red_heart",
                            "soccer ball": "emoji_soccer_ball"}.items():
         assert names[int((vecs @ v4.encode_texts([text])[0]).argmax())] == expected, text
+
+
+def test_unversioned_builtin_means_the_collections_own_version() -> None:
+    from mmsearch.encoders.registry import spec_for_collection
+
+    assert spec_for_collection("builtin", "builtin:v3") == "builtin:v3"
+    assert spec_for_collection(" builtin ", "builtin:v2") == "builtin:v2"
+    assert spec_for_collection("builtin:v3", "builtin:v3") == "builtin:v3"
+    assert spec_for_collection("builtin:v4", "builtin:v3") is None  # an explicit other version is another model
+    assert spec_for_collection("builtin", "openclip:ViT-B-32/random") is None
+
+
+def test_a_v3_collection_stays_v3_when_indexed_or_opened_with_builtin(tmp_path) -> None:
+    import shutil
+
+    import mmsearch
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("cat_chelsea", "red_bus"):
+        shutil.copy(SAMPLE / f"{name}.jpg", folder)
+    out = tmp_path / "c.mms"
+    assert mmsearch.index(folder, out=out, model="builtin:v3", workers=0).model == "builtin:v3"
+    shutil.copy(SAMPLE / "lighthouse.jpg", folder)
+    again = mmsearch.index(folder, out=out, model="builtin", workers=0)  # e.g. `make demo` after an upgrade
+    assert again.model == "builtin:v3" and again.report.images_embedded == 1
+    assert mmsearch.open(out, model="builtin").search("a red bus", k=1)[0].uri.endswith("red_bus.jpg")
+    with pytest.raises(mmsearch.EncoderMismatchError):
+        mmsearch.index(folder, out=out, model="builtin:v4", workers=0)

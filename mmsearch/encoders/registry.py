@@ -93,6 +93,16 @@ def canonical_spec(spec: str) -> str:
     return str(parse_spec(spec))
 
 
+def spec_for_collection(requested: str, existing: str) -> str | None:
+    """``requested`` as a collection stamped ``existing`` takes it: the unversioned ``builtin`` means the
+    collection's own built-in version (a collection made with ``builtin:v3`` stays v3 when ``builtin`` moves on);
+    None when ``requested`` is another model."""
+    if requested.strip() == "builtin" and existing.startswith("builtin:"):
+        return existing
+    canonical = canonical_spec(requested)
+    return existing if canonical == existing else None
+
+
 _cache: dict[tuple[str, str | None], Encoder] = {}
 _lock = threading.RLock()  # re-entrant: an adapter loads its base model while being built
 
