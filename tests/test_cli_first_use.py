@@ -252,6 +252,7 @@ def test_models_lists_the_builtin_model_and_says_how_to_get_openclip(runner, tmp
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = runner.invoke(main, ["models"]).output
     assert "builtin:v4" in out and "the default" in out
+    assert all(f"builtin:v{n}  built-in (earlier version)" in out for n in (1, 2, 3))  # each still loadable
     assert "No OpenCLIP weights" in out and "mmsearch models fetch openclip:" in out and "HF_HUB_CACHE" in out
 
 

