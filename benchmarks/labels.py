@@ -93,7 +93,7 @@ def main() -> None:
         t0 = time.perf_counter()
         vectors = embed(model, spec, items)
         embed_s = time.perf_counter() - t0
-        indices, confidences = top_labels(vectors, vocab_vectors, LABEL_K, temperature)
+        indices, confidences = top_labels(vectors, vocab_vectors, LABEL_K, temperature, names=list(vocabulary.names))
         top1 = top5 = covered = 0
         for item, row in zip(items, indices):
             want = words(truth(spec.split(":")[0], item))

@@ -344,3 +344,15 @@ def test_the_table_is_not_cut_when_the_output_is_not_a_terminal(monkeypatch) -> 
     deep = "/mnt/archive/" + "/".join(["a-rather-long-folder-name"] * 6) + "/IMG_0001.jpg"
     table = hits_table([Hit(7, 0.5, "image", uri=deep, labels=[{"name": "lighthouse", "confidence": 0.91}])])
     assert deep in table and "lighthouse 0.91" in table
+
+
+def test_rows_that_share_a_name_are_one_label_with_their_summed_confidence() -> None:
+    """ImageNet has two "missile" classes (and v3's emoji two "sunglasses"): a hit shows the name once."""
+    vocab = np.eye(4, dtype=np.float32)
+    emb = np.array([[0.9, 0.0, 0.9, 0.1]], dtype=np.float32)  # rows 0 and 2 both "missile"
+    names = ["missile", "cat", "missile", "dog"]
+    idx, conf = top_labels(emb, vocab, k=3, temperature=10.0, names=names)
+    assert [names[i] for i in idx[0]] == ["missile", "dog", "cat"]
+    plain_idx, plain_conf = top_labels(emb, vocab, k=4, temperature=10.0)
+    assert conf[0, 0] == pytest.approx(plain_conf[0, 0] + plain_conf[0, 1])  # both missile rows, summed
+    assert top_labels(emb, vocab, k=9, names=names)[0].shape == (1, 3)  # at most the distinct names

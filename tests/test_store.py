@@ -213,3 +213,24 @@ def test_a_manifest_without_id_ranges_or_with_unknown_shard_fields_is_read(tmp_p
     reopened = Store.open(root)
     assert [s.id_min for s in reopened.manifest.shards["texts"]] == [None, None]
     assert sorted(reopened.embeddings_by_id("texts", [0, 2])) == [0, 2]  # the footers decide, as before
+
+
+@pytest.mark.parametrize(("values", "type_name"), [
+    ([1, 2, None], "int64"), (np.arange(5), "int64"), ([3, None], "int32"), ([1.5, None, 2.0], "float64"),
+    (np.float16([1, 2]), "float16"), ([True, False, None], "bool"), (np.array([True, False] * 9), "bool"),
+    (["a", "é漢", None, ""], "string"), ([], "string"), ([], "int64"), (np.array(["x", "y"], dtype=object), "string"),
+    ([["a", "b"], [], None, ["c"]], "list<string>"), ([[0.5, 0.25], []], "list<float>"), ([], "list<float>"),
+])
+def test_arrow_arrays_from_buffers_equal_pyarrows(values, type_name) -> None:
+    """The store's array builder (no pandas import) gives what ``pyarrow.array`` gives, nulls included."""
+    import pyarrow as pa
+
+    from mmsearch.store import arrow
+
+    types = {"int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "float16": pa.float16(),
+             "bool": pa.bool_(), "string": pa.string(), "list<string>": pa.list_(pa.string()),
+             "list<float>": pa.list_(pa.float32())}
+    got = arrow.array(values, types[type_name])
+    got.validate(full=True)
+    expected = pa.array(values, type=types[type_name])
+    assert got.equals(expected) and got.null_count == expected.null_count

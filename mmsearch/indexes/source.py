@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..store import ShardInfo, Store
+from ..store import ShardInfo, Store, arrow
 from ..store.schema import embeddings_to_numpy
 
 Batch = tuple[np.ndarray, np.ndarray]  # (ids int64 (n,), vectors float32 (n, dim))
@@ -27,7 +27,7 @@ def read_shard(store: Store, shard: ShardInfo, *, ids: np.ndarray | None = None)
 
 
 def _as_batch(table: pa.Table, dim: int) -> Batch:
-    return table.column("id").to_numpy().astype(np.int64), embeddings_to_numpy(table.column("embedding"), dim)
+    return arrow.int64_values(table.column("id")), embeddings_to_numpy(table.column("embedding"), dim)
 
 
 def iter_batches(store: Store, shards: Sequence[ShardInfo], batch_rows: int) -> Iterator[Batch]:
@@ -71,7 +71,8 @@ def sample(store: Store, modality: str, rows: int, *, seed: int) -> Batch:
     for shard in shards:
         table = store.read_shard(shard, ["id", "embedding"])
         keep = rng.random(table.num_rows) < share
-        parts.append(_as_batch(table.filter(pa.array(keep)), store.manifest.model.dim))  # converts the kept rows only
+        kept = table.filter(arrow.array(keep, pa.bool_()))
+        parts.append(_as_batch(kept, store.manifest.model.dim))  # converts the kept rows only
     ids, vectors = _concat(parts, store.manifest.model.dim)
     return ids[:rows], vectors[:rows]
 

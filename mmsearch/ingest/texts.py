@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..store import arrow
 from .corpora import TextRecord, iter_text_records
 from .job import Job
 
@@ -64,7 +66,7 @@ def _existing(job: Job, source: str) -> tuple[dict[str, tuple[int, int]], dict[t
     of its deleted rows (the latest one of each)."""
     store = job.store
     table = store.scan("texts", ["id", "source", "key", "text"], include_deleted=True)
-    table = table.filter(pc.equal(table.column("source"), source)).to_pydict()
+    table = table.filter(pc.equal(table.column("source"), arrow.scalar(source, pa.string()))).to_pydict()
     deleted = set(store.manifest.deleted["texts"])
     live, gone = {}, {}
     for i, k, t in zip(table["id"], table["key"], table["text"]):

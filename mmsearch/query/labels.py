@@ -164,10 +164,13 @@ def vocabulary_embeddings(encoder: EncoderSource, spec: str, vocabulary: Vocabul
 
 
 def top_labels(embeddings: np.ndarray, vocabulary_vectors: np.ndarray, k: int = LABEL_K,
-               temperature: float = TEMPERATURE) -> tuple[np.ndarray, np.ndarray]:
+               temperature: float = TEMPERATURE, names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices (n, k) of the ``k`` best vocabulary rows for each embedding, best first, and their softmax
-    confidences (over the whole vocabulary, at ``temperature``)."""
-    k = min(k, len(vocabulary_vectors))
+    confidences (over the whole vocabulary, at ``temperature``). With ``names`` (one per row), rows that share a
+    name count as one label: the first row of the name, with the confidence of them all (ImageNet has two
+    "missile" classes, and a hit should not show "missile" twice at half the confidence)."""
+    groups = _same_name_groups(names) if names is not None else []
+    k = min(k, len(vocabulary_vectors) - sum(len(g) - 1 for g in groups))
     indices = np.zeros((len(embeddings), k), np.int64)
     confidences = np.zeros((len(embeddings), k), np.float32)
     for start in range(0, len(embeddings), BATCH_ROWS):
@@ -175,12 +178,23 @@ def top_labels(embeddings: np.ndarray, vocabulary_vectors: np.ndarray, k: int = 
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
+        for first, *others in groups:
+            probs[:, first] += probs[:, others].sum(axis=1)
+            probs[:, others] = -1.0  # never among the best
         top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
         indices[start:start + len(top)] = top
         confidences[start:start + len(top)] = np.take_along_axis(probs, top, axis=1)
     return indices, confidences
+
+
+def _same_name_groups(names: list[str]) -> list[list[int]]:
+    """The row numbers of each name that more than one row has, first row first."""
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        rows.setdefault(name, []).append(i)
+    return [group for group in rows.values() if len(group) > 1]
 
 
 def update_labels(store: Store, encoder: EncoderSource, *, modality: str = "images", cache: Path | None = None,
@@ -193,6 +207,8 @@ def update_labels(store: Store, encoder: EncoderSource, *, modality: str = "imag
     embedding is not cached yet: an index run with nothing new, or with the cache warm, loads no model).
     ``vocabulary`` replaces the model's own (:func:`vocabulary_for`), e.g. a domain's names."""
     import pyarrow as pa
+
+    from ..store import arrow
 
     spec = store.manifest.model.spec
     vocabulary = vocabulary or vocabulary_for(spec)
@@ -221,19 +237,20 @@ def update_labels(store: Store, encoder: EncoderSource, *, modality: str = "imag
     if old is not None and len(old):
         keep = np.isin(_ids(old), live_ids)
         dropped = int((~keep).sum())
-        kept_parts.append(old.filter(pa.array(keep)) if dropped else old)
+        kept_parts.append(old.filter(arrow.array(keep, pa.bool_())) if dropped else old)
     scored = int(sum(len(i) for i in new_ids))
     if not scored and not dropped and (old is not None or not len(live_ids)):
         return 0
     if scored:
         vectors = vocabulary_embeddings(encoder, spec, vocabulary, cache, dim=store.manifest.model.dim)
-        indices, confidences = top_labels(np.concatenate(new_vectors), vectors, LABEL_K, temperature)
+        indices, confidences = top_labels(np.concatenate(new_vectors), vectors, LABEL_K, temperature,
+                                          names=list(vocabulary.names))
         names = np.asarray(vocabulary.names, dtype=object)
         kept_parts.append(pa.table({
-            "id": pa.array(np.concatenate(new_ids), pa.int64()),
-            "labels": pa.array([list(names[row]) for row in indices], pa.list_(pa.string())),
-            "confidences": pa.array([[round(float(c), 4) for c in row] for row in confidences],
-                                    pa.list_(pa.float32())),
+            "id": arrow.array(np.concatenate(new_ids), pa.int64()),
+            "labels": arrow.array([list(names[row]) for row in indices], pa.list_(pa.string())),
+            "confidences": arrow.array([[round(float(c), 4) for c in row] for row in confidences],
+                                       pa.list_(pa.float32())),
         }))
     table = pa.concat_tables(kept_parts) if kept_parts else _empty()
     store.write_labels(modality, table, about)
@@ -274,6 +291,8 @@ def _ids(table: pa.Table) -> np.ndarray:
 def _empty() -> pa.Table:
     import pyarrow as pa
 
-    return pa.table({"id": pa.array([], pa.int64()), "labels": pa.array([], pa.list_(pa.string())),
-                     "confidences": pa.array([], pa.list_(pa.float32()))})
+    from ..store import arrow
+
+    return pa.table({"id": arrow.array([], pa.int64()), "labels": arrow.array([], pa.list_(pa.string())),
+                     "confidences": arrow.array([], pa.list_(pa.float32()))})
 

@@ -247,6 +247,8 @@ def _save_new_deletions(root: Path, manifest: Manifest, modality: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from . import arrow
+
     files, ids = manifest.deletion_files[modality], manifest.deleted[modality]
     saved = sum(int(f["rows"]) for f in files)
     if len(ids) == saved:
@@ -260,7 +262,7 @@ def _save_new_deletions(root: Path, manifest: Manifest, modality: str) -> None:
     else:
         kept, new = files, ids[saved:]
     rel = f"{DELETED_DIR}/{modality}-{number:05d}.parquet"
-    table = pa.table({"id": pa.array(new, pa.int64())})
+    table = pa.table({"id": arrow.array(new, pa.int64())})
     (root / DELETED_DIR).mkdir(exist_ok=True)
     write_with_atomic(root / rel, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     manifest.deletion_files[modality] = [*kept, {"file": rel, "rows": len(new), "sha256": file_sha256(root / rel),

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
+from . import arrow
 from .manifest import FORMAT_VERSION, ModelInfo
 
 EMBEDDING_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
@@ -50,15 +51,26 @@ def shard_schema(modality: str, model: ModelInfo, embedding_dtype: str) -> pa.Sc
 def embedding_array(vectors: np.ndarray, embedding_dtype: str) -> pa.FixedSizeListArray:
     """(N, dim) float array -> Arrow fixed-size list array, zero-copy where the dtype matches."""
     flat = np.ascontiguousarray(vectors, dtype=np.dtype(embedding_dtype)).reshape(-1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat), vectors.shape[1])
+    return pa.FixedSizeListArray.from_arrays(arrow.array(flat, EMBEDDING_DTYPES[embedding_dtype]), vectors.shape[1])
 
 
 def embeddings_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     """A fixed-size list column -> (N, dim) float32 numpy array."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float32).reshape(-1, dim)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [_chunk_to_numpy(chunk, dim) for chunk in chunks if len(chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def _chunk_to_numpy(chunk: pa.FixedSizeListArray, dim: int) -> np.ndarray:
+    """One chunk's vectors, read from the values buffer (``to_numpy`` of a float16 array imports pandas)."""
+    values = chunk.values  # the child array, without the chunk's own offset
+    dtype = {pa.float16(): np.float16, pa.float32(): np.float32}.get(values.type)
+    if dtype is None or chunk.null_count or values.null_count:
+        flat = chunk.flatten().to_numpy(zero_copy_only=False)
+        return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+    start = (chunk.offset * dim) + values.offset
+    flat = np.frombuffer(values.buffers()[1], dtype=dtype)[start:start + len(chunk) * dim]
+    return flat.astype(np.float32).reshape(-1, dim)
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> None:

@@ -35,6 +35,7 @@ from ..errors import (
     StoreError,
     VersionGoneError,
 )
+from . import arrow
 from .atomic import file_sha256, write_bytes_atomic, write_with_atomic
 from .lock import DEFAULT_WAIT_S, WriterLock
 from .manifest import (
@@ -406,7 +407,7 @@ class Store:
             raise CorruptShardError(str(path), f"{rows} rows, manifest says {shard.rows}")
         if wanted is None:
             return table if include_deleted else self._drop_deleted(_modality_of(shard), table)
-        have = _int64_values(table.column("id"))
+        have = arrow.int64_values(table.column("id"))
         keep = np.isin(have, wanted)
         deleted = self.manifest.deleted[_modality_of(shard)]
         if not include_deleted and deleted and keep.any():
@@ -426,7 +427,7 @@ class Store:
         dim = self.manifest.model.dim
         for shard in self.manifest.shards[modality]:
             table = self.read_shard(shard, ["id", "embedding"])
-            yield table.column("id").to_numpy(), embeddings_to_numpy(table.column("embedding"), dim)
+            yield arrow.int64_values(table.column("id")), embeddings_to_numpy(table.column("embedding"), dim)
 
     def read_extra(self, modality: str, *, ids: np.ndarray | Sequence[int] | None = None) -> pa.Table | None:
         """The user metadata columns of ``modality`` (with ``id``), or None when there are none; with ``ids``,
@@ -477,7 +478,7 @@ class Store:
                 continue
             vectors = embeddings_to_numpy(table.column("embedding"), self.manifest.model.dim)
             self._check_norms(shard, vectors)
-            found.update(zip(_int64_values(table.column("id")).tolist(), vectors))
+            found.update(zip(arrow.int64_values(table.column("id")).tolist(), vectors))
         return found
 
     def _check_norms(self, shard: ShardInfo, vectors: np.ndarray) -> None:
@@ -495,7 +496,7 @@ class Store:
             return table
         import pyarrow.compute as pc
 
-        mask = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(deleted, pa.int64())))
+        mask = pc.invert(pc.is_in(table.column("id"), value_set=arrow.array(deleted, pa.int64())))
         return table.filter(mask)
 
     def _gone_or_corrupt(self, rel: str, exc: OSError) -> StoreError:
@@ -539,17 +540,10 @@ def _row_groups_holding(parquet: pq.ParquetFile, ids: np.ndarray) -> list[int]:
     return groups
 
 
-def _int64_values(column: pa.ChunkedArray) -> np.ndarray:
-    """A non-null int64 column as numpy, read from its buffers: ``to_numpy`` imports pandas (~0.3 s cold)."""
-    parts = [np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset:chunk.offset + len(chunk)]
-             for chunk in column.chunks if len(chunk)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
 def rows_with_ids(table: pa.Table, ids: np.ndarray | Sequence[int]) -> pa.Table:
     """The rows of ``table`` whose ``id`` is one of ``ids``, in table order (imports neither pandas nor
     pyarrow.compute: a cold query pays for neither)."""
-    return _rows_where(table, np.isin(_int64_values(table.column("id")), np.asarray(ids, dtype=np.int64)))
+    return _rows_where(table, np.isin(arrow.int64_values(table.column("id")), np.asarray(ids, dtype=np.int64)))
 
 
 def _rows_where(table: pa.Table, keep: np.ndarray) -> pa.Table:
@@ -560,7 +554,7 @@ def _rows_where(table: pa.Table, keep: np.ndarray) -> pa.Table:
     edges = np.flatnonzero(np.diff(np.concatenate(([False], keep, [False])).astype(np.int8)))
     runs = list(zip(edges[::2].tolist(), edges[1::2].tolist()))
     if len(runs) > 64:
-        return table.filter(pa.array(keep))
+        return table.filter(arrow.array(keep, pa.bool_()))
     if not runs:
         return table.slice(0, 0)
     return pa.concat_tables([table.slice(start, stop - start) for start, stop in runs])

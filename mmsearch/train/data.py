@@ -178,12 +178,13 @@ def _write_cache(path: Path, key: str, f: Features) -> None:
     """Two Parquet files (uri|text, embedding as a fixed-size list), readable by any Arrow tool."""
     import pyarrow as pa
 
+    from ..store import arrow
     from ..store.atomic import write_with_atomic
     from ..store.schema import embedding_array, write_parquet
 
     path.mkdir(parents=True, exist_ok=True)
     meta = {b"mmsearch-train": json.dumps({"key": key, "skipped": f.skipped_images}).encode()}
     for name, column, values, vecs in (("images", "uri", f.image_uris, f.image_vecs), ("texts", "text", f.texts, f.text_vecs)):
-        table = pa.table({column: pa.array(values, pa.string()), "embedding": embedding_array(vecs, "float32")})
+        table = pa.table({column: arrow.array(values, pa.string()), "embedding": embedding_array(vecs, "float32")})
         table = table.replace_schema_metadata(meta)
         write_with_atomic(path / f"{name}.parquet", lambda tmp, t=table: write_parquet(t, tmp))
