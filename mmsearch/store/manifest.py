@@ -71,8 +71,7 @@ class ShardInfo:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], id_range: Any = None) -> ShardInfo:
         """Parse a manifest entry (fields this version does not know are ignored), with its id range if recorded."""
-        known = {f.name for f in fields(cls)} - {"id_min", "id_max"}
-        info = cls(**{k: v for k, v in raw.items() if k in known})
+        info = cls(**{k: v for k, v in raw.items() if k in _SHARD_FIELDS})
         if isinstance(id_range, list) and len(id_range) == 2:
             info = replace(info, id_min=int(id_range[0]), id_max=int(id_range[1]))
         return info
@@ -108,6 +107,19 @@ class Manifest:
             out += record.needed_files()
         out += [info["file"] for info in self.extra.values() if info]
         out += [info["file"] for info in self.labels.values() if info]
+        return out
+
+    @staticmethod
+    def listed_files(data: dict[str, Any]) -> list[str]:
+        """:meth:`files` of the manifest dict ``data`` (a version file's JSON), without parsing its entries:
+        the clean-up lists the files of every kept version on each write, and a version lists every shard."""
+        out = [s["file"] for m in MODALITIES for s in data["shards"].get(m, [])]
+        deleted = data.get("deleted", {})
+        out += [f["file"] for m in MODALITIES for f in _listed_deletion_files(deleted.get(m))]
+        for raw in dict(data.get("indexes", {})).values():
+            out += IndexRecord.from_dict(raw).needed_files()
+        out += [info["file"] for info in dict(data.get("extra", {})).values() if info]
+        out += [info["file"] for info in dict(data.get("labels", {})).values() if info]
         return out
 
     def rows(self, modality: str) -> int:
@@ -146,8 +158,7 @@ class Manifest:
                 embedding_dtype=data["embedding_dtype"],
                 format_version=FORMAT_VERSION,  # what it is written as from now on
                 next_id=int(data["next_id"]),
-                shards={m: [ShardInfo.from_dict(s, dict(data.get("shard_id_ranges", {}).get(m, {})).get(s.get("file")))
-                            for s in data["shards"].get(m, [])] for m in MODALITIES},
+                shards={m: _shards(data, m) for m in MODALITIES},
                 deleted={m: _inline_ids(data["deleted"].get(m)) for m in MODALITIES},
                 deletion_files={m: _listed_deletion_files(data["deleted"].get(m)) for m in MODALITIES},
                 indexes={m: IndexRecord.from_dict(r) for m, r in dict(data.get("indexes", {})).items()},
@@ -160,6 +171,15 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"manifest is malformed: {exc!r}") from exc
+
+
+_SHARD_FIELDS = frozenset(f.name for f in fields(ShardInfo)) - {"id_min", "id_max"}
+
+
+def _shards(data: dict[str, Any], modality: str) -> list[ShardInfo]:
+    """The shard entries of ``modality`` in a manifest dict, with the id ranges recorded beside them."""
+    ranges = dict(data.get("shard_id_ranges", {}).get(modality, {}))
+    return [ShardInfo.from_dict(s, ranges.get(s.get("file"))) for s in data["shards"].get(modality, [])]
 
 
 def _inline_ids(entry: Any) -> list[int]:

@@ -36,7 +36,7 @@ def vacuum(store, retention_s: float) -> dict[str, int]:  # noqa: ANN001 - a Sto
             break
         superseded_at = _published_at(root, newer)
         if now - superseded_at < retention_s:
-            continue
+            break  # versions are published in order: every later one was superseded later still
         if remove_if_unleased(root, older):
             removed += 1
         else:
@@ -52,9 +52,12 @@ def referenced_files(store) -> set[str]:  # noqa: ANN001
     """Every file the store's manifest (a writer's draft included) or any version file lists."""
     refs = set(store.manifest.files())
     for number in list_versions(store.root):
-        manifest = _light(version_path(store.root, number))
-        if manifest is not None:
-            refs.update(manifest.files())
+        data = _version_data(version_path(store.root, number))
+        if data is not None:
+            try:
+                refs.update(Manifest.listed_files(data))
+            except (KeyError, TypeError, AttributeError, ValueError, MMSearchError):
+                pass  # a malformed version keeps nothing alive, as an unreadable one
     return refs
 
 
@@ -84,13 +87,17 @@ def remove_unreferenced(store) -> int:  # noqa: ANN001
 
 
 def _published_at(root: Path, number: int) -> float:
-    manifest = _light(version_path(root, number))
-    return manifest.updated_at if manifest is not None else 0.0
-
-
-def _light(path: Path) -> Manifest | None:
-    """A version file's manifest without reading its deletion files (None when unreadable)."""
+    data = _version_data(version_path(root, number))
     try:
-        return Manifest.from_dict(json.loads(path.read_bytes()))
-    except (OSError, ValueError, MMSearchError):
+        return float(data["updated_at"]) if data is not None else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def _version_data(path: Path) -> dict | None:
+    """A version file's JSON (None when unreadable or not a JSON object)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
