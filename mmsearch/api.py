@@ -15,6 +15,7 @@ from .encoders.base import Encoder
 from .encoders.registry import canonical_spec, load_encoder, spec_for_collection
 from .errors import ConfigError, EncoderMismatchError, MMSearchError
 from .indexes import IndexInfo, IndexOptions, IndexRequest, needs_update, resolve_options, update_index
+from .indexes.compaction import compact_shards
 from .indexes.faiss_index import MIN_CROSS_MODAL_QUERIES
 from .modality import IMAGES
 from .modality import other as other_modality
@@ -125,6 +126,7 @@ def index(
             # each image's top concepts, for hits, filters and evidence (the stage encodes the vocabulary, once
             # per model: it is cached); rows labelled before are kept
             update_labels(store, build.stage)
+            compact_shards(store, ingest_opts.shard_rows)  # runs of small shards (few-row writes) become one file
         store.vacuum(retention_s)
         spec = store.manifest.model.spec
     if build.remember:

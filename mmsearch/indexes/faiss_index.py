@@ -80,6 +80,19 @@ def is_current(store: Store, modality: str) -> bool:
     return info is not None and info.fingerprint == fingerprint(store, modality)
 
 
+def follow_merged_shards(store: Store, modality: str) -> None:
+    """After :func:`mmsearch.store.compact.compact` rewrote shards of ``modality`` (same rows, new files): an index
+    that was current before (the caller checked, with :func:`is_current`) holds every row still, so its record
+    now names the new shards instead of being rebuilt for them."""
+    info = store.manifest.indexes.get(modality)
+    if info is None:
+        return
+    info = dataclasses.replace(info, shards=[shard_key(s) for s in store.manifest.shards[modality]],
+                               fingerprint=fingerprint(store, modality))
+    write_bytes_atomic(store.root / INDEX_DIR / f"{modality}.json", json.dumps(asdict(info), indent=2).encode())
+    store.manifest.indexes[modality] = info
+
+
 def needs_update(store: Store, modality: str, options: IndexOptions) -> bool:
     """True when the saved index is stale or was built with other options."""
     saved = store.manifest.indexes.get(modality)

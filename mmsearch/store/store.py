@@ -275,18 +275,42 @@ class Store:
         _check_modality(modality)
         self._require_writer()
         schema = shard_schema(modality, self.manifest.model, self.manifest.embedding_dtype)
-        arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name != "embedding"]
+        arrays = [arrow.array(columns[f.name], f.type) for f in schema if f.name != "embedding"]
         arrays.append(embedding_array(embeddings, self.manifest.embedding_dtype))
-        table = pa.Table.from_arrays(arrays, schema=schema)
+        info = self._write_table(modality, pa.Table.from_arrays(arrays, schema=schema))
+        self.manifest.shards[modality].append(info)
+        self._dirty = True
+        return info
+
+    def merge_shards(self, modality: str, run: Sequence[ShardInfo], max_rows: int) -> list[ShardInfo]:
+        """Rewrite ``run`` (consecutive shards of ``modality``) as shards of at most ``max_rows`` rows holding the
+        same rows in the same order, deleted ones included (deletions stay tombstones on ids), and list them in
+        its place; :meth:`commit` makes it count. The old files stay for the versions that list them."""
+        _check_modality(modality)
+        self._require_writer()
+        listed = self.manifest.shards[modality]
+        start = next((i for i, s in enumerate(listed) if s.file == run[0].file), -1) if run else -1
+        if start < 0 or [s.file for s in listed[start:start + len(run)]] != [s.file for s in run]:
+            raise StoreError(f"merge_shards: not a run of consecutive {modality} shards of this version")
+        schema = shard_schema(modality, self.manifest.model, self.manifest.embedding_dtype)
+        parts = [self.read_shard(s, schema.names, include_deleted=True) for s in run]
+        table = pa.concat_tables([pa.Table.from_arrays([t.column(n) for n in schema.names], schema=schema)
+                                  for t in parts])
+        merged = [self._write_table(modality, table.slice(i, max_rows)) for i in range(0, table.num_rows, max_rows)]
+        listed[start:start + len(run)] = merged
+        self._dirty = True
+        log.debug("merged %d %s shards (%d rows) into %d", len(run), modality, table.num_rows, len(merged))
+        return merged
+
+    def _write_table(self, modality: str, table: pa.Table) -> ShardInfo:
+        """Write ``table`` (the shard schema) as a new shard file of ``modality``: its entry, not yet listed."""
         rel = f"{modality}/part-{self._next_shard_number(modality):05d}.parquet"
         write_with_atomic(self.root / rel, lambda tmp: write_parquet(table, tmp))
         stamp = file_stamp(self.root / rel)
-        ids = _int64_values(table.column("id"))
+        ids = arrow.int64_values(table.column("id"))
         info = ShardInfo(file=rel, rows=table.num_rows, sha256=file_sha256(self.root / rel), created_at=time.time(),
                          bytes=stamp["bytes"], mtime_ns=stamp["mtime_ns"],
                          id_min=int(ids.min()) if len(ids) else None, id_max=int(ids.max()) if len(ids) else None)
-        self.manifest.shards[modality].append(info)
-        self._dirty = True
         log.debug("wrote %s (%d rows)", rel, info.rows)
         return info
 
