@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from synthetic_vectors import add_rows, clustered, make_store
@@ -92,3 +94,69 @@ def test_no_rows_left_removes_the_index(tmp_path) -> None:
     store.mark_deleted("images", ids.tolist())
     store.commit()
     assert update_index(store, "images") is None and "images" not in store.manifest.indexes
+
+
+def test_small_updates_keep_the_tuning_and_moments_until_enough_rows_changed(tmp_path) -> None:
+    """A few rows added or deleted keep the tuned parameters and the score moments (tuning reads every shard, the
+    moments every row) until the changes since tuning pass RETUNE_SHARE of the rows; then both are computed again."""
+    from mmsearch.indexes.calibration import collection_moments, read_moments
+    from mmsearch.indexes.faiss_index import RETUNE_SHARE
+
+    store, ids, _, _ = make_store(tmp_path / "c.mms", images=2000, shards=2)
+    first = build_index(store, "images", IVF)
+    assert first.tuned_rows == 2000 and first.changed_since_tuning == 0
+    add_rows(store, "images", clustered(30, 32, seed=5))
+    store.mark_deleted("images", ids[:20].tolist())
+    store.commit()
+    info = update_index(store, "images", IVF)
+    assert info.update == "updated: +30 vectors, 20 deletions" and info.params == first.params
+    assert info.tuned_rows == 2000 and info.changed_since_tuning == 50 and info.moments_file == first.moments_file
+    add_rows(store, "images", clustered(int(RETUNE_SHARE * 2000) - 40, 32, seed=6))  # 50 + 60 > 5% of 2000
+    store.mark_deleted("images", ids[20:25].tolist())
+    store.commit()
+    info = update_index(store, "images", IVF)
+    assert info.update.endswith("tuned again") and info.tuned_rows == 2065 and info.changed_since_tuning == 0
+    saved, fresh = read_moments(store.root / info.moments_file), collection_moments(store, "images")
+    assert info.moments_file != first.moments_file and saved.count == fresh.count == 2065
+    np.testing.assert_allclose(saved.to_array(), fresh.to_array(), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
+def test_updates_to_a_large_index_write_a_part_of_their_own_not_the_whole_index(tmp_path, monkeypatch,
+                                                                                factory: str) -> None:
+    """Past PART_ROWS vectors, new rows go to a new part: a version writes that part and shares the big file with
+    the versions before it (never rewritten); results are a single index's; too many parts rebuild as one."""
+    from mmsearch.indexes import faiss_index
+
+    monkeypatch.setattr(faiss_index, "PART_ROWS", 1000)
+    opts = IndexOptions(factory=factory, target_recall=0.9)
+    stores = [make_store(tmp_path / f"{name}.mms", images=1500, shards=1)[0] for name in ("grown", "whole")]
+    grown, whole = stores
+    first = build_index(grown, "images", opts)
+    big = grown.root / first.file
+    stamp = (big.stat().st_mtime_ns, big.stat().st_size)
+    new = clustered(20, 32, seed=3)
+    for store in stores:
+        add_rows(store, "images", new)
+    info = update_index(grown, "images", opts)
+    assert info.update.startswith("updated: +20 vectors") and info.part_files[0] == first.file
+    assert len(info.part_files) == 2 and (big.stat().st_mtime_ns, big.stat().st_size) == stamp
+    parts = load_index(grown, "images").parts
+    assert [p.ntotal for p in parts] == [1500, 20] and is_current(grown, "images")
+    build_index(whole, "images", dataclasses.replace(opts, factory=info.factory))
+    queries = clustered(50, 32, seed=11)
+    params = {"nprobe": 16} if factory.startswith("IVF") else {"efSearch": 256} if factory.startswith("HNSW") else {}
+    np.testing.assert_array_equal(load_index(grown, "images").search(queries, 10, params=params)[1][:, :5],
+                                  load_index(whole, "images").search(queries, 10, params=params)[1][:, :5])
+    _, found = load_index(grown, "images").search(new[:5], 1, params=params)
+    assert (found[:, 0] >= 1500).all()  # the new rows, found in their part
+    add_rows(grown, "images", clustered(10, 32, seed=4))  # the small last part takes the next rows
+    again = update_index(grown, "images", opts)
+    assert again.part_files[0] == first.file and len(again.part_files) == 2 and again.part_files[1] != info.part_files[1]
+    monkeypatch.setattr(faiss_index, "PART_ROWS", 10)
+    monkeypatch.setattr(faiss_index, "MAX_PARTS", 2)
+    add_rows(grown, "images", clustered(10, 32, seed=5))
+    assert len(update_index(grown, "images", opts).part_files) == 3
+    add_rows(grown, "images", clustered(10, 32, seed=6))
+    rebuilt = update_index(grown, "images", opts)
+    assert rebuilt.update.startswith("rebuilt: the index is in 3 parts") and not rebuilt.part_files
