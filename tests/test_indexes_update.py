@@ -160,3 +160,32 @@ def test_updates_to_a_large_index_write_a_part_of_their_own_not_the_whole_index(
     add_rows(grown, "images", clustered(10, 32, seed=6))
     rebuilt = update_index(grown, "images", opts)
     assert rebuilt.update.startswith("rebuilt: the index is in 3 parts") and not rebuilt.part_files
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
+def test_deletions_from_a_large_part_are_filtered_not_written_again(tmp_path, monkeypatch, factory: str) -> None:
+    """A deletion from a part of PART_ROWS vectors or more leaves that file as it is and filters the rows at query
+    time (as HNSW does); past max_deleted_share the index is rebuilt without them."""
+    from mmsearch.indexes import faiss_index
+
+    monkeypatch.setattr(faiss_index, "PART_ROWS", 1000)
+    opts = IndexOptions(factory=factory, target_recall=0.9)
+    store, ids, vectors, _ = make_store(tmp_path / "c.mms", images=1500, shards=1)
+    first = build_index(store, "images", opts)
+    big = store.root / first.file
+    stamp = (big.stat().st_mtime_ns, big.stat().st_size)
+    gone = ids[:10]
+    store.mark_deleted("images", gone.tolist())
+    store.commit()
+    info = update_index(store, "images", opts)
+    assert info.update.startswith("updated: +0 vectors, 10 deletions") and info.file == first.file
+    assert info.masked_rows == 10 and info.rows == 1490 and is_current(store, "images")
+    assert (big.stat().st_mtime_ns, big.stat().st_size) == stamp
+    params = {"nprobe": 16} if factory.startswith("IVF") else {}
+    _, found = load_index(store, "images").search(vectors[:10], 5, params=params)
+    assert not np.isin(found, gone).any() and (found[:, 0] >= 0).all()
+    store.mark_deleted("images", ids[10:400].tolist())  # 400 of 1500: past the 20% limit
+    store.commit()
+    rebuilt = update_index(store, "images", opts)
+    assert rebuilt.update.startswith("rebuilt:") and rebuilt.masked_rows == 0 and rebuilt.rows == 1100
+    assert not np.isin(load_index(store, "images").search(vectors[:400], 5, params=params)[1], ids[:400]).any()

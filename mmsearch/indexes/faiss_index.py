@@ -187,7 +187,7 @@ def load_index(store: Store, modality: str, *, mmap: bool | None = None) -> Sear
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else "unreadable"
             raise StoreError(f"index file {rel} is damaged ({reason}); `mmsearch index` rebuilds it") from exc
-    masked = None if info.removes_ids else np.asarray(store.manifest.deleted[modality], dtype=np.int64)
+    masked = masked_ids(store, modality, info)
     return searcher(indexes, info, masked_ids=masked, vector_reader=lambda ids: read_vectors(store, modality, ids),
                     sharded=bool(info.part_files))
 
@@ -309,12 +309,13 @@ def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOpti
     masked = info.masked_rows
     touched = {len(parts) - 1} if added else set()
     for i, index in enumerate(parts if len(deleted) else []):
-        if info.removes_ids:
+        # a large part that is not written anyway keeps its deleted rows, filtered at query time: a deletion
+        # then writes no big file again (PART_ROWS); past max_deleted_share the index is rebuilt
+        if info.removes_ids and (index.ntotal < PART_ROWS or i in touched):
             if index.remove_ids(deleted):  # ids a part does not hold are skipped
                 touched.add(i)
             continue
-        _, labels = unwrap_ids(index)
-        masked += int(np.isin(deleted, labels).sum()) if labels is not None else len(deleted)
+        masked += int(_held(index, deleted).sum())
     state = {"trained_rows": info.trained_rows, "masked_rows": masked,
              "rows_since_training": info.rows_since_training + (added if info.trained_rows else 0)}
     update = f"updated: +{added} vectors, {len(deleted)} deletions" + ("" if keep else ", tuned again")
@@ -322,6 +323,30 @@ def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOpti
     return finish_index(store, modality, parts, opts, info.factory, started, state, update,
                         unchanged=set(range(len(parts))) - touched, previous=info, data_files=info.data_files,
                         keep_tuning=keep, changed_since_tuning=changed if keep else 0)
+
+
+def _held(index: Any, ids: np.ndarray) -> np.ndarray:
+    """Per id, whether ``index`` holds it (True where that cannot be told: counted as masked)."""
+    _, labels = unwrap_ids(index)
+    if labels is not None:
+        return np.isin(ids, labels)
+    if find_layer(index, "IndexIVF") is None:
+        return np.ones(len(ids), dtype=bool)
+    held = np.zeros(len(ids), dtype=bool)
+    for n, i in enumerate(ids.tolist()):  # IVF keeps ids in its direct map (a hash table): a lookup per id
+        try:
+            index.reconstruct(int(i))
+            held[n] = True
+        except RuntimeError:
+            pass
+    return held
+
+
+def masked_ids(store: Store, modality: str, info: IndexInfo) -> np.ndarray | None:
+    """The deleted ids a search of ``info``'s index must filter out (None: the index holds none of them)."""
+    if info.removes_ids and not info.masked_rows:
+        return None
+    return np.asarray(store.manifest.deleted[modality], dtype=np.int64)
 
 
 def _empty_like(index: Any) -> Any:
@@ -359,7 +384,7 @@ def _drift_reason(store: Store, modality: str, info: IndexInfo, opts: IndexOptio
         return (f"{untrained} of {live} vectors were added after training (limit {opts.max_untrained_share:.0%}): "
                 "retraining keeps recall up")
     masked = info.masked_rows + len(store.manifest.deleted[modality]) - info.deletions_applied
-    if not info.removes_ids and masked > opts.max_deleted_share * (info.rows + new_rows):
+    if (not info.removes_ids or info.rows >= PART_ROWS) and masked > opts.max_deleted_share * (info.rows + new_rows):
         return f"{masked} deleted vectors are only filtered out (limit {opts.max_deleted_share:.0%} of the index)"
     return ""
 
@@ -396,6 +421,8 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
     kept_files = index_files(previous) if previous is not None else []
     if sharded and kept_files:  # parts kept as saved keep their names (a single file becomes the first part)
         part_files = [kept_files[i] if i in unchanged and i < len(kept_files) else f for i, f in enumerate(part_files)]
+    elif not sharded and previous is not None and not previous.part_files and 0 in unchanged:
+        rel = previous.file  # one file, as saved (deletions only filtered): the versions share it
     info = IndexInfo(
         modality=modality, factory=factory, rows=sum(int(p.ntotal) for p in parts) - state["masked_rows"], dim=model.dim,
         metric=model.metric, model_spec=model.spec, file=rel, fingerprint=fingerprint(store, modality),
@@ -412,7 +439,7 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
         tuning, tuned_on = _tune(store, modality, parts, info, opts, tuning_set)
         tuned_rows, changed_since_tuning = store.manifest.live_rows(modality), 0
     for _i, (index, file) in enumerate(zip(parts, index_files(info))):
-        if not (sharded and file in kept_files):
+        if file not in kept_files:  # a published file is never written again
             _save(store, index, file)
     if info.rows > 0 and keep_tuning is not None and keep_tuning.moments_file:  # kept with the tuning (same file)
         info = dataclasses.replace(info, moments_file=keep_tuning.moments_file)
@@ -427,7 +454,7 @@ def finish_index(store: Store, modality: str, parts: list[Any], opts: IndexOptio
         file_bytes=sum(files[f]["bytes"] for f in [*info.index_files(), *info.data_files]),
         build_seconds=round(time.perf_counter() - started, 4))
     if opts.null_queries is not None and len(opts.null_queries):
-        masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
+        masked = masked_ids(store, modality, info)
         best = searcher(parts, info, masked_ids=masked, sharded=sharded).search(
             np.ascontiguousarray(opts.null_queries, dtype=np.float32), 1, params=tuning.params)[0][:, 0]
         info = dataclasses.replace(info, no_match_threshold=threshold_from_null_scores(best))
@@ -456,7 +483,7 @@ def _tune(store: Store, modality: str, parts: list[Any], info: IndexInfo, opts: 
         tuning_set = _TruthOnTheWay(store, modality, opts).over(batches)
     queries, exclude, tuned_on, truth = tuning_set.queries, tuning_set.exclude, tuning_set.tuned_on, tuning_set.truth
     k = opts.recall_at_k
-    masked = np.asarray(store.manifest.deleted[modality], np.int64) if not info.removes_ids else None
+    masked = masked_ids(store, modality, info)
     index = searcher(parts, info, masked_ids=masked, sharded=bool(info.part_files))
 
     def search(q: np.ndarray, n: int, params: dict) -> np.ndarray:

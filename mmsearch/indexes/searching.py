@@ -129,9 +129,9 @@ class _Searcher:
 class SearchIndex(_Searcher):
     """A loaded FAISS index of one modality. ``info`` is its :class:`IndexInfo`.
 
-    ``masked_ids`` are deleted ids still inside an index that cannot remove them (HNSW, refine): they are
-    filtered out of every result. ``vector_reader`` reads stored vectors by id when the index cannot
-    reconstruct them (memory-mapped lists, compressed codes).
+    ``masked_ids`` are deleted ids still inside the index (HNSW and refine cannot remove them; a large part keeps
+    them rather than be written again): they are filtered out of every result. ``vector_reader`` reads stored
+    vectors by id when the index cannot reconstruct them (memory-mapped lists, compressed codes).
     """
 
     def __init__(self, index: Any, info: Any, *, masked_ids: np.ndarray | None = None,
@@ -173,9 +173,10 @@ class SearchIndex(_Searcher):
             mask = ~np.isin(self._labels, self._masked) if len(self._masked) else np.ones(len(self._labels), bool)
             if allowed is not None:
                 mask &= np.isin(self._labels, allowed)
-        else:  # the index holds collection ids; masked ids never occur (it removes them)
-            if allowed is None:
-                allowed = np.zeros(0, np.int64)
+        else:  # the index holds collection ids (IVF)
+            if allowed is None:  # all but the masked: deletions a large part keeps (faiss_index.PART_ROWS)
+                batch = faiss.IDSelectorBatch(len(self._masked), faiss.swig_ptr(self._masked))
+                return (faiss.IDSelectorNot(batch), (batch, self._masked)), max(self.ntotal - len(self._masked), 0)
             mask = np.zeros(int(allowed.max(initial=-1)) + 1, dtype=bool)
             mask[allowed] = True
         bits = np.packbits(mask, bitorder="little")
