@@ -13,7 +13,8 @@ Two measurements per code:
 - ``add one image``: a cold ``mmsearch index FOLDER`` process after one image was copied into an indexed
   folder, ``--images`` times (median seconds and peak RSS, from ``/usr/bin/time``-like ``resource`` figures);
 - ``large``: one-row writes into a collection of ``--large-rows`` synthetic text rows (the built-in model's
-  dimension, written once through the store; the index over them built by a first write), median of 3.
+  dimension, written once through the store; the index over them built by a first write), median of 3; then
+  one-row deletions (a line removed from the corpus), median of 3.
 
 Prints a table and writes JSON with the load average before and after.
 """
@@ -84,7 +85,17 @@ with Store.open_or_create(out, info) as store, store.transaction("bulk"):  # syn
                                "key": [str(i) for i in ids], "image_id": [None] * len(ids)}, chunk)
 _, built = add(1)  # the index over every row: built, not timed
 seconds = [add(2 + i)[0] for i in range(3)]
-print(json.dumps({"seconds": seconds, "factory": built.factory, "index_mib": built.file_bytes / 2**20}))
+deletes = []
+for i in range(3):  # one corpus line removed: a one-row deletion
+    with open(corpus, encoding="utf-8") as f:
+        lines = f.readlines()
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.writelines(lines[:1] + lines[2:])
+    start = time.perf_counter()
+    assert mmsearch.index(corpus, out=out).report.deleted == 1
+    deletes.append(time.perf_counter() - start)
+print(json.dumps({"seconds": seconds, "delete_seconds": deletes, "factory": built.factory,
+                  "index_mib": built.file_bytes / 2**20}))
 """
 
 ADD_SCRIPT = """
@@ -138,7 +149,8 @@ def large(code: Path, rows: int, work: Path) -> dict:
     """One-row writes into a collection of ``rows`` synthetic text rows (median of 3, after the index is built)."""
     work.mkdir(parents=True)
     result = run(code, LARGE_SCRIPT, str(work), str(rows), str(HERE / "tests"))
-    return {"rows": rows, "median_s": round(statistics.median(result["seconds"]), 2), "factory": result["factory"],
+    return {"rows": rows, "median_s": round(statistics.median(result["seconds"]), 2),
+            "delete_median_s": round(statistics.median(result["delete_seconds"]), 2), "factory": result["factory"],
             "index_file_mib": round(result["index_mib"], 1)}
 
 
@@ -164,14 +176,14 @@ def main() -> None:
             print(f"done {name}", file=sys.stderr, flush=True)
     points = [n for n in CHECKPOINTS if n <= args.writes]
     print("| code | add one image: s / peak MiB | " + " | ".join(f"write {n}: s" for n in points)
-          + " | shards listed | on disk MiB | one-row write into the large collection: s |")
-    print("|---|---|" + "---|" * len(points) + "---|---|---|")
+          + " | shards listed | on disk MiB | one-row write into the large collection: s | one-row deletion: s |")
+    print("|---|---|" + "---|" * len(points) + "---|---|---|---|")
     for name, r in results.items():
         w, a, big = r["writes"], r["add_one_image"], r.get("large")
         print(f"| {name} | {a['median_s']} / {a['peak_rss_mib']} | "
               + " | ".join(str(w["median_s_around"][n]) for n in points) + f" | {w['shards']} | {w['disk_mib']} | "
-              + (f"{big['median_s']} ({big['rows']} rows, {big['factory']}, {big['index_file_mib']} MiB) |" if big
-                 else "– |"))
+              + (f"{big['median_s']} ({big['rows']} rows, {big['factory']}, {big['index_file_mib']} MiB) | "
+                 f"{big['delete_median_s']} |" if big else "– | – |"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"writes": args.writes, "results": results, "load_before": load_before,
                                     "load_after": os.getloadavg(), "cpus": os.cpu_count(),
