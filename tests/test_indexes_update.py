@@ -121,6 +121,11 @@ def test_small_updates_keep_the_tuning_and_moments_until_enough_rows_changed(tmp
     np.testing.assert_allclose(saved.to_array(), fresh.to_array(), rtol=1e-9, atol=1e-9)
 
 
+def vectors_of(store) -> np.ndarray:  # noqa: ANN001
+    """The first shard's stored vectors (the big part's rows)."""
+    return next(store.iter_embeddings("images"))[1]
+
+
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
 def test_updates_to_a_large_index_write_a_part_of_their_own_not_the_whole_index(tmp_path, monkeypatch,
                                                                                 factory: str) -> None:
@@ -153,6 +158,17 @@ def test_updates_to_a_large_index_write_a_part_of_their_own_not_the_whole_index(
     add_rows(grown, "images", clustered(10, 32, seed=4))  # the small last part takes the next rows
     again = update_index(grown, "images", opts)
     assert again.part_files[0] == first.file and len(again.part_files) == 2 and again.part_files[1] != info.part_files[1]
+    # a deletion from each part: the big one (memory-mapped by the update, never written) filters its row, the
+    # small one removes its row
+    first_ids = load_index(grown, "images").search(new[:1], 1, params=params)[1][0]
+    big_ids = load_index(grown, "images").search(vectors_of(grown)[:1], 1, params=params)[1][0]
+    grown.mark_deleted("images", [int(first_ids[0]), int(big_ids[0])])
+    grown.commit()
+    deleted = update_index(grown, "images", opts)
+    assert deleted.part_files[0] == first.file and (big.stat().st_mtime_ns, big.stat().st_size) == stamp
+    assert deleted.masked_rows == (2 if factory.startswith("HNSW") else 1)  # HNSW filters every deletion
+    found = load_index(grown, "images").search(np.concatenate([new[:1], vectors_of(grown)[:1]]), 5, params=params)[1]
+    assert not np.isin(found, [first_ids[0], big_ids[0]]).any()
     monkeypatch.setattr(faiss_index, "PART_ROWS", 10)
     monkeypatch.setattr(faiss_index, "MAX_PARTS", 2)
     add_rows(grown, "images", clustered(10, 32, seed=5))

@@ -290,10 +290,9 @@ def with_ids(index: Any) -> Any:
 
 
 def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOptions) -> IndexInfo:
-    import faiss
 
     started = time.perf_counter()
-    parts = [faiss.read_index(str(store.root / rel)) for rel in index_files(info)]  # checked readable by the caller
+    parts = _read_parts(store, info)  # checked readable by the caller
     indexed = set(info.shards)
     new_shards = [s for s in store.manifest.shards[modality] if shard_key(s) not in indexed]
     deleted = np.asarray(store.manifest.deleted[modality][info.deletions_applied:], dtype=np.int64)
@@ -323,6 +322,25 @@ def _apply_changes(store: Store, modality: str, info: IndexInfo, opts: IndexOpti
     return finish_index(store, modality, parts, opts, info.factory, started, state, update,
                         unchanged=set(range(len(parts))) - touched, previous=info, data_files=info.data_files,
                         keep_tuning=keep, changed_since_tuning=changed if keep else 0)
+
+
+def _read_parts(store: Store, info: IndexInfo) -> list[Any]:
+    """The saved parts of ``info``'s index, for an update. A part before the last with PART_ROWS vectors or more is
+    never changed by one (new rows go to the last part, its deletions are filtered): it is memory-mapped, not read,
+    so a one-row write into a large collection does not load the whole index."""
+    import faiss
+
+    files = index_files(info)
+    parts = []
+    for n, rel in enumerate(files):
+        path = str(store.root / rel)
+        if n < len(files) - 1 and not info.data_files:
+            mapped = faiss.read_index(path, faiss.IO_FLAG_MMAP)
+            if mapped.ntotal >= PART_ROWS:
+                parts.append(mapped)
+                continue
+        parts.append(faiss.read_index(path))
+    return parts
 
 
 def _held(index: Any, ids: np.ndarray) -> np.ndarray:
