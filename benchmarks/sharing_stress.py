@@ -2,7 +2,8 @@
 with SIGKILL and started again), readers re-opening and searching in a loop, ``mmsearch serve`` polled over
 HTTP, all at once on one collection. Prints a table and writes benchmarks/results/sharing_stress.json.
 
-Run: ``python benchmarks/sharing_stress.py [--writers 4] [--images 40] [--readers 3] [--kills 6] [--seed 0]``.
+Run: ``python benchmarks/sharing_stress.py [--writers 4] [--images 40] [--readers 3] [--kills 6] [--seed 0]
+[--shard-rows 2]``.
 The run fails (exit 1) on any lost or duplicated row, reader exception or HTTP 5xx, or if ``verify --deep``
 finds a problem.
 """
@@ -29,19 +30,25 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=3)
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-rows", type=int, default=2,
+                        help="the writers' --shard-rows: 2, many checkpoints; above --images, one small shard a run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sharing_stress.json")
     args = parser.parse_args()
     import mmsearch
 
     with tempfile.TemporaryDirectory(prefix="mms-stress-") as work:
         o = run(Path(work), writers=args.writers, images=args.images, readers=args.readers, kills=args.kills,
-                seed=args.seed, timeout_s=1800)
+                seed=args.seed, timeout_s=1800, shard_rows=args.shard_rows)
         images, _ = mmsearch.open(o.out).metadata("image")
         texts, _ = mmsearch.open(o.out).metadata("text")
         expected = Counter(str(p) for f in o.folders for p in f.glob("*.png"))
         got = Counter(images.column("uri").to_pylist())
         ids = images.column("id").to_pylist() + texts.column("id").to_pylist()
         problems = mmsearch.verify(o.out, deep=True)
+        from mmsearch.store import Store
+
+        with Store.open(o.out) as store:  # the shard files listed at the end (small ones are merged as writes go)
+            listed = {m: len(store.manifest.shards[m]) for m in ("images", "texts")}
         result = {
             "writers": args.writers, "images_per_folder": args.images, "readers": args.readers,
             "writer_runs": o.writer_runs, "kills": o.kills, "seconds": round(o.seconds, 1),
@@ -50,7 +57,7 @@ def main() -> int:
             "duplicate_ids": len(ids) - len(set(ids)), "captions": texts.num_rows,
             "reader_searches": o.reader_searches, "reader_errors": len(o.reader_errors),
             "versions_seen_by_a_reader": o.versions_seen, "http_requests": o.http_requests, "http_5xx": o.http_5xx,
-            "http_other_errors": len(o.http_errors), "verify_problems": problems,
+            "http_other_errors": len(o.http_errors), "shards_listed": listed, "verify_problems": problems,
         }
     width = max(map(len, result))
     for key, value in result.items():

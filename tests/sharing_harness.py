@@ -41,8 +41,9 @@ register_scheme("colour", lambda spec, device: Slow(str(spec)))
 
 WRITER = SETUP + """
 import mmsearch
-folder, out = sys.argv[1], sys.argv[2]
-mmsearch.index(folder, out=out, model="colour:v1", batch_size=2, shard_rows=2, workers=0, wait_s=None, retention_s=0)
+folder, out, shard_rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mmsearch.index(folder, out=out, model="colour:v1", batch_size=2, shard_rows=shard_rows, workers=0, wait_s=None,
+               retention_s=0)
 """
 
 READER = SETUP + """
@@ -109,15 +110,16 @@ def make_folders(base: Path, writers: int, images: int) -> list[Path]:
 
 
 def run(base: Path, *, writers: int = 3, images: int = 12, readers: int = 2, kills: int = 3, seed: int = 0,
-        encode_delay_s: float = 0.02, timeout_s: float = 240.0) -> Outcome:
-    """Run the whole scene once; returns what the readers, the server and the writers saw."""
+        encode_delay_s: float = 0.02, timeout_s: float = 240.0, shard_rows: int = 2) -> Outcome:
+    """Run the whole scene once; returns what the readers, the server and the writers saw. ``shard_rows`` 2: many
+    checkpoints for the kills to land between; larger: each run's rows in one small shard, merged as runs go."""
     import httpx
 
     rng = random.Random(seed)
     folders = make_folders(base, writers, images)
     out = base / "shared.mms"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), "HF_HUB_OFFLINE": "1"}
-    _run_writer(folders[0], out, env, encode_delay_s).wait(timeout=120)
+    _run_writer(folders[0], out, env, encode_delay_s, shard_rows).wait(timeout=120)
     outcome = Outcome(folders, out)
     started = time.monotonic()
     stop = base / "stop"
@@ -137,7 +139,7 @@ def run(base: Path, *, writers: int = 3, images: int = 12, readers: int = 2, kil
                 raise TimeoutError("the writers did not finish in time")
             while pending and len(running) < writers:
                 folder = pending.pop(0)
-                running[folder] = _run_writer(folder, out, env, encode_delay_s)
+                running[folder] = _run_writer(folder, out, env, encode_delay_s, shard_rows)
                 outcome.writer_runs += 1
             _poll(client, outcome)
             for folder, proc in list(running.items()):
@@ -172,8 +174,8 @@ def run(base: Path, *, writers: int = 3, images: int = 12, readers: int = 2, kil
     return outcome
 
 
-def _run_writer(folder: Path, out: Path, env: dict[str, str], delay: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(out), str(delay)], env=env,
+def _run_writer(folder: Path, out: Path, env: dict[str, str], delay: float, shard_rows: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(out), str(shard_rows), str(delay)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -28,7 +28,22 @@ def test_writers_readers_and_the_server_at_once_with_kills(tmp_path: Path) -> No
     pytest.importorskip("fastapi")
     from sharing_harness import run
 
-    outcome = run(tmp_path, writers=3, images=10, readers=2, kills=3, seed=1)
+    _check_scene(run(tmp_path, writers=3, images=10, readers=2, kills=3, seed=1))
+
+
+def test_small_shards_are_merged_while_writers_are_killed_and_readers_read(tmp_path: Path) -> None:
+    """Each writer run leaves one small shard (shard_rows above its rows): they are merged as runs go, and no row
+    is lost, doubled or unreadable meanwhile."""
+    pytest.importorskip("fastapi")
+    from sharing_harness import run
+
+    outcome = run(tmp_path, writers=9, images=3, readers=1, kills=2, seed=2, shard_rows=32)
+    _check_scene(outcome)
+    with Store.open(outcome.out) as store:
+        assert len(store.manifest.shards["images"]) < 8 <= outcome.writer_runs  # merged: fewer files than runs
+
+
+def _check_scene(outcome) -> None:  # noqa: ANN001 - a sharing_harness.Outcome
     assert outcome.kills >= 1, "no writer was killed: the test proved nothing about kills"
     assert outcome.reader_errors == [] and outcome.reader_searches > 20
     assert outcome.versions_seen >= 2, "the readers never saw the collection change"
