@@ -38,3 +38,20 @@ def tiny_model() -> str:
 @pytest.fixture
 def colour_model() -> str:
     return COLOUR
+
+
+@pytest.fixture(scope="module")
+def builtin_encoder(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """``make(version)``: the built-in model of that version on the CPU (ONNX Runtime when installed), one per
+    version and test module, all sharing one fresh model cache."""
+    from mmsearch.encoders.builtin import BuiltinEncoder
+
+    cache = tmp_path_factory.mktemp("mmsearch-cache")
+    made: dict[str, BuiltinEncoder] = {}
+
+    def make(version: str) -> BuiltinEncoder:
+        if version not in made:
+            made[version] = BuiltinEncoder(version=version, backend="auto", device="cpu", cache_dir=cache)
+        return made[version]
+
+    return make

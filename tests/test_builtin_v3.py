@@ -35,18 +35,13 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mmsearch-cache-v3")
+def v3(builtin_encoder) -> BuiltinEncoder:  # noqa: ANN001
+    return builtin_encoder("v3")
 
 
 @pytest.fixture(scope="module")
-def v3(cache_dir: Path) -> BuiltinEncoder:
-    return BuiltinEncoder(version="v3", backend="auto", device="cpu", cache_dir=cache_dir)
-
-
-@pytest.fixture(scope="module")
-def v2(cache_dir: Path) -> BuiltinEncoder:
-    return BuiltinEncoder(version="v2", backend="auto", device="cpu", cache_dir=cache_dir)
+def v2(builtin_encoder) -> BuiltinEncoder:  # noqa: ANN001
+    return builtin_encoder("v2")
 
 
 def test_v3_spec_and_older_versions_unchanged() -> None:

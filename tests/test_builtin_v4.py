@@ -32,18 +32,13 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mmsearch-cache-v4")
+def v4(builtin_encoder) -> BuiltinEncoder:  # noqa: ANN001
+    return builtin_encoder("v4")
 
 
 @pytest.fixture(scope="module")
-def v4(cache_dir: Path) -> BuiltinEncoder:
-    return BuiltinEncoder(version="v4", backend="auto", device="cpu", cache_dir=cache_dir)
-
-
-@pytest.fixture(scope="module")
-def v3(cache_dir: Path) -> BuiltinEncoder:
-    return BuiltinEncoder(version="v3", backend="auto", device="cpu", cache_dir=cache_dir)
+def v3(builtin_encoder) -> BuiltinEncoder:  # noqa: ANN001
+    return builtin_encoder("v3")
 
 
 def test_v4_is_the_default_and_shares_v3s_classes() -> None:
