@@ -118,7 +118,7 @@ def test_small_updates_keep_the_tuning_and_moments_until_enough_rows_changed(tmp
     assert info.update.endswith("tuned again") and info.tuned_rows == 2065 and info.changed_since_tuning == 0
     saved, fresh = read_moments(store.root / info.moments_file), collection_moments(store, "images")
     assert info.moments_file != first.moments_file and saved.count == fresh.count == 2065
-    np.testing.assert_allclose(saved.to_array(), fresh.to_array(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(saved.to_array(), fresh.to_array(), rtol=1e-6, atol=1e-9)  # saved as float32
 
 
 def vectors_of(store) -> np.ndarray:  # noqa: ANN001

@@ -185,9 +185,11 @@ def collection_moments(store: Store, modality: str) -> ScoreMoments:
 
 
 def write_moments(path: Path, moments: ScoreMoments) -> None:
-    """Save moments as one ``.npy`` file, atomically."""
+    """Save moments as one ``.npy`` file, atomically, in float32: half the bytes of float64 (a version writes one
+    whenever its index is tuned again, 0.6 MB at 384 dimensions), scores' mean and deviation the same to 1e-6, and
+    the layout every mmsearch reads (:meth:`ScoreMoments.from_array` takes any float dtype)."""
     buffer = io.BytesIO()
-    np.save(buffer, moments.to_array(), allow_pickle=False)
+    np.save(buffer, moments.to_array().astype(np.float32), allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
 
 
