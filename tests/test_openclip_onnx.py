@@ -48,6 +48,7 @@ def torch_encoder() -> OpenCLIPEncoder:
 def onnx_encoder(cache: Path) -> OpenCLIPEncoder:
     encoder = OpenCLIPEncoder(parse_spec(TINY), device="cpu", cache_dir=cache)
     assert encoder.backend == "onnx" and encoder.onnx_dir is not None and encoder.onnx_dir.parent == cache
+    assert encoder.weights_key == f"onnx:{encoder.onnx_dir.name}"  # what keeps its fixed texts' cache
     return encoder
 
 
@@ -125,6 +126,7 @@ def test_an_export_that_cannot_be_written_leaves_the_model_on_torch(tmp_path: Pa
     unwritable = blocker / "cache"  # mkdir under a regular file fails, for root too
     encoder = OpenCLIPEncoder(parse_spec(TINY), device="cpu", cache_dir=unwritable)
     assert encoder.backend == "torch" and encoder.onnx_dir is None and not encoder.numpy_input
+    assert encoder.weights_key is None
     np.testing.assert_allclose(encoder.encode_texts(TEXTS), torch_encoder.encode_texts(TEXTS), atol=1e-6)
     with pytest.raises(EncoderError, match="no ONNX export"):
         OpenCLIPEncoder(parse_spec(TINY), device="cpu", cache_dir=unwritable, backend="onnx")

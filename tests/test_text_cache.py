@@ -14,6 +14,8 @@ class Counting:
 
     def __init__(self, seed: int = 0, onnx_dir: str | None = None) -> None:
         self.seed, self.embedded, self.onnx_dir = seed, 0, onnx_dir
+        # as OpenCLIPEncoder names its weights: by its ONNX export folder
+        self.weights_key = f"onnx:{onnx_dir.rsplit('/', 1)[-1]}" if onnx_dir else None
 
     def encode_texts(self, texts):  # noqa: ANN001, ANN201
         self.embedded += len(texts)

@@ -115,6 +115,12 @@ class OpenCLIPEncoder:
         """The directory of the ONNX export in use (None on PyTorch)."""
         return self._onnx.directory if self._onnx is not None else None
 
+    @property
+    def weights_key(self) -> str | None:
+        """What identifies the weights without running a tower: the export folder's name, which holds their content
+        hash (None on PyTorch: :mod:`.text_cache` then embeds one text to tell them apart)."""
+        return f"onnx:{self.onnx_dir.name}" if self.onnx_dir is not None else None
+
     def _cached_export(self) -> OnnxOpenCLIP | None:
         from .openclip_onnx import OnnxOpenCLIP, find_export
 

@@ -4,8 +4,8 @@ Every build of an index encodes the same few dozen texts (:data:`mmsearch.query.
 for an image collection without texts the tuning probes). With a large text tower that is seconds per run (2.1 s
 for ViT-B-32's 32 no-match queries on 2 cores) for vectors that depend only on the model. They are saved once as
 ``texts/<key>.npy`` under the model cache (:func:`mmsearch.config.cache_dir`), where the key is the texts, the
-model's spec and preprocessing id, and what identifies its weights: the content-keyed folder of an OpenCLIP model's
-ONNX export (``onnx_dir``) or the built-in model's ``weights_key`` (the same for its text tower), else the model's
+model's spec and preprocessing id, and what identifies its weights: the encoder's ``weights_key`` when it has one
+(an OpenCLIP model's content-keyed ONNX export folder, the built-in model's text tower), else the model's
 embedding of one fixed text. Weights that change under the same spec
 (a file replaced at the same path) get another key, so the saved vectors are not used for them.
 """
@@ -32,11 +32,8 @@ def fixed_text_embeddings(encoder: Encoder, texts: Sequence[str], *, cache: Path
     texts = list(texts)
     if not texts:
         return np.asarray(encoder.encode_texts(texts), dtype=np.float32)
-    export = getattr(encoder, "onnx_dir", None)  # its name holds the weights' content hash: no tower loaded
-    named = getattr(encoder, "weights_key", None)  # the built-in model's: likewise
-    if export is not None:
-        weights = f"onnx:{Path(export).name}".encode()
-    elif isinstance(named, str):
+    named = getattr(encoder, "weights_key", None)  # names the weights without loading a tower
+    if isinstance(named, str):
         weights = named.encode()
     else:  # runtimes differ in ulps: float16 keeps one machine's runs on one key
         weights = np.asarray(encoder.encode_texts([FINGERPRINT_TEXT]), dtype=np.float16).tobytes()
