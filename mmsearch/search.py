@@ -432,11 +432,15 @@ class Collection:
         return lambda n, score: None if threshold is None or not plan.text_only[n] else bool(score > threshold)
 
     def _score_moments(self, modality: str) -> ScoreMoments | None:
-        """The score moments kept with ``modality``'s index (None for an index built before they were kept)."""
+        """The score moments kept with ``modality``'s index, or of a small exact index's own vectors (None for an
+        index built before they were kept)."""
         if modality not in self._moments:
             record = self._store.manifest.indexes.get(modality)
-            file = record.moments_file if record is not None else None
-            self._moments[modality] = read_moments(self._store.root / file) if file else None
+            if record is not None and record.moments_in_index:
+                self._moments[modality] = ScoreMoments.of([self._index(modality).live_vectors()])
+            else:
+                file = record.moments_file if record is not None else None
+                self._moments[modality] = read_moments(self._store.root / file) if file else None
         return self._moments[modality]
 
     def _collapse(self, pairs: list[tuple[int, float]], threshold: float) -> list[tuple[int, float]]:

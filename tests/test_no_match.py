@@ -123,3 +123,49 @@ def test_a_three_item_collection_can_have_a_match(tmp_path, colour_model: str) -
     hits = col.search("a red square", k=3)
     assert hits[0].uri.endswith("red.png") and hits[0].good_match
     assert not any(h.good_match for h in hits[1:])
+
+
+
+def _marks(root, queries: np.ndarray) -> tuple[list[list[bool | None]], ScoreMoments]:  # noqa: ANN001
+    import mmsearch
+
+    col = mmsearch.open(root)
+    try:
+        hits = col.search_batch([mmsearch.Q(vector=q) for q in queries], k=5)
+        return [[h.good_match for h in row] for row in hits], col._score_moments("images")
+    finally:
+        col.close()
+
+
+def test_a_small_exact_index_keeps_no_moments_file_and_marks_as_if_it_did(tmp_path, monkeypatch) -> None:
+    """Up to MOMENTS_IN_INDEX_ROWS rows a Flat index keeps no moments file (it is dim x dim whatever the rows): a
+    query computes them from the index's vectors, and every hit's mark is the one the file would have given."""
+    from mmsearch.indexes import faiss_index
+    from mmsearch.indexes.calibration import collection_moments
+    from mmsearch.indexes.faiss_index import build_index
+    from tests.synthetic_vectors import make_store
+
+    def collection(root):  # noqa: ANN001, ANN202
+        store, ids, vectors, _ = make_store(root, images=300, texts=0, shards=2)
+        store.mark_deleted("images", ids[:30].tolist())  # a deleted row is in neither
+        store.commit()
+        return store, build_index(store, "images"), vectors
+
+    store, info, vectors = collection(tmp_path / "small.mms")
+    assert info.factory == "Flat" and info.moments_in_index and info.moments_file is None
+    assert not list((store.root / "index").glob("*.moments.npy"))
+    fresh = collection_moments(store, "images")
+    store.close()
+    queries = vectors[::7] + 0.3 * clustered(len(vectors[::7]), 32, seed=9)
+    marks, computed = _marks(tmp_path / "small.mms", queries)
+    assert computed.count == fresh.count == 270
+    np.testing.assert_allclose(computed.covariance, fresh.covariance, atol=1e-6)
+    np.testing.assert_allclose(computed.mean, fresh.mean, atol=1e-7)
+
+    monkeypatch.setattr(faiss_index, "MOMENTS_IN_INDEX_ROWS", 100)  # the same collection, with a file
+    store, info, _ = collection(tmp_path / "filed.mms")
+    assert not info.moments_in_index and (store.root / info.moments_file).is_file()
+    store.close()
+    assert _marks(tmp_path / "filed.mms", queries)[0] == marks
+    flat = [m for row in marks for m in row]
+    assert any(flat) and not all(flat)  # the marks say something

@@ -191,6 +191,16 @@ class SearchIndex(_Searcher):
         except RuntimeError:
             return None
 
+    def live_vectors(self) -> np.ndarray:
+        """Every live vector of an exact (Flat) index, float32, in the index's order: what the score moments of a
+        small index are computed from when no moments file was kept (``IndexRecord.moments_in_index``)."""
+        if not self._exact:
+            raise StoreError(f"the {self.info.factory!r} {self.info.modality} index does not keep its vectors exactly")
+        vectors = np.asarray(self._inner.reconstruct_n(0, int(self._inner.ntotal)), dtype=np.float32)
+        if len(self._masked) and self._labels is not None:
+            vectors = vectors[~np.isin(self._labels, self._masked)]
+        return vectors.reshape(-1, self.info.dim)
+
     def _vectors(self, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found ids, vectors) for ``wanted``: reconstructed by the index, else read from the shards."""
         wanted = np.setdiff1d(wanted, self._masked)

@@ -47,6 +47,7 @@ class IndexRecord:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # each file's bytes, mtime_ns, sha256
     no_match_threshold: float | None = None  # text-query scores above it are good matches (None: not computed)
     moments_file: str | None = None  # the rows' score moments: hits' z-scores, the no-match signal (None: not kept)
+    moments_in_index: bool = False  # no moments file: the moments are the (small, exact) index's own vectors'
     tuned_rows: int = 0  # live rows when ``params`` were tuned (0: unknown, an older record: tuned again)
     changed_since_tuning: int = 0  # rows added and deleted by the in-place updates that kept ``params``
 
