@@ -120,12 +120,19 @@ def resolve_collection(explicit: str | Path | None = None) -> Path:
         return Path(explicit).expanduser()
     if os.environ.get("MMSEARCH_COLLECTION"):
         return Path(os.environ["MMSEARCH_COLLECTION"]).expanduser()
-    here = [p for p in Path.cwd().glob(f"*{COLLECTION_SUFFIX}") if (p / "manifest.json").is_file()]
+    here = sorted(p for p in Path.cwd().glob(f"*{COLLECTION_SUFFIX}") if (p / "manifest.json").is_file())
     if len(here) == 1:
         return here[0]
-    last = state_dir() / LAST_COLLECTION_FILE
-    if last.is_file():
-        return Path(last.read_text(encoding="utf-8").strip())
+    recorded = state_dir() / LAST_COLLECTION_FILE
+    last = Path(recorded.read_text(encoding="utf-8").strip()) if recorded.is_file() else None
+    if len(here) > 1 and (last is None or last.resolve() not in {p.resolve() for p in here}):
+        raise ConfigError(f"no collection given and {len(here)} here ({', '.join(p.name for p in here)}); "
+                          "pass --collection DIR (or set MMSEARCH_COLLECTION)")
+    if last is not None:
+        if not (last / "manifest.json").is_file():
+            raise ConfigError(f"no collection given, and the one indexed last ({last}) is gone; pass --collection "
+                              "DIR (or set MMSEARCH_COLLECTION), or create one with `mmsearch index PATH`")
+        return last
     raise ConfigError(
         "no collection given and none found; pass --collection DIR (or set MMSEARCH_COLLECTION), "
         "or create one with `mmsearch index PATH`"

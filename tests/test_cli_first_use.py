@@ -299,3 +299,39 @@ def test_library_single_file_default_is_the_cwd(tmp_path, monkeypatch) -> None:
     assert default_collection_for(folder / "red.png") == folder / "red.mms"  # a file's: here
     monkeypatch.chdir(tmp_path)
     assert default_collection_for(folder / "red.png") == tmp_path / "red.mms"
+
+
+# -- which collection ----------------------------------------------------------------------------------------
+def test_collection_commands_take_the_collection_as_an_argument_or_an_option(photos, runner, tmp_path,
+                                                                            monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path.parent)  # not next to it, and not the default: --collection says which
+    monkeypatch.setenv("MMSEARCH_COLLECTION", str(tmp_path / "elsewhere.mms"))
+    for command in (["info"], ["verify"], ["versions"], ["quarantine"], ["vacuum"]):
+        by_option = runner.invoke(main, [*command, "-c", str(photos)])
+        by_argument = runner.invoke(main, [*command, str(photos)])
+        assert by_option.exit_code == by_argument.exit_code == 0, (command, by_option.output)
+        assert by_option.output == by_argument.output or command == ["vacuum"]
+    out = _one_line_error(runner.invoke(main, ["info", str(photos), "--collection", str(tmp_path / "other.mms")]))
+    assert "two collections given" in out
+    assert "photos.mms" in runner.invoke(main, ["info", "--collection", str(photos)]).output
+
+
+def test_no_guess_when_the_last_collection_is_gone_or_several_are_here(photos, runner, tmp_path, colour_model,
+                                                                      monkeypatch) -> None:
+    import shutil
+
+    monkeypatch.delenv("MMSEARCH_COLLECTION", raising=False)
+    make_colour_folder(tmp_path / "more", ["red", "blue"])
+    assert runner.invoke(main, ["index", "more", "--model", colour_model]).exit_code == 0  # the last indexed
+    assert runner.invoke(main, ["info"]).exit_code == 0  # two here, one of them the last indexed: that one
+    elsewhere = tmp_path / "elsewhere"
+    make_colour_folder(elsewhere / "x", ["green"])
+    monkeypatch.chdir(elsewhere)
+    assert runner.invoke(main, ["index", "x", "--model", colour_model]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    out = _one_line_error(runner.invoke(main, ["query", "red"]))
+    assert "2 here (more.mms, photos.mms)" in out and "--collection" in out
+    shutil.rmtree(elsewhere / "x.mms")
+    monkeypatch.chdir(elsewhere)
+    out = _one_line_error(runner.invoke(main, ["info"]))
+    assert "indexed last" in out and "is gone" in out and "x.mms" in out

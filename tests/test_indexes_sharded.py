@@ -165,7 +165,7 @@ def test_index_and_cli_keep_a_sharded_collection(tmp_path: Path, colour_model: s
             (h.id, round(h.score, 5)) for h in b.search(query, k=8)]
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(main, ["info", str(sharded.path)])
-    assert out.exit_code == 0 and "in 3 shards" in out.output, out.output
+    assert out.exit_code == 0 and "in 3 parts" in out.output, out.output
     out = CliRunner().invoke(main, ["index", "photos", "-o", "cli.mms", "--model", colour_model, "--workers", "0",
                                     "--shard-rows", "2", "--index-shards", "2"])
     assert out.exit_code == 0, out.output

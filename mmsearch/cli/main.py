@@ -54,6 +54,22 @@ class Duration(click.ParamType):
         return seconds
 
 
+def collection_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``[COLLECTION]`` as an argument, or as ``--collection/-c`` the way ``query`` and ``ask`` take it; the command
+    gets one ``collection`` (None: the default collection, see ``mmsearch query``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, collection: str | None, collection_option: str | None, **kwargs: Any) -> Any:
+        if collection and collection_option and collection != collection_option:
+            raise click.ClickException(f"two collections given ({collection} and --collection {collection_option}): "
+                                   "give one")
+        return fn(*args, collection=collection or collection_option, **kwargs)
+
+    wrapper = click.option("--collection", "-c", "collection_option", type=click.Path(file_okay=False),
+                           help="Collection directory (or give it as the argument).")(wrapper)
+    return click.argument("collection", required=False, type=click.Path(file_okay=False))(wrapper)
+
+
 WAIT_OPTION = click.option("--wait", "wait_s", type=Duration(), default="10s", show_default=True,
                            help="How long to wait for another process writing the collection (0: fail at once).")
 
@@ -313,7 +329,7 @@ def ask_cmd(words: tuple[str, ...], collection: str | None, k: int, chat_url: st
 
 
 @main.command("info")
-@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@collection_argument
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @_library_errors
 def info_cmd(collection: str | None, as_json: bool) -> None:
@@ -326,7 +342,7 @@ def info_cmd(collection: str | None, as_json: bool) -> None:
 
 
 @main.command("verify")
-@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@collection_argument
 @click.option("--deep", is_flag=True, help="Also read every shard: row counts, unique ids, embedding norms.")
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @_library_errors
@@ -348,7 +364,7 @@ def verify_cmd(collection: str | None, deep: bool, as_json: bool) -> None:
 
 
 @main.command("versions")
-@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@collection_argument
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @_library_errors
 def versions_cmd(collection: str | None, as_json: bool) -> None:
@@ -361,7 +377,7 @@ def versions_cmd(collection: str | None, as_json: bool) -> None:
 
 
 @main.command("vacuum")
-@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@collection_argument
 @click.option("--retention", "retention_s", type=Duration(), default="0s", show_default=True,
               help="Keep versions superseded less than this long ago.")
 @WAIT_OPTION
@@ -377,7 +393,7 @@ def vacuum_cmd(collection: str | None, retention_s: float, wait_s: float) -> Non
 
 
 @main.command("quarantine")
-@click.argument("collection", required=False, type=click.Path(file_okay=False))
+@collection_argument
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON lines.")
 @_library_errors
 def quarantine_cmd(collection: str | None, as_json: bool) -> None:

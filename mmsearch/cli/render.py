@@ -120,7 +120,7 @@ def index_line(idx: dict[str, Any]) -> str:
         recall += f" on {idx['tuned_on']}" if idx.get("tuned_on") else ""
     else:
         recall = "exact search"
-    parts = f" in {len(idx['part_files'])} shards" if idx.get("part_files") else ""
+    parts = f" in {len(idx['part_files'])} parts" if idx.get("part_files") else ""
     return (f"{idx['factory']}{parts}, {count(idx['rows'])} vectors, {recall}, "
             f"{idx.get('latency_ms', 0):.2f} ms/query, built in {seconds(idx['build_seconds'])}")
 
