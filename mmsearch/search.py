@@ -504,7 +504,13 @@ class Collection:
 
     def _index(self, modality: str) -> SearchIndex:
         if modality not in self._indexes:
-            if not is_current(self._store, modality) and modality in self._store.manifest.indexes:
+            record = self._store.manifest.indexes.get(modality)
+            missing = [f for f in record.needed_files() if not (self.path / f).is_file()] if record else []
+            if missing:
+                more = f" and {len(missing) - 1} more file(s)" if len(missing) > 1 else ""
+                raise MMSearchError(f"the {modality} index of {self.path} lacks {missing[0]}{more}; run `mmsearch "
+                                    "index` on it again to rebuild it (`mmsearch verify` lists what is damaged)")
+            if not is_current(self._store, modality) and record is not None:
                 raise MMSearchError(
                     f"the {modality} index of {self.path} is older than its shards; run `mmsearch index` again to update it"
                 )

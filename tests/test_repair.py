@@ -97,6 +97,14 @@ def test_damage_is_named_then_repaired(built: tuple[Path, Path, list], kind: str
         assert (out / "_damaged" / rel).is_file()
 
 
+def test_a_query_on_a_missing_index_file_names_the_file_and_the_fix(built: tuple[Path, Path, list]) -> None:
+    _, out, _ = built
+    rel = _listed(out, "index")
+    (out / rel).unlink()
+    with pytest.raises(mmsearch.MMSearchError, match=f"lacks {rel}; run `mmsearch index` on it again"):
+        mmsearch.open(out).search("a red square")
+
+
 def test_a_garbage_manifest_falls_back_to_the_newest_version(built: tuple[Path, Path, list]) -> None:
     folder, out, before = built
     (out / "manifest.json").write_bytes(os.urandom(300))
