@@ -213,6 +213,27 @@ def test_a_manifest_without_id_ranges_or_with_unknown_shard_fields_is_read(tmp_p
     reopened = Store.open(root)
     assert [s.id_min for s in reopened.manifest.shards["texts"]] == [None, None]
     assert sorted(reopened.embeddings_by_id("texts", [0, 2])) == [0, 2]  # the footers decide, as before
+    reopened.close()
+
+
+def test_the_next_writer_records_the_id_ranges_an_older_mmsearch_left_out(tmp_path) -> None:
+    root = tmp_path / "c.mms"
+    store = Store.open_or_create(root, RAW, embedding_dtype="float32")
+    _texts(store, ["a", "b"])
+    _texts(store, ["c", "d", "e"], seed=1)
+    store.close()
+    data = json.loads((root / "manifest.json").read_text())
+    del data["shard_id_ranges"]  # as an mmsearch before the ranges writes it
+    write_bytes_atomic(root / "manifest.json", json.dumps(data).encode())
+    writer = Store.open_for_writing(root)
+    assert [s.id_min for s in writer.manifest.shards["texts"]] == [None, None]
+    _texts(writer, ["f"], seed=2)  # any write: its version lists every shard's range, from the footers
+    writer.close()
+    reopened = Store.open(root)
+    assert [(s.id_min, s.id_max) for s in reopened.manifest.shards["texts"]] == [(0, 1), (2, 4), (5, 5)]
+    (root / "texts" / "part-00001.parquet").unlink()  # ids 0, 1 and 5 never need this file now
+    assert sorted(reopened.embeddings_by_id("texts", [1, 5])) == [1, 5]
+    reopened.close()
 
 
 @pytest.mark.parametrize(("values", "type_name"), [

@@ -17,6 +17,7 @@ version lists (a killed writer's); old versions go in :meth:`Store.vacuum` (:mod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -209,6 +210,7 @@ class Store:
         if current is not None and self._base >= 0 and current != self._base:
             raise CommitConflictError(str(self.root), current)
         number = max(highest_number(self.root), self._base) + 1
+        self._record_id_ranges()
         self.manifest.version = number
         self.manifest.operation = operation or self.manifest.operation or "commit"
         self.manifest.updated_at = time.time()
@@ -226,6 +228,16 @@ class Store:
             self._lease = take_lease(self.root, number)
         log.debug("published version %d of %s", number, self.root)
         return number
+
+    def _record_id_ranges(self) -> None:
+        """Give shards listed without an id range (written by an mmsearch before the ranges, or one that dropped
+        them) the range their Parquet footer states: once, by the next writer, so that reads by id open only the
+        shards that can hold the ids. A shard whose footer cannot say is left as it is."""
+        for modality, shards in self.manifest.shards.items():
+            if all(s.id_min is not None or s.rows == 0 for s in shards):
+                continue
+            self.manifest.shards[modality] = [s if s.id_min is not None or s.rows == 0 else _with_footer_range(self.root, s)
+                                              for s in shards]
 
     def next_version(self) -> int:
         """The number the next publish will take (index files built for it are named after it)."""
@@ -542,6 +554,19 @@ class Store:
         problems = self.check(deep=deep)
         if problems:
             raise CorruptShardError(problems[0].split(":", 1)[0], problems[0].split(": ", 1)[-1])
+
+
+def _with_footer_range(root: Path, shard: ShardInfo) -> ShardInfo:
+    """``shard`` with the id range of its file's ``id`` statistics (unchanged when a footer lacks them)."""
+    try:
+        meta = pq.ParquetFile(root / shard.file).metadata
+        column = meta.schema.to_arrow_schema().get_field_index("id")
+        stats = [meta.row_group(n).column(column).statistics for n in range(meta.num_row_groups)] if column >= 0 else []
+    except (OSError, pa.ArrowException):  # missing or damaged: the repair deals with it, not this
+        return shard
+    if not stats or any(st is None or not st.has_min_max for st in stats):
+        return shard
+    return dataclasses.replace(shard, id_min=min(int(st.min) for st in stats), id_max=max(int(st.max) for st in stats))
 
 
 def _row_groups_holding(parquet: pq.ParquetFile, ids: np.ndarray) -> list[int]:
