@@ -12,6 +12,8 @@ Two measurements per code:
   lists, and the collection's size on disk at the end (old versions are kept for an hour by default).
 - ``add one image``: a cold ``mmsearch index FOLDER`` process after one image was copied into an indexed
   folder, ``--images`` times (median seconds and peak RSS, from ``/usr/bin/time``-like ``resource`` figures);
+- ``first update`` (``--first-rows N``): the first cold ``mmsearch index`` of a one-line change after the index over
+  ``N`` synthetic rows was built, each of 3 rounds on a fresh copy (median seconds and peak RSS);
 - ``large``: one-row writes into a collection of ``--large-rows`` synthetic text rows (the built-in model's
   dimension, written once through the store; the index over them built by a first write), median of 3; then
   one-row deletions (a line removed from the corpus), median of 3.
@@ -98,6 +100,10 @@ print(json.dumps({"seconds": seconds, "delete_seconds": deletes, "factory": buil
                   "index_mib": built.file_bytes / 2**20}))
 """
 
+BUILD_SCRIPT = LARGE_SCRIPT.split("seconds = [add(")[0] + """
+print(json.dumps({"factory": built.factory}))
+"""
+
 ADD_SCRIPT = """
 import resource, subprocess, sys, time, json
 start = time.perf_counter()
@@ -154,12 +160,32 @@ def large(code: Path, rows: int, work: Path) -> dict:
             "index_file_mib": round(result["index_mib"], 1)}
 
 
+def first_update(code: Path, rows: int, work: Path, rounds: int = 3) -> dict:
+    """The first write after the index over ``rows`` synthetic rows was built: a cold ``mmsearch index`` of a
+    one-line change, each round on a fresh copy of the built collection (median seconds and peak RSS)."""
+    work.mkdir(parents=True)
+    built = run(code, BUILD_SCRIPT, str(work), str(rows), str(HERE / "tests"))
+    runs = []
+    for r in range(rounds):
+        copy = work / f"round{r}"
+        shutil.copytree(work / "large.mms", copy / "large.mms")
+        shutil.copy(work / "corpus.jsonl", copy / "corpus.jsonl")
+        with open(copy / "corpus.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"id": 10**9, "text": "one more note"}) + "\n")
+        runs.append(run(code, ADD_SCRIPT, str(copy / "corpus.jsonl"), str(copy / "large.mms")))
+        shutil.rmtree(copy)
+    return {"rows": rows, "factory": built["factory"], "median_s": round(statistics.median(r["seconds"] for r in runs), 2),
+            "peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in runs), 1), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writes", type=int, default=200)
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--large-rows", type=int, default=200_000,
                         help="rows of the large collection one-row writes go into (0: skip)")
+    parser.add_argument("--first-rows", type=int, default=0,
+                        help="also time the first write after an index over this many rows was built (0: skip)")
     parser.add_argument("--code", action="append", default=[], metavar="NAME=DIR",
                         help="another checkout to measure beside this one")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -173,6 +199,8 @@ def main() -> None:
                              "writes": writes(code, args.writes, Path(tmp) / name / "writes")}
             if args.large_rows:
                 results[name]["large"] = large(code, args.large_rows, Path(tmp) / name / "large")
+            if args.first_rows:
+                results[name]["first_update"] = first_update(code, args.first_rows, Path(tmp) / name / "first")
             print(f"done {name}", file=sys.stderr, flush=True)
     points = [n for n in CHECKPOINTS if n <= args.writes]
     print("| code | add one image: s / peak MiB | " + " | ".join(f"write {n}: s" for n in points)
@@ -184,6 +212,11 @@ def main() -> None:
               + " | ".join(str(w["median_s_around"][n]) for n in points) + f" | {w['shards']} | {w['disk_mib']} | "
               + (f"{big['median_s']} ({big['rows']} rows, {big['factory']}, {big['index_file_mib']} MiB) | "
                  f"{big['delete_median_s']} |" if big else "– | – |"))
+    for name, r in results.items():
+        if "first_update" in r:
+            f = r["first_update"]
+            print(f"{name}: first write after the build over {f['rows']} rows ({f['factory']}): {f['median_s']} s, "
+                  f"peak {f['peak_rss_mib']} MiB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"writes": args.writes, "results": results, "load_before": load_before,
                                     "load_after": os.getloadavg(), "cpus": os.cpu_count(),

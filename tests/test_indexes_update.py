@@ -205,3 +205,30 @@ def test_deletions_from_a_large_part_are_filtered_not_written_again(tmp_path, mo
     rebuilt = update_index(store, "images", opts)
     assert rebuilt.update.startswith("rebuilt:") and rebuilt.masked_rows == 0 and rebuilt.rows == 1100
     assert not np.isin(load_index(store, "images").search(vectors[:400], 5, params=params)[1], ids[:400]).any()
+
+
+def test_an_empty_copy_of_a_memory_mapped_ivf_part_keeps_its_training_and_leaves_the_part_intact(tmp_path) -> None:
+    """The first update after a build starts a part from an empty copy of the large last part, which it holds
+    memory-mapped: the copy has the part's training and none of its lists, and the part answers as before."""
+    import faiss
+
+    from mmsearch.indexes.faiss_index import _empty_like
+
+    vectors = clustered(3000, 32, seed=4)
+    quantizer = faiss.IndexFlatIP(32)
+    ivf = faiss.IndexIVFFlat(quantizer, 32, 16, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    ivf.add_with_ids(vectors, np.arange(3000, dtype=np.int64) + 100)
+    faiss.write_index(ivf, str(tmp_path / "part.faiss"))
+    part = faiss.read_index(str(tmp_path / "part.faiss"), faiss.IO_FLAG_MMAP)
+    faiss.extract_index_ivf(part).nprobe = 16
+    before = part.search(vectors[:20], 5)
+    empty = _empty_like(part)
+    assert empty.ntotal == 0 and empty.is_trained and faiss.extract_index_ivf(empty).nlist == 16
+    assert sum(faiss.extract_index_ivf(empty).invlists.list_size(i) for i in range(16)) == 0
+    after = part.search(vectors[:20], 5)
+    np.testing.assert_array_equal(before[1], after[1])
+    assert part.ntotal == 3000
+    empty.add_with_ids(vectors[:10], np.arange(10, dtype=np.int64) + 5000)
+    faiss.extract_index_ivf(empty).nprobe = 16
+    assert empty.search(vectors[:1], 1)[1][0, 0] == 5000
