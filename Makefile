@@ -28,7 +28,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 lint: install
-	$(BIN)/ruff check mmsearch tests benchmarks
+	$(BIN)/ruff check mmsearch tests benchmarks tools
 
 bench: install
 	$(BIN)/python benchmarks/index_query.py

@@ -28,11 +28,14 @@ def clipart_bank(templates):
     pos = {int(r): j for j, r in enumerate(rows)}
     feats = l2_normalise(quadmean(d["features"].astype(np.float32)))
     F, owner, names = [], [], []
-    for c, (name, ps) in enumerate(sorted(classes.items())):
+    for _c, (name, ps) in enumerate(sorted(classes.items())):
         js = [pos[idx["/tmp/oca/" + p]] for p in ps if idx["/tmp/oca/" + p] in pos]
-        if not js: continue
-        k = len(names); names.append(name)
-        F.append(feats[js]); owner += [k] * len(js)
+        if not js:
+            continue
+        k = len(names)
+        names.append(name)
+        F.append(feats[js])
+        owner += [k] * len(js)
     descs = [[t.format(n) for t in templates] for n in names]
     flat = text_embed([s for ds in descs for s in ds])
     cb = flat.reshape(len(names), len(templates), -1).mean(axis=1)  # unit rows averaged (like builders)
@@ -46,12 +49,15 @@ def embed(logits, grid, cb=None, scale=65.0, bias=-30.0, T=2.0, topk=None):
         cos = l2_normalise(quadmean(grid)) @ F.T
         best = np.full((len(grid), rows.shape[0]), -np.inf, np.float32)
         np.maximum.at(best.T, owner, cos.T)
-        parts.append(scale * best + bias); bank.append(rows)
+        parts.append(scale * best + bias)
+        bank.append(rows)
     z = np.concatenate(parts, axis=1).astype(np.float64) / T
     if topk:
         kth = -np.partition(-z, topk - 1, axis=1)[:, topk - 1:topk]
         z = np.where(z >= kth, z, -np.inf)
-    z -= z.max(axis=1, keepdims=True); p = np.exp(z); p /= p.sum(axis=1, keepdims=True)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
     return l2_normalise(p.astype(np.float32) @ np.concatenate(bank) - mean)
 
 SETNAMES = ["art4apps (a drawing of {label})", "named_sample_images", "iso_flags", "emoji (openmoji)",
@@ -82,12 +88,15 @@ if __name__ == "__main__":
             triples = load_set(Path("/work/shared/data"), loader, kw)
         gmap = {i: g for i, _, g in triples}
         paths = [str(p) for p, ok in zip(d["paths"], d["ok"]) if ok]
-        grid = d["features"].astype(np.float32); logits = d["logits"]
+        grid = d["features"].astype(np.float32)
+        logits = d["logits"]
         igroups = np.array([gmap[p] for p in paths])
         texts = sorted({t: g for _, t, g in triples}.items())
-        tv = text_embed([t for t, _ in texts]); tg = np.array([g for _, g in texts])
+        tv = text_embed([t for t, _ in texts])
+        tg = np.array([g for _, g in texts])
         for v, kw in variants.items():
             iv = embed(logits, grid, **kw)
             t2i, ch = recall_at_k(tv, tg, iv, igroups, (1, 10))
             i2t, ch2 = recall_at_k(iv, igroups, tv, tg, (1,))
-            print(f"{s[:30]:<31}{v:<20} t2i R@1 {t2i['R@1']:5.1f} R@10 {t2i['R@10']:5.1f}  i2t R@1 {i2t['R@1']:5.1f}  chance {ch[10]:.1f}", flush=True)
+            print(f"{s[:30]:<31}{v:<20} t2i R@1 {t2i['R@1']:5.1f} R@10 {t2i['R@10']:5.1f}  "
+                  f"i2t R@1 {i2t['R@1']:5.1f}  chance {ch[10]:.1f}", flush=True)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent)); sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, "/work/main/benchmarks")
 import compare_clipart as E
 from quality import SETS, load_set
 
@@ -12,12 +13,16 @@ from mmsearch.evaluation import recall_at_k
 
 enc = E.enc
 tower = enc._texts()
-syn = [l.strip().split(", ") for l in open("/work/shared/data/text_prompts/opencv_dnn_classes/classification_classes_ILSVRC2012.txt") if l.strip()]
+syn = [line.strip().split(", ")
+       for line in open("/work/shared/data/text_prompts/opencv_dnn_classes/classification_classes_ILSVRC2012.txt")
+       if line.strip()]
 assert len(syn) == 1000
 flat = [s for ss in syn for s in ss[:4]]
 own = np.repeat(np.arange(1000), [len(ss[:4]) for ss in syn])
 emb = tower.encode(flat).astype(np.float64)
-names = np.zeros((1000, emb.shape[1])); np.add.at(names, own, emb); names /= np.bincount(own)[:, None]
+names = np.zeros((1000, emb.shape[1]))
+np.add.at(names, own, emb)
+names /= np.bincount(own)[:, None]
 v1 = E.bank1.astype(np.float64)
 
 def variant(w):
@@ -26,16 +31,20 @@ def variant(w):
 
 def embed_img(logits, grid, bank, mean):
     z = np.concatenate([logits, E.v3.logits(grid, 65.0, -30.0)], axis=1).astype(np.float64) / 2.0
-    z -= z.max(axis=1, keepdims=True); p = np.exp(z); p /= p.sum(axis=1, keepdims=True)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
     return l2_normalise(p.astype(np.float32) @ np.concatenate([bank, E.v3.class_bank]) - mean)
 
 sets = sys.argv[1].split(",")
 for s in sets:
-    d = E.feats_for(s); loader, kw = SETS[s]
+    d = E.feats_for(s)
+    loader, kw = SETS[s]
     triples = load_set(Path("/work/shared/data"), loader, kw)
     gmap = {i: g for i, _, g in triples}
     paths = [str(p) for p, ok in zip(d["paths"], d["ok"]) if ok]
-    grid = d["features"].astype(np.float32); logits = d["logits"]
+    grid = d["features"].astype(np.float32)
+    logits = d["logits"]
     ig = np.array([gmap[p] for p in paths])
     texts = sorted({t: g for _, t, g in triples}.items())
     raw = np.concatenate([tower.encode([t for t, _ in texts][i:i+256]) for i in range(0, len(texts), 256)])
@@ -44,6 +53,9 @@ for s in sets:
         bank, mean = variant(w)
         if w == 0.0:
             bank, mean = E.bank1, E.mean
-        iv = embed_img(logits, grid, bank, mean); tv = l2_normalise(raw - mean)
-        t2i, ch = recall_at_k(tv, tg, iv, ig, (1, 10)); i2t, _ = recall_at_k(iv, ig, tv, tg, (1,))
-        print(f"{s[:30]:<31} names w={w:<5} t2i R@1 {t2i['R@1']:5.1f} R@10 {t2i['R@10']:5.1f}  i2t R@1 {i2t['R@1']:5.1f}", flush=True)
+        iv = embed_img(logits, grid, bank, mean)
+        tv = l2_normalise(raw - mean)
+        t2i, ch = recall_at_k(tv, tg, iv, ig, (1, 10))
+        i2t, _ = recall_at_k(iv, ig, tv, tg, (1,))
+        print(f"{s[:30]:<31} names w={w:<5} t2i R@1 {t2i['R@1']:5.1f} R@10 {t2i['R@10']:5.1f}  "
+              f"i2t R@1 {i2t['R@1']:5.1f}", flush=True)

@@ -10,8 +10,8 @@ from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = None
 sys.path.insert(0, "/work/main/benchmarks")
-from mmsearch.encoders.builtin import BuiltinEncoder
-from mmsearch.encoders.builtin_transform import Lite0Transform
+from mmsearch.encoders.builtin import BuiltinEncoder  # noqa: E402
+from mmsearch.encoders.builtin_transform import Lite0Transform  # noqa: E402
 
 T = Lite0Transform(224, 224, tensors=False)
 
@@ -40,8 +40,9 @@ def run(name, paths):
             good = [a for a in arrs if a is not None]
             ok += [a is not None for a in arrs]
             if good:
-                f, l = runner.features_and_logits(np.stack(good), "grid2")
-                feats.append(f.astype(np.float16)); logits.append(l)
+                f, lg = runner.features_and_logits(np.stack(good), "grid2")
+                feats.append(f.astype(np.float16))
+                logits.append(lg)
             print(name, i, round(time.time() - t), file=sys.stderr, flush=True)
     np.savez(out, features=np.concatenate(feats), logits=np.concatenate(logits), ok=np.array(ok),
              paths=np.array(paths))

@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, "/work/main/benchmarks")
 sys.path.insert(0, str(Path(__file__).parent))
+import towers
 from quality import SETS, load_set
 
-import towers
 from mmsearch.encoders.base import l2_normalise
 from mmsearch.encoders.builtin import BuiltinEncoder
 from mmsearch.encoders.builtin_v3 import V3_RECIPE, quadmean
@@ -54,7 +54,7 @@ def foolbox_scale():
 
     from mmsearch.encoders.builtin_transform import Lite0Transform
     root = Path("/work/shared/data/foolbox_samples")
-    rows = [json.loads(l) for l in open(root / "labels.jsonl")]
+    rows = [json.loads(line) for line in open(root / "labels.jsonl")]
     imgs = [Image.open(root / r["image"]) for r in rows if r["dataset"] == "imagenet"]
     std = {}
     for n in ("lite0", "lite2"):

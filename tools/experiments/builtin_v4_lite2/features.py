@@ -16,9 +16,9 @@ from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = None
 sys.path.insert(0, str(Path(__file__).parent))
-import towers
+import towers  # noqa: E402
 
-from mmsearch.encoders.builtin_transform import Lite0Transform
+from mmsearch.encoders.builtin_transform import Lite0Transform  # noqa: E402
 
 T = None
 
@@ -76,8 +76,9 @@ def run(tower, name):
             good = [a for a in arrs if a is not None]
             ok += [a is not None for a in arrs]
             if good:
-                f, l = runner.features_and_logits(np.stack(good), "grid2")
-                feats.append(f.astype(np.float16)); logits.append(l)
+                f, lg = runner.features_and_logits(np.stack(good), "grid2")
+                feats.append(f.astype(np.float16))
+                logits.append(lg)
             print(tower, name, i, round(time.time() - t), file=sys.stderr, flush=True)
     assert ref is None or ok == list(ref["ok"]), "decode failures differ from the Lite0 cache"
     np.savez(out, features=np.concatenate(feats), logits=np.concatenate(logits), ok=np.array(ok),

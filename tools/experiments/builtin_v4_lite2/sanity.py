@@ -16,7 +16,7 @@ import towers
 from mmsearch.encoders.builtin_transform import Lite0Transform
 
 root = Path("/work/shared/data/foolbox_samples")
-rows = [json.loads(l) for l in open(root / "labels.jsonl")]
+rows = [json.loads(line) for line in open(root / "labels.jsonl")]
 rows = [r for r in rows if r["dataset"] == "imagenet"]
 labels = np.array([r["label_id"] for r in rows])
 top1 = {}
@@ -29,7 +29,7 @@ for name in ("lite0", "lite1", "lite2"):
         _, logits = run.features_and_logits(x, "grid2")
         order = np.argsort(-logits, axis=1)
         t1 = (order[:, 0] == labels).mean() * 100
-        t5 = np.mean([l in o[:5] for l, o in zip(labels, order)]) * 100
+        t5 = np.mean([lab in o[:5] for lab, o in zip(labels, order)]) * 100
         top1[(name, mode)] = order[:, 0]
         agree = (order[:, 0] == top1[("lite0", mode)]).mean() * 100
         print(f"{name} {n}px {mode:<15} top-1 {t1:5.1f}  top-5 {t5:5.1f}  same top-1 as lite0 {agree:5.1f}  "

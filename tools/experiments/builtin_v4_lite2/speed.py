@@ -32,7 +32,7 @@ batches = {n: [rng.uniform(-1, 1, (32, 3, s, s)).astype(np.float32) for _ in ran
 runners = {n: towers.onnx_runner(n) for n in towers.SIZES}
 secs = {}
 for n in towers.SIZES:
-    secs[n] = median_seconds(lambda: [runners[n].features_and_logits(b, "grid2") for b in batches[n]])
+    secs[n] = median_seconds(lambda n=n: [runners[n].features_and_logits(b, "grid2") for b in batches[n]])
 secs["lite0+lite2"] = secs["lite0"] + secs["lite2"]
 print(f"load average {os.getloadavg()}, {os.cpu_count()} cores")
 for n, s in secs.items():
@@ -42,13 +42,13 @@ for n, s in secs.items():
 # End to end from files, one process (what `encode_images` does per image, serially): decode + the built-in
 # preprocessing + tower(s) + ConSE, on real images: the first 64 art4apps JPEGs and the 82 named sample photos.
 # v3: Lite0 at 224; ens-prob-x: one decode, two resizes (224 and 260), both towers; exemplar matmuls included.
-from PIL import Image
+from PIL import Image  # noqa: E402
 
 sys.path.insert(0, "/work/main/benchmarks")
-from quality import SETS, load_set
+from quality import SETS, load_set  # noqa: E402
 
-from mmsearch.encoders.builtin_transform import Lite0Transform
-from mmsearch.encoders.builtin_v3 import V3_RECIPE
+from mmsearch.encoders.builtin_transform import Lite0Transform  # noqa: E402
+from mmsearch.encoders.builtin_v3 import V3_RECIPE  # noqa: E402
 
 v3 = V3_RECIPE.load_exemplars(384)
 files = []
@@ -72,7 +72,7 @@ def pipeline(which):
             v3.logits(g2, 65.0, -30.0)  # same cost as the Lite2 banks' matmuls
 
 
-e2e = {w: median_seconds(lambda: pipeline(w), 3) for w in ("v3", "ens")}
+e2e = {w: median_seconds(lambda w=w: pipeline(w), 3) for w in ("v3", "ens")}
 print(f"end to end, {len(files)} files, load average {os.getloadavg()}")
 for w, s in e2e.items():
     print(f"{w:<12} {len(files) / s:7.1f} img/s   {e2e['v3'] / s:.2f}x v3")
