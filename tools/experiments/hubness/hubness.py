@@ -101,16 +101,29 @@ def t2i(texts, text_groups, vecs, offset, image_groups) -> dict[str, float]:
     return {"R@1": round(100 * hit[:, 0].mean(), 1), "R@10": round(100 * hit.any(axis=1).mean(), 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def experiment_args(doc: str, out: Path, parser: argparse.ArgumentParser | None = None
+                    ) -> tuple[argparse.Namespace, dict, dict]:
+    """The development/goal experiments' command line (``--dev``, ``--goal``, ``--out``): (arguments, the sets
+    asked for, the results saved so far)."""
+    parser = parser or argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dev", action="store_true")
     parser.add_argument("--goal", action="store_true")
-    parser.add_argument("--out", type=Path, default=CACHE / "results.json")
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
+    sets = {**(DEV if args.dev else {}), **(GOAL if args.goal else {})}
+    return args, sets, json.loads(args.out.read_text()) if args.out.exists() else {}
+
+
+def report(title: str, rows: dict[str, dict[str, float]]) -> None:
+    print(title)
+    for variant, r in rows.items():
+        print(f"    {variant:14s} R@1 {r['R@1']:5.1f}  R@10 {r['R@10']:5.1f}", flush=True)
+
+
+def main() -> None:
+    args, sets, results = experiment_args(__doc__, CACHE / "results.json")
     encoder = load_encoder(MODEL)
     bank = vocabulary_embeddings(encoder, encoder.spec, vocabulary_for(encoder.spec))
-    sets = {**(DEV if args.dev else {}), **(GOAL if args.goal else {})}
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name, make in sets.items():
         images, image_groups, texts, text_groups = embedded(encoder, name, make())
         # the same check as mmsearch.evaluation's recall for the unchanged embeddings
@@ -118,9 +131,8 @@ def main() -> None:
         results[name] = {}
         for variant, (vecs, offset) in variants(images, bank).items():
             results[name][variant] = t2i(texts, text_groups, vecs, offset, image_groups)
-        print(f"{name} ({len(images)} images, {len(texts)} texts; mmsearch.evaluation R@10 {base['R@10']:.1f})")
-        for variant, r in results[name].items():
-            print(f"    {variant:12s} R@1 {r['R@1']:5.1f}  R@10 {r['R@10']:5.1f}", flush=True)
+        report(f"{name} ({len(images)} images, {len(texts)} texts; mmsearch.evaluation R@10 {base['R@10']:.1f})",
+               results[name])
     args.out.write_text(json.dumps(results, indent=2))
 
 

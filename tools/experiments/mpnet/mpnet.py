@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tools"), str(ROOT / "tools" / "experiments" / "hubness")]
 
 from build_builtin_assets import DEFAULT_PROMPTS, load_class_descriptions, sample_descriptions  # noqa: E402
-from hubness import DEV, GOAL, t2i, unit  # noqa: E402
+from hubness import experiment_args, report, t2i, unit  # noqa: E402
 
 from mmsearch.encoders.builtin_recipes import ASSETS_DIR, get_recipe  # noqa: E402
 from mmsearch.encoders.registry import load_encoder  # noqa: E402
@@ -91,10 +91,7 @@ def embed(logits: np.ndarray, bank: np.ndarray, mean: np.ndarray, temperature: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mpnet", type=Path, required=True)
-    parser.add_argument("--dev", action="store_true")
-    parser.add_argument("--goal", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
-    args = parser.parse_args()
+    args, sets, results = experiment_args(__doc__, Path(__file__).resolve().parent / "results.json", parser)
     from sentence_transformers import SentenceTransformer
 
     encoder = load_encoder(MODEL)
@@ -114,8 +111,6 @@ def main() -> None:
     banks["mpnet"] = (mp_bank, mp_bank[:1000].mean(axis=0))
     text_encoders = {"v4 (MiniLM)": lambda t: encoder._texts().encode(t),
                      "mpnet": lambda t: mpnet.encode(t, batch_size=64, normalize_embeddings=True, show_progress_bar=False)}
-    sets = {**(DEV if args.dev else {}), **(GOAL if args.goal else {})}
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name, make in sets.items():
         logits, image_groups, texts, text_groups = logits_of(encoder, name, make())
         results[name] = {}
@@ -123,9 +118,7 @@ def main() -> None:
             images = embed(logits, bank, mean)
             queries = unit(np.asarray(text_encoders[variant](texts), np.float32) - mean)
             results[name][variant] = t2i(queries, text_groups, images, np.zeros(len(images), np.float32), image_groups)
-        print(f"{name} ({len(logits)} images, {len(texts)} texts)")
-        for variant, r in results[name].items():
-            print(f"    {variant:12s} R@1 {r['R@1']:5.1f}  R@10 {r['R@10']:5.1f}", flush=True)
+        report(f"{name} ({len(logits)} images, {len(texts)} texts)", results[name])
     args.out.write_text(json.dumps(results, indent=2))
 
 

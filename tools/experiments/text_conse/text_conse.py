@@ -11,7 +11,6 @@ images then meet inside the bank's hull. Uses the embeddings cached by ../hubnes
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "hubness")]
 
-from hubness import CACHE, DEV, GOAL, MODEL, embedded, t2i, unit  # noqa: E402
+from hubness import CACHE, MODEL, embedded, experiment_args, report, t2i, unit  # noqa: E402
 
 from mmsearch.encoders.registry import load_encoder  # noqa: E402
 
@@ -45,26 +44,17 @@ def variants(texts: np.ndarray, bank: np.ndarray, mean: np.ndarray) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dev", action="store_true")
-    parser.add_argument("--goal", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json")
-    args = parser.parse_args()
+    args, sets, results = experiment_args(__doc__, HERE / "results.json")
     encoder = load_encoder(MODEL)
     encoder.encode_images  # noqa: B018 - the bank loads with the image side
     bank, mean = np.asarray(encoder._bank, np.float32), np.asarray(encoder._mean, np.float32)
-    sets = {**(DEV if args.dev else {}), **(GOAL if args.goal else {})}
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name, make in sets.items():
         images, image_groups, texts, text_groups = embedded(encoder, name, make())
         zero = np.zeros(len(images), np.float32)
         results[name] = {v: t2i(t, text_groups, images, zero, image_groups) for v, t in variants(texts, bank, mean).items()}
-        print(f"{name} ({len(images)} images, {len(texts)} texts)")
-        for variant, r in results[name].items():
-            print(f"    {variant:14s} R@1 {r['R@1']:5.1f}  R@10 {r['R@10']:5.1f}", flush=True)
+        report(f"{name} ({len(images)} images, {len(texts)} texts)", results[name])
     args.out.write_text(json.dumps(results, indent=2))
     assert CACHE.exists()
-
 
 if __name__ == "__main__":
     main()
